@@ -1,0 +1,10 @@
+"""sae-bilingual: trace how a bilingual LM becomes bilingual with TopK SAEs.
+
+A plugin for SAELens and TransformerLens: importing this package registers the paper's
+TopK SAE architecture ("paper_topk") with SAELens and the LLM-jp-3 model names with
+TransformerLens.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
