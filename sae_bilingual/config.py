@@ -1,0 +1,331 @@
+"""Recipe schema: YAML -> validated dataclasses.
+
+Every field is typed; :func:`from_dict` checks names and types recursively and raises a
+:class:`~sae_bilingual.errors.ConfigError` that names the offending field by its dotted
+path (``sae.k``, ``models[0].layers``) and says what would be valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from sae_bilingual.errors import ConfigError
+
+# --------------------------------------------------------------------------- schema
+
+
+@dataclass
+class ModelSpec:
+    """One model family of the study and which of its checkpoints/layers to analyse."""
+
+    family: str = "toy"
+    """'toy' (the embedded world) or an LLM-jp size such as 'llm-jp-3-3.7b'."""
+    source: str | None = None
+    """HF repo id, a local HF dir, or a local root of iter_NNNNNNN dirs (None: toy world / Hub)."""
+    revision: str | None = None
+    """Hub revision when `source` is a repo id."""
+    checkpoints: Union[str, int, list[int]] = "all"
+    """'all', 'final', 'log-spaced N', an iteration, or a list of iterations."""
+    checkpoint_tokens: list[int] | None = None
+    """Alternative to `checkpoints`: pick the checkpoints nearest these token counts."""
+    layers: Union[str, int, list[Union[int, str]]] = "all"
+    """Paper layer numbering: 'all', 'all+emb', 'mid', an int, 'a-b', or a list."""
+
+
+@dataclass
+class WorldSpec:
+    """Overrides for the toy world's config (see sae_bilingual.world.WorldConfig)."""
+
+    preset: Literal["default", "tiny"] = "default"
+    """Starting point: 'default' (the study) or 'tiny' (tests)."""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """WorldConfig fields to change, e.g. {bilingual_share: 0.3, steps: 2000}."""
+
+
+@dataclass
+class DataSpec:
+    """Where the labelled documents come from and how many tokens to use."""
+
+    corpus: Literal["toy", "text", "hf"] = "toy"
+    """'toy' (the world's corpus), 'text' (local files per language), 'hf' (a datasets corpus)."""
+    paths: dict[str, str] = field(default_factory=dict)
+    """For corpus 'text': language code -> .txt (one document a line) or .jsonl path."""
+    eval_paths: dict[str, str] = field(default_factory=dict)
+    """For corpus 'text': held-out files per language (default: split the train files)."""
+    hf_name: str | None = None
+    """For corpus 'hf': dataset name or local path."""
+    hf_split: str = "train"
+    hf_text_field: str = "text"
+    hf_lang_field: str = "lang"
+    languages: list[str] = field(default_factory=lambda: ["en", "ja"])
+    """Language codes, in the order used for labels."""
+    context: int = 64
+    """Tokens per document window, BOS included (the paper: 64)."""
+    train_tokens_per_lang: int = 50_000_000
+    """Training vectors per language (the paper: 50M)."""
+    eval_tokens_per_lang: int = 5_000_000
+    """Evaluation vectors per language (the paper: 5M)."""
+    buffer_vectors: int = 1_000_000
+    """Shuffle-buffer size in vectors per layer (the paper: 0.5M-10M by model size)."""
+    lm_batch_size: int = 32
+    """Documents per LM forward when collecting activations."""
+
+
+@dataclass
+class SAESpec:
+    """The paper's TopK SAE and its training."""
+
+    k: int = 32
+    expansion: int = 16
+    """n = expansion * d_model unless `d_sae` is given."""
+    d_sae: int | None = None
+    lr: Union[float, str] = "grid"
+    """A float, or 'grid' to choose from `lr_grid` on the final checkpoint's middle layer."""
+    lr_grid: list[float] = field(default_factory=lambda: [1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3])
+    batch_size: int = 32_768
+    warmup_steps: int = 500
+    adam_eps: float = 6.25e-10
+    checkpoint_every: int = 0
+    """Save resumable training state every N steps (0: never)."""
+
+
+@dataclass
+class AnalysisSpec:
+    """Feature labelling (PAPER.md, 'Feature analysis')."""
+
+    act_threshold: float = 0.7
+    """Keep activations strictly above this fraction of the feature's max."""
+    lang_threshold: float = 0.9
+    """A feature is language-specific when p(lang|i) exceeds this."""
+    language_rule: Literal["document", "script"] = "document"
+    cluster_threshold: float = 0.1
+    """Cosine similarity above which two tokens share a semantic cluster."""
+    cluster_method: Literal["connected_components", "ground_truth"] = "connected_components"
+    embedding_source: Literal["self", "final"] = "final"
+    """Input embeddings for semantic clusters: the analysed checkpoint or the final one."""
+    span_rule: Literal["topk", "threshold"] = "topk"
+    n_browser_features: int = 40
+    n_examples: int = 8
+
+
+@dataclass
+class InterventionSpec:
+    """Inject final-model features into a mid checkpoint (Tables 1 and 4)."""
+
+    enabled: bool = False
+    model: int = 0
+    """Index into `models` of the model to intervene on."""
+    mid_checkpoint: int | None = None
+    """Iteration of the mid-training checkpoint (None: the middle of the analysed ones)."""
+    layer: Union[int, str] = "mid"
+    alphas: list[float] = field(default_factory=lambda: [0.1])
+    ms: list[int] = field(default_factory=lambda: [5000])
+    """Features per mask at the paper's n = 32,768; scaled to the SAE's n when `scale_m`."""
+    scale_m: bool = True
+    draws: int = 5
+    conditions: list[str] = field(default_factory=lambda: ["none", "en", "ja", "mixed"])
+    scale: Literal["residual", "unit"] = "residual"
+    add_bias: bool = False
+    eval_docs_per_lang: int = 200
+    translation_pairs: int = 50
+    few_shot: int = 3
+    max_new_tokens: int = 24
+    comet_python: str | None = None
+    comet_model: str | None = None
+
+
+@dataclass
+class Recipe:
+    """A whole study: models x checkpoints x layers, data, SAE, analysis, intervention."""
+
+    name: str = "study"
+    output_dir: str = "runs/study"
+    seed: int = 0
+    device: str = "cpu"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    executor: Literal["local", "ray", "submitit"] = "local"
+    models: list[ModelSpec] = field(default_factory=lambda: [ModelSpec()])
+    world: WorldSpec = field(default_factory=WorldSpec)
+    data: DataSpec = field(default_factory=DataSpec)
+    sae: SAESpec = field(default_factory=SAESpec)
+    analysis: AnalysisSpec = field(default_factory=AnalysisSpec)
+    intervention: InterventionSpec = field(default_factory=InterventionSpec)
+    wandb: bool = False
+    expected_gpu_hours: float | None = None
+    """Documentation only: what the recipe costs at full scale."""
+
+    def validate(self) -> Recipe:
+        """Cross-field checks that types alone cannot express."""
+        _positive(self.sae.k, "sae.k")
+        _positive(self.sae.expansion, "sae.expansion")
+        if self.sae.d_sae is not None:
+            _positive(self.sae.d_sae, "sae.d_sae")
+            if self.sae.k >= self.sae.d_sae:
+                raise ConfigError(
+                    f"sae.k = {self.sae.k} must be smaller than sae.d_sae = {self.sae.d_sae}; "
+                    "lower k or raise d_sae"
+                )
+        if isinstance(self.sae.lr, str) and self.sae.lr != "grid":
+            raise ConfigError(f"sae.lr must be a number or 'grid', got {self.sae.lr!r}")
+        if isinstance(self.sae.lr, float) and self.sae.lr <= 0:
+            raise ConfigError(f"sae.lr must be > 0, got {self.sae.lr}")
+        _positive(self.sae.batch_size, "sae.batch_size")
+        if not 0 < self.analysis.act_threshold < 1:
+            raise ConfigError("analysis.act_threshold must lie in (0, 1) (the paper: 0.7)")
+        if not 0.5 <= self.analysis.lang_threshold < 1:
+            raise ConfigError("analysis.lang_threshold must lie in [0.5, 1) (the paper: 0.9)")
+        if self.data.context < 2:
+            raise ConfigError("data.context must be >= 2 (BOS plus at least one token)")
+        if len(set(self.data.languages)) < 2:
+            raise ConfigError(
+                f"data.languages = {self.data.languages}: a bilingual study needs at least two "
+                "distinct language codes, e.g. [en, ja]"
+            )
+        for name in ("train_tokens_per_lang", "eval_tokens_per_lang", "buffer_vectors", "lm_batch_size"):
+            _positive(getattr(self.data, name), f"data.{name}")
+        if not self.models:
+            raise ConfigError("models is empty: name at least one, e.g. [{family: toy}]")
+        if self.intervention.enabled and not 0 <= self.intervention.model < len(self.models):
+            raise ConfigError(
+                f"intervention.model = {self.intervention.model} is not an index into models "
+                f"(0..{len(self.models) - 1})"
+            )
+        return self
+
+
+def _positive(value: int, name: str) -> None:
+    if value <= 0:
+        raise ConfigError(f"{name} must be positive, got {value}")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
+    """Read a YAML recipe with the safe loader and validate it into a :class:`Recipe`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe {path} does not exist; see recipes/ for examples")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"recipe {path} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {path} must be a mapping of fields, got {type(data).__name__}")
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(data, dotted, value)
+    return from_dict(Recipe, data).validate()
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    cur = data
+    for key in keys[:-1]:
+        cur = cur.setdefault(key, {})
+    cur[keys[-1]] = value
+
+
+def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
+    """Plain dict of a recipe (round-trips through :func:`from_dict`)."""
+    return dataclasses.asdict(recipe)
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """YAML text of a resolved recipe."""
+    return yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False, allow_unicode=True)
+
+
+T = typing.TypeVar("T")
+
+
+def from_dict(cls: type[T], data: Any, path: str = "") -> T:
+    """Build dataclass ``cls`` from ``data``, checking every field name and type."""
+    where = path or "recipe"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of fields, got {type(data).__name__} {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"{_join(path, unknown[0])}: unknown field; valid fields here are {', '.join(names)}"
+        )
+    kwargs = {name: _coerce(hints[name], data[name], _join(path, name)) for name in names if name in data}
+    return cls(**kwargs)
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(tp: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, path)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(arg, value, path)
+            except ConfigError as e:
+                errors.append(str(e))
+        allowed = " or ".join(_type_name(a) for a in args)
+        raise ConfigError(f"{path}: expected {allowed}, got {type(value).__name__} {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{path}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {type(value).__name__} {value!r}")
+        return [_coerce(args[0], v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__} {value!r}")
+        return {str(k): _coerce(args[1], v, f"{path}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{path}: expected an integer, got {type(value).__name__} {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        if isinstance(value, str):  # YAML reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise ConfigError(f"{path}: expected a number, got str {value!r}") from None
+        if not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {type(value).__name__} {value!r}")
+        return value
+    if tp is type(None):
+        if value is not None:
+            raise ConfigError(f"{path}: expected null, got {value!r}")
+        return None
+    raise ConfigError(f"{path}: unsupported field type {tp!r}")  # pragma: no cover
