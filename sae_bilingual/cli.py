@@ -1,0 +1,148 @@
+"""`sae-bilingual` command line. ``main(argv)`` is importable and testable."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from sae_bilingual.errors import SaeBilingualError
+
+EMBEDDED_RECIPES = Path(__file__).parent / "recipes"
+
+
+def _parse_set(items: Sequence[str]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for item in items:
+        if "=" not in item:
+            raise SaeBilingualError(f"--set {item!r}: write FIELD=VALUE, e.g. --set sae.k=16")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def resolve_recipe_path(name: str | None) -> Path:
+    """A recipe file path, or the name of an embedded recipe ('toy' by default)."""
+    if name is None:
+        name = "toy"
+    p = Path(name)
+    if p.is_file():
+        return p
+    embedded = EMBEDDED_RECIPES / f"{p.stem}.yaml"
+    if embedded.is_file():
+        return embedded
+    names = sorted(q.stem for q in EMBEDDED_RECIPES.glob("*.yaml"))
+    raise SaeBilingualError(f"recipe {name!r} not found: give a YAML path or one of {', '.join(names)}")
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from sae_bilingual.config import load_recipe
+    from sae_bilingual.study import run_study
+
+    overrides = _parse_set(args.set or [])
+    if args.output_dir:
+        overrides["output_dir"] = args.output_dir
+    recipe = load_recipe(resolve_recipe_path(args.recipe), overrides)
+    result = run_study(recipe, dry_run=args.dry_run, progress=not args.quiet, force=args.force)
+    print(result if args.dry_run else f"report: {result}")
+    return 0
+
+
+def cmd_world(args: argparse.Namespace) -> int:
+    from sae_bilingual.world import WorldConfig, build_world
+
+    cfg = WorldConfig.tiny() if args.tiny else WorldConfig()
+    world = build_world(cfg, progress=not args.quiet)
+    print(f"world: {world.root}")
+    print(f"build: {world.build_seconds:.1f} s; checkpoints: {len(world.catalogue.checkpoints) if hasattr(world, 'catalogue') else '?'}")
+    for it, loss in world.loss_curve[:: max(1, len(world.loss_curve) // 10)]:
+        print(f"  step {it:>6}  loss {loss:.3f}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from sae_bilingual.figures import make_all_figures
+    from sae_bilingual.report import write_report
+    from sae_bilingual.study import collect_summary
+
+    out = Path(args.study_dir)
+    collect_summary(out)
+    make_all_figures(out)
+    print(f"report: {write_report(out)}")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from sae_bilingual.convert import convert_released_sae
+
+    path = convert_released_sae(args.src, args.dst, hook_name=args.hook, model_name=args.model)
+    print(f"converted: {path}")
+    return 0
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    for p in sorted(EMBEDDED_RECIPES.glob("*.yaml")):
+        first = next((l for l in p.read_text(encoding="utf-8").splitlines() if l.startswith("#")), "#")
+        print(f"{p.stem:<22} {first.lstrip('# ')}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sae-bilingual",
+        description="Trace how a bilingual LM becomes bilingual: TopK SAEs over checkpoints and layers.",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("study", help="run (or resume) a study from a recipe; writes report.html",
+                       description="Train, analyse, plot and report. Rerunning resumes.")
+    s.add_argument("recipe", nargs="?", help="recipe YAML path or embedded name (default: toy)")
+    s.add_argument("--dry-run", action="store_true", help="print the plan (units, SAEs, LM tokens) and stop")
+    s.add_argument("--output-dir", help="override the recipe's output_dir")
+    s.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                   help="override a recipe field, e.g. --set sae.k=16 (repeatable)")
+    s.add_argument("--force", action="store_true", help="reuse an output dir made by another recipe")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    s.set_defaults(func=cmd_study)
+
+    w = sub.add_parser("world", help="build (or load from cache) the offline toy world")
+    w.add_argument("--tiny", action="store_true", help="the small test preset")
+    w.add_argument("-q", "--quiet", action="store_true")
+    w.set_defaults(func=cmd_world)
+
+    r = sub.add_parser("report", help="rebuild tables, figures and report.html of a study dir")
+    r.add_argument("study_dir")
+    r.set_defaults(func=cmd_report)
+
+    c = sub.add_parser("convert", help="convert an SAE released by llm-jp into SAELens format")
+    c.add_argument("src", help="dir or file of the released SAE (sae.pth, safetensors or HF TopKSAE)")
+    c.add_argument("dst", help="output SAELens SAE dir")
+    c.add_argument("--hook", default="blocks.11.hook_resid_post", help="hook the SAE reads (1.8B layer 12)")
+    c.add_argument("--model", default="llm-jp/llm-jp-3-1.8b")
+    c.set_defaults(func=cmd_convert)
+
+    ls = sub.add_parser("recipes", help="list the embedded recipes")
+    ls.set_defaults(func=cmd_recipes)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.func(args)
+    except SaeBilingualError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,353 @@
+"""The study: plan work units from a recipe, run them resumably, stack the results.
+
+A work unit is one (model, checkpoint): one LM pass per batch feeds every requested layer,
+one SAE per layer trains in lockstep, then each layer is analysed. A layer is finished
+when its ``summary.json`` exists (written last, atomically); rerunning the same command
+skips finished layers, and a unit killed half-way is redone from the start (training is
+deterministic from the seed, so the result is the same).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sae_bilingual.config import Recipe, dump_recipe, recipe_to_dict
+from sae_bilingual.errors import ConfigError, OutputError
+from sae_bilingual.io import atomic_write_json, atomic_write_text, save_parquet
+from sae_bilingual.layers import hook_for_layer, parse_layers
+from sae_bilingual.manifest import SUMMARY_FILE, Manifest, read_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Unit:
+    """One (model, checkpoint) and the paper layers to analyse there."""
+
+    model_index: int
+    family: str
+    iteration: int
+    tokens: int
+    layers: list[int]
+
+    @property
+    def id(self) -> str:
+        return f"{self.family}/iter_{self.iteration:07d}"
+
+    def dir(self, out: Path) -> Path:
+        return out / "units" / self.family / f"iter_{self.iteration:07d}"
+
+    def layer_dir(self, out: Path, layer: int) -> Path:
+        return self.dir(out) / f"L{layer:02d}"
+
+
+@dataclass
+class Plan:
+    """What a recipe will run: units, the LR-grid unit and sizes for --dry-run."""
+
+    units: list[Unit]
+    n_layers: dict[str, int]
+    d_model: dict[str, int]
+    lm_tokens_per_unit: int
+    lr_grid: Unit | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def n_saes(self) -> int:
+        return sum(len(u.layers) for u in self.units)
+
+    def describe(self, recipe: Recipe) -> str:
+        """Human-readable plan for ``--dry-run``."""
+        lines = [f"study {recipe.name!r} -> {recipe.output_dir}"]
+        for u in self.units:
+            lines.append(
+                f"  {u.id:<40} tokens={u.tokens:>16,}  layers={_fmt_layers(u.layers)}"
+            )
+        if self.lr_grid is not None:
+            lines.append(
+                f"  LR grid: {len(recipe.sae.lr_grid)} SAEs at {self.lr_grid.id} layer {self.lr_grid.layers[0]}"
+            )
+        lm = self.lm_tokens_per_unit * (len(self.units) + (self.lr_grid is not None))
+        lines.append(
+            f"total: {len(self.units)} units, {self.n_saes} SAEs"
+            + (f" (+{len(recipe.sae.lr_grid)} LR-grid SAEs)" if self.lr_grid else "")
+            + f", ~{lm:,} LM tokens (one pass per unit feeds all its layers)"
+        )
+        lines.extend(f"note: {n}" for n in self.notes)
+        return "\n".join(lines)
+
+
+def _fmt_layers(layers: list[int]) -> str:
+    if len(layers) > 2 and layers == list(range(layers[0], layers[-1] + 1)):
+        return f"{layers[0]}-{layers[-1]}"
+    return ",".join(map(str, layers))
+
+
+def recipe_hash(recipe: Recipe) -> str:
+    """Hash of everything that changes results (not the output dir or executor)."""
+    d = recipe_to_dict(recipe)
+    for k in ("output_dir", "executor", "name", "expected_gpu_hours", "wandb"):
+        d.pop(k, None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- planning
+
+
+class StudyContext:
+    """Everything built once per study and shared by its units (world, corpus, windows)."""
+
+    def __init__(self, recipe: Recipe, progress: bool = True):
+        self.recipe = recipe
+        self.progress = progress
+        self._world = None
+        self._families: dict[int, Any] = {}
+        self._windows: dict[str, Any] = {}
+
+    # -- model sources
+    @property
+    def world(self):
+        """The toy world, built (or loaded from cache) on first use."""
+        if self._world is None:
+            from sae_bilingual.world import WorldConfig, build_world
+
+            spec = self.recipe.world
+            base = WorldConfig.tiny() if spec.preset == "tiny" else WorldConfig()
+            try:
+                cfg = base.replace(**spec.overrides) if hasattr(base, "replace") else _replace(base, spec.overrides)
+            except TypeError as e:
+                raise ConfigError(f"world.overrides: {e}") from e
+            self._world = build_world(cfg, progress=self.progress)
+        return self._world
+
+    def family(self, index: int):
+        """The model family of ``recipe.models[index]``."""
+        if index not in self._families:
+            from sae_bilingual.models.registry import get_family
+
+            spec = self.recipe.models[index]
+            source = spec.source
+            if spec.family == "toy" and source is None:
+                source = str(self.world.root)
+            self._families[index] = get_family(spec.family, source=source, revision=spec.revision)
+        return self._families[index]
+
+    def tokenizer(self, index: int = 0):
+        return self.family(index).tokenizer()
+
+    # -- data
+    def documents(self):
+        """``datasets.DatasetDict`` with train/eval splits of labelled documents."""
+        data = self.recipe.data
+        if data.corpus == "toy":
+            return self.world.corpus
+        from sae_bilingual import corpus
+
+        if data.corpus == "text":
+            if not data.paths:
+                raise ConfigError("data.paths: corpus 'text' needs {language: file} paths")
+            return corpus.load_text_corpus(data.paths, eval_paths=data.eval_paths or None, seed=self.recipe.seed)
+        if not data.hf_name:
+            raise ConfigError("data.hf_name: corpus 'hf' needs a dataset name or local path")
+        return corpus.from_hf_dataset(
+            data.hf_name, split=data.hf_split, text_field=data.hf_text_field, lang_field=data.hf_lang_field,
+            seed=self.recipe.seed,
+        )
+
+    def windows(self, split: str, index: int = 0):
+        """Token windows for ``split`` ('train' or 'eval'), identical for every unit."""
+        if split not in self._windows:
+            from sae_bilingual.corpus import make_windows
+
+            data = self.recipe.data
+            budget = data.train_tokens_per_lang if split == "train" else data.eval_tokens_per_lang
+            self._windows[split] = make_windows(
+                self.documents()[split],
+                self.tokenizer(index),
+                context=data.context,
+                tokens_per_lang=budget,
+                languages=tuple(data.languages),
+                seed=self.recipe.seed + (0 if split == "train" else 1),
+            )
+        return self._windows[split]
+
+
+def _replace(cfg: Any, overrides: dict[str, Any]) -> Any:
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(cfg)}
+    bad = sorted(set(overrides) - names)
+    if bad:
+        raise ConfigError(f"world.overrides.{bad[0]}: unknown world field; valid: {', '.join(sorted(names))}")
+    return dataclasses.replace(cfg, **overrides)
+
+
+def select_checkpoints(spec, catalogue) -> list:
+    """Checkpoints named by a ModelSpec: 'all', 'final', 'log-spaced N', iterations, tokens."""
+    if spec.checkpoint_tokens:
+        return _unique([catalogue.select(tokens=t) for t in spec.checkpoint_tokens])
+    ck = spec.checkpoints
+    if isinstance(ck, str):
+        s = ck.strip().lower()
+        if s == "all":
+            return list(catalogue.checkpoints)
+        if s == "final":
+            return [catalogue.final]
+        if s.startswith("log-spaced"):
+            try:
+                n = int(s.split()[-1])
+            except ValueError:
+                raise ConfigError(f"models[].checkpoints: {ck!r}: write 'log-spaced N' with an integer N") from None
+            return list(catalogue.log_spaced(n))
+        if s.isdigit():
+            return [catalogue.select(iteration=int(s))]
+        raise ConfigError(
+            f"models[].checkpoints: cannot read {ck!r}; use 'all', 'final', 'log-spaced N', "
+            "an iteration or a list of iterations"
+        )
+    its = [ck] if isinstance(ck, int) else list(ck)
+    return _unique([catalogue.select(iteration=i) for i in its])
+
+
+def _unique(cks: list) -> list:
+    seen, out = set(), []
+    for c in cks:
+        if c.iteration not in seen:
+            seen.add(c.iteration)
+            out.append(c)
+    return sorted(out, key=lambda c: c.iteration)
+
+
+def plan_study(recipe: Recipe, ctx: StudyContext | None = None) -> Plan:
+    """Resolve checkpoints and layers for every model: fails fast on bad names or ranges."""
+    ctx = ctx or StudyContext(recipe)
+    units: list[Unit] = []
+    n_layers: dict[str, int] = {}
+    d_model: dict[str, int] = {}
+    lr_unit = None
+    for i, spec in enumerate(recipe.models):
+        fam = ctx.family(i)
+        n_layers[spec.family], d_model[spec.family] = fam.n_layers, fam.d_model
+        layers = parse_layers(spec.layers, fam.n_layers)
+        catalogue = fam.catalogue()
+        for ck in select_checkpoints(spec, catalogue):
+            units.append(Unit(i, spec.family, ck.iteration, ck.tokens, layers))
+        if recipe.sae.lr == "grid" and lr_unit is None:
+            final = catalogue.final
+            lr_unit = Unit(i, spec.family, final.iteration, final.tokens, [fam.n_layers // 2])
+    n_langs = len(recipe.data.languages)
+    lm_tokens = (recipe.data.train_tokens_per_lang + recipe.data.eval_tokens_per_lang) * n_langs
+    plan = Plan(units, n_layers, d_model, lm_tokens, lr_unit)
+    if recipe.intervention.enabled:
+        iv = recipe.intervention
+        spec = recipe.models[iv.model]
+        fam = ctx.family(iv.model)
+        layer = parse_layers(iv.layer, fam.n_layers)
+        if len(layer) != 1:
+            raise ConfigError(f"intervention.layer: name one layer, got {iv.layer!r}")
+        analysed = {(u.family, u.iteration): u.layers for u in units}
+        final = fam.catalogue().final
+        if layer[0] not in analysed.get((spec.family, final.iteration), []):
+            raise ConfigError(
+                f"intervention.layer {layer[0]}: the study must analyse that layer at the final "
+                f"checkpoint (iteration {final.iteration}) of {spec.family}; add it to models[{iv.model}].layers"
+            )
+        if iv.mid_checkpoint is not None:
+            fam.catalogue().select(iteration=iv.mid_checkpoint)  # raises naming the choices
+        plan.notes.append(f"intervention at layer {layer[0]} ({hook_for_layer(layer[0])})")
+    return plan
+
+
+# --------------------------------------------------------------------------- running
+
+
+def prepare_output_dir(recipe: Recipe, force: bool = False) -> tuple[Path, Manifest]:
+    """Create/validate the output dir; refuse to mix two different studies in one dir."""
+    out = Path(recipe.output_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write_probe"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise OutputError(
+            f"output_dir {out} is not writable ({e.strerror or e}); set `output_dir` in the recipe "
+            "or pass --output-dir to a directory you can write"
+        ) from e
+    h = recipe_hash(recipe)
+    manifest = Manifest.open(out, h)
+    if manifest.recipe_hash != h and manifest.units and not force:
+        raise ConfigError(
+            f"{out} holds results of a different recipe (hash {manifest.recipe_hash}, this one {h}); "
+            "use another output_dir, or pass --force to mix them"
+        )
+    manifest.recipe_hash = h
+    atomic_write_text(out / "recipe.yaml", dump_recipe(recipe))
+    manifest.save()
+    return out, manifest
+
+
+def run_study(recipe: Recipe, *, dry_run: bool = False, progress: bool = True, force: bool = False) -> Path | str:
+    """Run (or resume) a whole study; returns the report path (or the plan text on dry run)."""
+    from tqdm.auto import tqdm
+
+    ctx = StudyContext(recipe, progress=progress)
+    plan = plan_study(recipe, ctx)
+    if dry_run:
+        return plan.describe(recipe)
+    out, manifest = prepare_output_dir(recipe, force=force)
+    from sae_bilingual import pipeline
+
+    t0 = time.time()
+    lr = recipe.sae.lr
+    if plan.lr_grid is not None:
+        lr = pipeline.run_lr_grid(ctx, plan.lr_grid, out, progress=progress)
+    todo = [u for u in plan.units if not all(manifest.layer_done(u.id, l) and _summary_ok(u, out, l) for l in u.layers)]
+    if len(todo) < len(plan.units):
+        log.info("resuming: %d of %d units already finished", len(plan.units) - len(todo), len(plan.units))
+    bar = tqdm(todo, desc="units", unit="unit", disable=not progress)
+    for unit in bar:
+        bar.set_postfix_str(unit.id)
+        missing = [l for l in unit.layers if not (manifest.layer_done(unit.id, l) and _summary_ok(unit, out, l))]
+        manifest.mark_unit(unit.id, "running")
+        t = time.time()
+        pipeline.run_unit(ctx, unit, missing, out, lr=float(lr), manifest=manifest, progress=progress)
+        manifest.mark_unit(unit.id, "done", seconds=round(time.time() - t, 2))
+    summary = collect_summary(out)
+    if recipe.intervention.enabled:
+        pipeline.run_intervention(ctx, plan, out, progress=progress)
+    from sae_bilingual.figures import make_all_figures
+    from sae_bilingual.report import write_report
+
+    make_all_figures(out)
+    report = write_report(out)
+    log.info("study finished in %.1f s: %d SAEs, report %s", time.time() - t0, len(summary), report)
+    return report
+
+
+def _summary_ok(unit: Unit, out: Path, layer: int) -> bool:
+    return isinstance(read_json(unit.layer_dir(out, layer) / SUMMARY_FILE), dict)
+
+
+def collect_summary(out: Path):
+    """Stack every layer's summary.json into tables/summary.{parquet,csv}."""
+    import pandas as pd
+
+    rows = [read_json(p) for p in sorted((out / "units").glob(f"*/*/L*/{SUMMARY_FILE}"))]
+    df = pd.DataFrame([r for r in rows if isinstance(r, dict)])
+    if len(df):
+        df = df.sort_values(["model", "iteration", "layer"]).reset_index(drop=True)
+    save_parquet(df, out / "tables" / "summary.parquet")
+    atomic_write_text(out / "tables" / "summary.csv", df.to_csv(index=False))
+    return df
+
+
+def write_unit_summary(path: Path, row: dict[str, Any]) -> None:
+    """The last artefact of a layer: its presence marks the layer finished."""
+    atomic_write_json(path, row)
