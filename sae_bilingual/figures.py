@@ -182,7 +182,7 @@ def fig_language_distribution(summary: pd.DataFrame, model: str, layer: int, out
     g = sub.groupby("tokens")[num].mean().sort_index()
     x, init_x = _token_positions(g.index.to_numpy())
 
-    fig, (ax, axq) = plt.subplots(2, 1, figsize=(7.5, 5.6), sharex=True,
+    fig, (ax, axq) = plt.subplots(2, 1, figsize=(9.0, 5.6), sharex=True,
                                   gridspec_kw={"height_ratios": [3, 1.1], "hspace": 0.08})
     shares = np.vstack([g[f"frac_{c}"].to_numpy() for c in classes])
     labels = {"mixed": "Mixed (bilingual)"}
@@ -199,7 +199,7 @@ def fig_language_distribution(summary: pd.DataFrame, model: str, layer: int, out
         axr.set_ylabel("mean monosemanticity R")
         handles.append(hr)
         lbls.append(hr.get_label())
-    ax.legend(handles, lbls, loc="lower left", fontsize=8, framealpha=0.9)
+    ax.legend(handles, lbls, loc="upper left", bbox_to_anchor=(1.1, 1.0), fontsize=8, framealpha=0.9)
 
     qh = []
     if "fvu" in g:
@@ -210,15 +210,18 @@ def fig_language_distribution(summary: pd.DataFrame, model: str, layer: int, out
     axq.set_ylabel("FVU / dead", fontsize=9)
     axq.set_ylim(bottom=0)
     if qh:
-        axq.legend(fontsize=8, loc="upper right")
+        axq.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.1, 1.0))
     axq.set_xlabel("training tokens (log scale)")
     _setup_token_axis(axq, x, init_x)
+    if init_x is not None:
+        ax.axvline(init_x * np.sqrt(10), color="k", lw=0.6, ls=":", alpha=0.6)
     for a in (ax, axq):
         a.grid(alpha=0.25, which="major")
     return _save(fig, out_dir, f"lang_dist_{_slug(model)}_L{int(layer):02d}")
 
 
-def _heat(ax: plt.Axes, tab: pd.DataFrame, title: str, cmap: str, vmin: float, vmax: float) -> None:
+def _heat(ax: plt.Axes, tab: pd.DataFrame, title: str, cmap: str, vmin: float, vmax: float,
+          dark_high: bool) -> None:
     data = tab.to_numpy(dtype=float)
     im = ax.imshow(data, origin="lower", aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax)
     ax.set_xticks(range(tab.shape[1]))
@@ -233,7 +236,7 @@ def _heat(ax: plt.Axes, tab: pd.DataFrame, title: str, cmap: str, vmin: float, v
         for (i, j), v in np.ndenumerate(data):
             if np.isfinite(v):
                 ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6.5,
-                        color="white" if v > mid else "black")
+                        color="white" if (v > mid) == dark_high else "black")
     plt.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
 
 
@@ -246,8 +249,8 @@ def fig_layer_checkpoint_heatmaps(summary: pd.DataFrame, model: str, out_dir: st
     w = max(9.0, 3.0 + 0.9 * mixed.shape[1])
     h = max(3.2, 1.4 + 0.28 * mixed.shape[0])
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(w, h), constrained_layout=True)
-    _heat(a1, mixed, "Mixed (bilingual) share", "magma_r", 0.0, max(0.01, float(np.nanmax(mixed.to_numpy()))))
-    _heat(a2, r, "mean monosemanticity R", "viridis", float(np.nanmin(r.to_numpy())), 1.0)
+    _heat(a1, mixed, "Mixed (bilingual) share", "magma_r", 0.0, max(0.01, float(np.nanmax(mixed.to_numpy()))), True)
+    _heat(a2, r, "mean monosemanticity R", "viridis", float(np.nanmin(r.to_numpy())), 1.0, False)
     fig.suptitle(str(model))
     return _save(fig, out_dir, f"heatmaps_{_slug(model)}")
 
