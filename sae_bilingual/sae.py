@@ -152,7 +152,8 @@ class _TopKEncode(torch.autograd.Function):
         flat_idx = idx.reshape(-1)
         if ctx.needs_input_grad[1]:
             rows = torch.arange(B, device=idx.device).repeat_interleave(K)
-            S = torch.sparse_coo_tensor(torch.stack([flat_idx, rows]), g_vals.reshape(-1), (n, B))
+            S = torch.sparse_coo_tensor(torch.stack([flat_idx, rows]), g_vals.reshape(-1), (n, B),
+                                        check_invariants=False)
             g_W = torch.sparse.mm(S, xc).t()  # (d, n)
         if ctx.needs_input_grad[0]:
             g_xc = F.embedding_bag(idx, W_enc.t(), per_sample_weights=g_vals, mode="sum")
@@ -365,7 +366,7 @@ class PaperTopKTrainingSAE(_PaperTopKMixin, TrainingSAE[PaperTopKTrainingSAEConf
             rows = torch.arange(B, device=idx.device).repeat_interleave(self.cfg.k)
             feature_acts = torch.sparse_coo_tensor(
                 torch.stack([rows, idx.reshape(-1)]), vals.detach().reshape(-1),
-                (B, self.cfg.d_sae), is_coalesced=False)
+                (B, self.cfg.d_sae), is_coalesced=False, check_invariants=False)
             pre = vals.detach()  # (B, K): the dense (B, n) pre-activations are not kept
         return TrainStepOutput(sae_in=u, sae_out=recon, feature_acts=feature_acts,
                                hidden_pre=pre, loss=loss, losses={"mse_loss": loss.detach()})
