@@ -5,7 +5,8 @@ The report's own script sets ``<div id="render-check" data-status="ok" data-imag
 data-examples="k">`` on the load event once every <img> has naturalWidth > 0 and the
 feature browser drew its examples. This script dumps the DOM after JavaScript ran
 (``--dump-dom``), reads that marker, optionally checks that given texts appear in the
-rendered DOM (e.g. a Japanese example joined without spaces), and takes a screenshot.
+rendered DOM (e.g. a Japanese example joined without spaces), and takes two screenshots: the page from the top (``--screenshot``) and the feature
+browser alone (``<name>_browser.png``, via the report's ``#only=browser`` fragment).
 
     python scripts/browser_check.py out/report.html --screenshot out/report.png \
         [--fragment 'sae=0&feature=3'] [--expect-text 猫が好きです]
@@ -72,9 +73,14 @@ def check(report: Path, screenshot: Path, expect_text: list[str], timeout: float
         if t not in unescaped:
             problems.append(f"expected text {t!r} not in the rendered DOM")
     screenshot.parent.mkdir(parents=True, exist_ok=True)
-    shot = _run(binary, [f"--screenshot={screenshot}", "--window-size=1400,2400"], url, timeout)
-    if shot.returncode != 0 or not screenshot.exists() or screenshot.stat().st_size == 0:
-        problems.append(f"screenshot failed (rc={shot.returncode}): {shot.stderr.decode(errors='replace')[-400:]}")
+    # Two screenshots: the page from the top, and the feature browser alone (#only=browser).
+    browser_shot = screenshot.with_name(screenshot.stem + "_browser.png")
+    browser_url = url + ("&" if "#" in url else "#") + "only=browser"
+    for path, u in ((screenshot, url), (browser_shot, browser_url)):
+        shot = _run(binary, [f"--screenshot={path}", "--window-size=1400,2400"], u, timeout)
+        if shot.returncode != 0 or not path.exists() or path.stat().st_size == 0:
+            problems.append(f"screenshot {path} failed (rc={shot.returncode}): "
+                            f"{shot.stderr.decode(errors='replace')[-400:]}")
     return problems
 
 

@@ -136,6 +136,8 @@
     load(si);
     if (hash.feature !== undefined) showFeature(hash.feature);
   }
+  // report.html#only=browser shows just the feature browser (used for screenshots).
+  if (hash.only === "browser") document.body.classList.add("only-browser");
 
   window.addEventListener("load", function () {
     var imgs = Array.prototype.slice.call(document.images);
