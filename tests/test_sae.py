@@ -1,0 +1,157 @@
+"""paper_topk SAE: hand-worked codes, geometric median, SAELens round trip, fast == dense."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from sae_lens import SAE
+
+from sae_bilingual.sae import (
+    PaperTopKSAE,
+    dense_reference_loss,
+    export_stock_topk,
+    geometric_median,
+    load_sae,
+    make_metadata,
+    new_paper_sae,
+    save_sae,
+)
+
+
+def _hand_sae() -> PaperTopKSAE:
+    # d_in=2, d_sae=3, k=1; W_enc columns e1, e2, -e1; b_pre = (0.1, 0)
+    s = new_paper_sae(2, k=1, d_sae=3, metadata=make_metadata(hook_name="blocks.0.hook_resid_post"))
+    with torch.no_grad():
+        s.W_enc.copy_(torch.tensor([[1.0, 0.0, -1.0], [0.0, 1.0, 0.0]]))
+        s.W_dec.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]))
+        s.b_dec.copy_(torch.tensor([0.1, 0.0]))
+    return s
+
+
+def test_hand_weights_codes_and_reconstruction():
+    s = _hand_sae()
+    x = torch.tensor([[3.0, 4.0], [-6.0, 8.0], [-10.0, 0.0]])  # unit: (.6,.8), (-.6,.8), (-1,0)
+    # pre = (u - b) @ W_enc: row0 (.5,.8,-.5) -> latent 1 = .8; row1 (-.7,.8,.7) -> latent 1 = .8;
+    # row2 (-1.1, 0, 1.1) -> latent 2 = 1.1
+    z = s.encode(x)
+    expected = torch.tensor([[0, 0.8, 0], [0, 0.8, 0], [0, 0, 1.1]])
+    assert torch.allclose(z, expected, atol=1e-6)
+    # unit recon = z W_dec + b: (0.1, .8), (0.1, .8), (-1.1+0.1, 0); residual scale * ||x||
+    rec = s.decode(z)
+    exp_rec = torch.tensor([[0.1, 0.8], [0.1, 0.8], [-1.0, 0.0]]) * torch.tensor([[5.0], [10.0], [10.0]])
+    assert torch.allclose(rec, exp_rec, atol=1e-5)
+    idx, val = s.encode_topk(x / x.norm(dim=-1, keepdim=True))
+    assert idx[:, 0].tolist() == [1, 1, 2] and torch.allclose(val[:, 0], torch.tensor([0.8, 0.8, 1.1]))
+
+
+def test_no_relu_negative_codes_kept():
+    s = _hand_sae()
+    with torch.no_grad():
+        s.W_enc.mul_(-1)  # all pre-activations of (1, 0) negative except none
+    x = torch.tensor([[0.0, 1.0]])  # pre = -(( -.1, 1) @ W) = (.1, -1, -.1): top is .1
+    z = s.encode_normalized(x)
+    assert torch.allclose(z, torch.tensor([[0.1, 0.0, 0.0]]), atol=1e-6)
+    x2 = torch.tensor([[0.1, 2.0]]) / math.hypot(0.1, 2.0)
+    with torch.no_grad():
+        s.W_enc.copy_(-torch.ones(2, 3))
+    z2 = s.encode_normalized(x2)
+    assert (z2 < 0).sum() == 1  # the paper keeps a negative top-1 value (no ReLU)
+
+
+def test_geometric_median_matches_scipy():
+    from scipy.optimize import minimize
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 3)) + np.array([5.0, 0, 0])
+    x[:3] += 40.0  # outliers: the mean is far off, the median is not
+    f = lambda m: np.linalg.norm(x - m, axis=1).sum()  # noqa: E731
+    ref = minimize(f, x.mean(0), method="Nelder-Mead", options={"xatol": 1e-10, "fatol": 1e-12, "maxiter": 20000}).x
+    got = geometric_median(torch.tensor(x)).numpy()
+    assert f(got) <= f(ref) + 1e-6
+    assert np.allclose(got, ref, atol=1e-3)
+
+
+def test_save_load_bit_identical_and_splice(tmp_path):
+    from sae_lens import HookedSAETransformer
+    from transformer_lens import HookedTransformerConfig
+
+    torch.manual_seed(0)
+    hook = "blocks.0.hook_resid_post"
+    s = new_paper_sae(16, k=4, metadata=make_metadata(hook_name=hook, model_name="tiny",
+                                                       checkpoint_iteration=7, tokens=123, corpus="c", seed=0))
+    with torch.no_grad():
+        s.b_dec.normal_()
+    save_sae(s, tmp_path / "sae")
+    s2 = SAE.load_from_disk(tmp_path / "sae")
+    assert type(s2) is PaperTopKSAE and s2.cfg.d_sae == 256 and s2.cfg.k == 4
+    assert s2.cfg.metadata.paper_layer == 1 and s2.cfg.metadata.checkpoint_iteration == 7
+    for k_, v in s.state_dict().items():
+        assert torch.equal(v, s2.state_dict()[k_])
+    cfg = HookedTransformerConfig(n_layers=2, d_model=16, n_ctx=16, d_head=4, n_heads=4, d_vocab=20,
+                                  act_fn="gelu", normalization_type="LN")
+    model = HookedSAETransformer(cfg)
+    toks = torch.randint(0, 20, (2, 8))
+    _, cache = model.run_with_cache(toks, names_filter=[hook])
+    x = cache[hook]
+    model.add_sae(s2)
+    _, cache2 = model.run_with_cache(toks, names_filter=[hook + ".hook_sae_output"])
+    assert torch.allclose(cache2[hook + ".hook_sae_output"], s2(x), atol=1e-5)
+    # reconstruction is at residual scale
+    u = x / x.norm(dim=-1, keepdim=True)
+    rec_u = s2.decode_normalized(s2.encode_normalized(u))
+    assert torch.allclose(s2(x), rec_u * x.norm(dim=-1, keepdim=True), atol=1e-5)
+
+
+def test_loads_next_to_stock_saelens_sae(tmp_path):
+    from sae_lens.saes.standard_sae import StandardSAE, StandardSAEConfig
+
+    stock = StandardSAE(StandardSAEConfig(d_in=16, d_sae=32))
+    stock.save_model(tmp_path / "stock")
+    save_sae(new_paper_sae(16, k=2, d_sae=32, metadata=make_metadata(hook_name="blocks.0.hook_resid_post")),
+             tmp_path / "ours")
+    a, b = SAE.load_from_disk(tmp_path / "stock"), load_sae(tmp_path / "ours")
+    assert type(a).__name__ == "StandardSAE" and type(b) is PaperTopKSAE
+
+
+def test_stock_topk_export_same_codes_and_recon(tmp_path):
+    torch.manual_seed(1)
+    s = new_paper_sae(16, k=4, d_sae=64, metadata=make_metadata(hook_name="blocks.0.hook_resid_post"))
+    with torch.no_grad():
+        s.b_dec.normal_(std=0.1)
+    export_stock_topk(s, tmp_path / "stock")
+    stock = SAE.load_from_disk(tmp_path / "stock")
+    assert stock.cfg.architecture() == "topk"
+    x = torch.randn(200, 16) * 7
+    pos = (torch.topk((x / x.norm(dim=-1, keepdim=True) - s.b_dec) @ s.W_enc, 4).values > 0).all(-1)
+    x = x[pos]
+    assert x.shape[0] > 20
+    z_ours, z_stock = s.encode(x), stock.encode(x)
+    assert torch.allclose(z_ours, z_stock, atol=1e-5)
+    assert torch.allclose(s.decode(z_ours), stock.decode(z_stock), atol=1e-4)
+
+
+@pytest.mark.parametrize("variant", [{}, {"encoder_bias": True, "relu_before_topk": True}])
+def test_fast_step_equals_dense_reference(variant):
+    from sae_lens.saes.sae import TrainStepInput
+
+    torch.manual_seed(2)
+    t = new_paper_sae(32, k=5, d_sae=128, training=True, dtype="float64", **variant)
+    x = torch.randn(64, 32, dtype=torch.float64)
+    t.init_b_pre(x)
+    if variant:
+        with torch.no_grad():
+            t.b_enc.normal_(std=0.1)
+    out = t.training_forward_pass(TrainStepInput(sae_in=x, coefficients={}, dead_neuron_mask=None,
+                                                 n_training_steps=0, is_logging_step=False))
+    out.loss.backward()
+    fast = {n: p.grad.clone() for n, p in t.named_parameters()}
+    t.zero_grad()
+    loss, *_ = dense_reference_loss(t, x / x.norm(dim=-1, keepdim=True))
+    loss.backward()
+    assert torch.allclose(out.loss, loss, rtol=1e-12)
+    for n, p in t.named_parameters():
+        assert torch.allclose(fast[n], p.grad, atol=1e-10), n
+    assert out.feature_acts.to_dense().ne(0).sum(-1).le(5).all()
