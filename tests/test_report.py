@@ -101,3 +101,28 @@ def test_browser_check_detects_broken_image(report, tmp_path):
     res = subprocess.run([sys.executable, str(REPO / "scripts" / "browser_check.py"), str(broken),
                           "--screenshot", str(tmp_path / "b.png")], capture_output=True, text=True, timeout=300)
     assert res.returncode == 1 and "render-check" in res.stderr
+
+
+def test_neuronpedia_export(tmp_path):
+    from sae_bilingual.neuronpedia import export_neuronpedia
+    from tests.test_figures import FEATURE_EXAMPLES, fake_features
+
+    study = build_study(tmp_path / "s", with_tables=False)
+    unit = discover_units(study)[0]["path"]
+    out = export_neuronpedia(unit, study / "neuronpedia" / "toy-a_iter_0000200_L02.json", "toy-a", "2-res-paper-topk")
+    doc = json.loads(out.read_text(encoding="utf-8"))
+    feats = {f["index"]: f for f in doc["features"]}
+    ref = fake_features()
+    assert set(feats) == {str(i) for i in ref.index[~ref["dead"]]}  # dead feature 4 left out
+    assert doc["paper_layer"] == 2 and doc["languages"] == ["en", "ja"]
+    f3 = feats["3"]
+    assert f3["modelId"] == "toy-a" and f3["layer"] == "2-res-paper-topk"
+    assert f3["maxActApprox"] == pytest.approx(ref.loc[3, "max_act"])
+    assert f3["sae_bilingual"]["cls"] == "ja" and f3["sae_bilingual"]["top_token_ids"] == [3, 4]
+    # activations sorted by max value; argmax recomputed independently
+    acts = f3["activations"]
+    assert [a["maxValue"] for a in acts] == [1.5, 1.2]
+    assert acts[0]["tokens"] == FEATURE_EXAMPLES["3"][0]["tokens"] and acts[0]["maxValueTokenIndex"] == 2
+    assert acts[1]["maxValueTokenIndex"] == FEATURE_EXAMPLES["3"][1]["max_pos"]
+    assert feats["0"]["activations"] == []
+    assert "猫" in out.read_text(encoding="utf-8")  # UTF-8 kept readable
