@@ -384,9 +384,9 @@ def fig_intervention(table_df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
             lo, hi = np.min((mean - std)[ok]), np.max((mean + std)[ok])
             pad = max((hi - lo) * 0.25, abs(hi) * 0.002, 1e-6)
             ax.set_ylim(lo - pad, hi + pad)
-        for x_, v in zip(xs, mean):
+        for x_, v, e in zip(xs, mean, std):
             if np.isfinite(v):
-                ax.text(x_, v, f"{v:.2f}", ha="center", va="bottom", fontsize=7)
+                ax.text(x_, v + e, f"{v:.2f}", ha="center", va="bottom", fontsize=7)
         ax.set_xticks(xs)
         ax.set_xticklabels(conds, rotation=30, ha="right", fontsize=8)
         ax.set_title(m.replace("ppl_", "PPL ").replace("comet_", "COMET ").replace("_", "→" if m.startswith("comet") else " "), fontsize=10)
