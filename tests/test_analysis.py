@@ -290,3 +290,38 @@ def test_display_tokens_merges_byte_fallback():
             return [vocab[i] for i in ids]
 
     assert display_tokens([2, 3, 4], Tok()) == ["あ", "", ""]
+
+
+# ------------------------------------------------------------------ clusters
+
+
+def test_token_clusters_hand():
+    from sae_bilingual.semantic import token_clusters_from_embeddings
+
+    s = 1 / math.sqrt(2)
+    E = np.array([[1, 0, 0], [s, s, 0], [0, 1, 0], [0, 0, 1], [0, 0, -1], [0.0, -1, 0.0]], dtype=np.float32)
+    cc = token_clusters_from_embeddings(E, threshold=0.5)
+    # 0-1 (cos .71) and 1-2 (cos .71) chain 0, 1, 2 together; 3, 4, 5 alone
+    assert cc[0] == cc[1] == cc[2] and len({cc[0], cc[3], cc[4], cc[5]}) == 4
+    ld = token_clusters_from_embeddings(E, threshold=0.5, method="leader")
+    # leader 0 takes 1 (not 2: cos(0, 2) = 0); 2 leads its own cluster
+    assert ld[0] == ld[1] and ld[2] != ld[0]
+    only = token_clusters_from_embeddings(E, threshold=0.5, token_ids=[0, 2])
+    assert only[0] != only[2] and len(set(only.tolist())) == 6  # 1 not clustered -> no chain
+    with pytest.raises(ConfigError, match="connected_components"):
+        token_clusters_from_embeddings(E, method="kmeans")
+
+
+def test_token_clusters_blockwise_matches_dense(monkeypatch):
+    from scipy.sparse.csgraph import connected_components
+
+    import sae_bilingual.semantic as sem
+
+    E = np.random.default_rng(0).normal(size=(60, 16)).astype(np.float32)
+    X = E / np.linalg.norm(E, axis=1, keepdims=True)
+    n_ref, ref = connected_components(X @ X.T > 0.55, directed=False)
+    monkeypatch.setattr(sem, "_block_rows", lambda n, budget=0: 7)
+    got = sem.token_clusters_from_embeddings(E, threshold=0.55)
+    assert n_ref > 3
+    # same partition: pairs together in one iff together in the other
+    np.testing.assert_array_equal(got[:, None] == got[None, :], ref[:, None] == ref[None, :])
