@@ -168,6 +168,7 @@ class ActivationStore:
         self._buf: dict[str, torch.Tensor] | None = None
         self._lab = Labels.empty()
         self._ready = 0
+        self._fill = 0  # vectors in the buffer while it is being topped up
         self._source = self._source_iter()
         self.shard_dir: Path | None = None
         if cache_dir is not None:
@@ -215,7 +216,7 @@ class ActivationStore:
                 perm = torch.randperm(n, generator=self.gen) if self.shuffle else torch.arange(n)
                 s = 0
                 while s < n:
-                    room = self.buffer_vectors - self._size()
+                    room = self.buffer_vectors - self._fill
                     rows = min(self.lm_batch_size, max(1, room // (T - 1)))
                     w = self.windows.subset(perm[s:s + rows])
                     s += rows
@@ -237,6 +238,7 @@ class ActivationStore:
         size = self._size()
         end_of_epoch = False
         while size < self.buffer_vectors:
+            self._fill = size
             chunk = next(self._source)
             if chunk is None:
                 end_of_epoch = True
