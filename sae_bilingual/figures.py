@@ -316,7 +316,7 @@ def fig_lr_grid(lr_df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     return _save(fig, out_dir, "lr_grid")
 
 
-_INTERVENTION_METRICS = ("ppl_en", "ppl_ja", "ppl_all", "comet_en_ja", "comet_ja_en")
+_INTERVENTION_METRICS = ("ppl_en", "ppl_ja", "ppl_all", "comet_en_ja", "comet_ja_en", "chrf_en_ja", "chrf_ja_en")
 
 
 def intervention_long(table_df: pd.DataFrame) -> pd.DataFrame:
@@ -327,7 +327,7 @@ def intervention_long(table_df: pd.DataFrame) -> pd.DataFrame:
       ppl_en, ppl_ja, ppl_all, comet_en_ja, ...);
     - long: ``condition, metric, mean[, std]``;
     - per draw: ``condition`` + ``<metric>`` value columns (one row per random draw);
-      mean and std over draws are computed here.
+      mean and sample std (ddof=1, as ``evaluation.aggregate_table``) over draws are computed here.
     Extra ``alpha``/``m`` columns with several values are folded into the condition label.
     """
     df = table_df.copy()
@@ -347,14 +347,14 @@ def intervention_long(table_df: pd.DataFrame) -> pd.DataFrame:
             rows.append(part)
         out = pd.concat(rows, ignore_index=True)
     else:
-        vals = [c for c in df.columns if c.startswith(("ppl_", "comet_"))]
+        vals = [c for c in df.columns if c.startswith(("ppl_", "comet_", "chrf_"))]
         if not vals:
             raise DataError("fig_intervention: no metric columns (ppl_*/comet_*, *_mean, or metric/mean) "
                             f"in {list(df.columns)}.")
         order = list(dict.fromkeys(df["condition"]))
         g = df.groupby("condition", sort=False)[vals]
         out = g.mean().reset_index().melt("condition", var_name="metric", value_name="mean")
-        sd = g.std(ddof=0).reset_index().melt("condition", var_name="metric", value_name="std")
+        sd = g.std(ddof=1).fillna(0.0).reset_index().melt("condition", var_name="metric", value_name="std")
         out = out.merge(sd, on=["condition", "metric"])
         out["_o"] = out["condition"].map({c: i for i, c in enumerate(order)})
         out = out.sort_values(["metric", "_o"]).drop(columns="_o")
@@ -367,6 +367,15 @@ def fig_intervention(table_df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     """Paper Table 1 as bars: one panel per metric (PPL en/ja/all, COMET when present),
     one bar per condition, error bars = std over random draws. See :func:`intervention_long`
     for the accepted table formats (wide ``<metric>_mean/_std``, long, or per-draw rows)."""
+    title = "Intervention: mid model + final-model features (mean ± std over draws)"
+    cells = [k for k in ("alpha", "m") if k in table_df.columns]
+    if cells and len(table_df[cells].drop_duplicates()) > 1:
+        # Table 4 grid present: draw the paper's cell (alpha=0.1, m=5000) when there, else the first.
+        combos = table_df[cells].drop_duplicates()
+        paper = combos[(combos.get("alpha", 0.1) == 0.1) & (combos.get("m", 5000) == 5000)]
+        pick = (paper if len(paper) else combos).iloc[0]
+        table_df = table_df[(table_df[cells] == pick).all(axis=1)]
+        title += " — " + ", ".join(f"{k}={pick[k]:g}" for k in cells)
     long = intervention_long(table_df)
     metrics = [m for m in _INTERVENTION_METRICS if m in set(long["metric"])]
     metrics += [m for m in dict.fromkeys(long["metric"]) if m not in metrics]
@@ -391,7 +400,7 @@ def fig_intervention(table_df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
         ax.set_xticklabels(conds, rotation=30, ha="right", fontsize=8)
         ax.set_title(m.replace("ppl_", "PPL ").replace("comet_", "COMET ").replace("_", "→" if m.startswith("comet") else " "), fontsize=10)
         ax.grid(alpha=0.25, axis="y")
-    fig.suptitle("Intervention: mid model + final-model features (mean ± std over draws)", fontsize=10)
+    fig.suptitle(title, fontsize=10)
     return _save(fig, out_dir, "intervention")
 
 

@@ -155,12 +155,23 @@ def test_intervention_formats_agree(tmp_path):
     draws = pd.DataFrame({"condition": ["none", "Bi", "Bi", "Bi"],
                           "ppl_en": [18.7, 18.3, 18.4, 18.5], "ppl_ja": [25.0, 25.1, 25.2, 25.3]})
     long = intervention_long(draws).set_index(["condition", "metric"])
-    # independent: population std of (18.3, 18.4, 18.5)
+    # independent: sample std of (18.3, 18.4, 18.5) = sqrt((0.01 + 0 + 0.01) / 2) = 0.1
     assert long.loc[("Bi", "ppl_en"), "mean"] == pytest.approx(18.4)
-    assert long.loc[("Bi", "ppl_en"), "std"] == pytest.approx(np.sqrt(2 / 3) * 0.1)
+    assert long.loc[("Bi", "ppl_en"), "std"] == pytest.approx(0.1)
+    assert long.loc[("none", "ppl_en"), "std"] == 0.0
     wide = pd.DataFrame({"condition": ["none", "Bi"], "ppl_en_mean": [18.7, 18.4], "ppl_en_std": [0.0, 0.08]})
     lw = intervention_long(wide).set_index(["condition", "metric"])
     assert lw.loc[("Bi", "ppl_en"), "std"] == pytest.approx(0.08)
     assert len(fig_intervention(draws, tmp_path)) == 2
     with pytest.raises(DataError):
         intervention_long(pd.DataFrame({"condition": ["x"], "foo": [1]}))
+
+
+def test_intervention_grid_draws_paper_cell(tmp_path):
+    """A Table-4 grid (several alpha, m) is drawn at the paper's cell, not as 36 bars."""
+    rows = [dict(condition=c, alpha=a, m=m, draw=d, ppl_en=18 + a + m / 1e4 + 0.01 * d)
+            for c in ("none", "mixed") for a in (0.05, 0.1) for m in (1000, 5000) for d in range(2)]
+    paths = fig_intervention(pd.DataFrame(rows), tmp_path)
+    svg = paths[1].read_text()
+    assert "alpha=0.1, m=5000" in svg.replace("α", "alpha")
+    assert "18.60" in svg and "18.15" not in svg  # 18 + 0.1 + 0.5 (+0.005 mean draw) shown; other cells not
