@@ -27,6 +27,8 @@ from sae_bilingual.intervention import FeatureInjection
 from tests.test_comet_bridge import fake_comet  # noqa: F401  (fixture)
 from tests.test_intervention import HOOK, StandInSAE, tiny_model
 
+torch.set_num_threads(1)  # tiny models: threads only contend on the shared CPUs
+
 
 class CharTok:
     """Minimal char tokenizer: id 0 = BOS, no EOS."""

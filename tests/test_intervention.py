@@ -26,6 +26,8 @@ D = 32
 N_LAYERS = 3
 VOCAB = 40
 
+torch.set_num_threads(1)  # tiny models: threads only contend on the shared CPUs
+
 
 def tiny_model(seed: int, d_model: int = D) -> HookedTransformer:
     cfg = HookedTransformerConfig(
