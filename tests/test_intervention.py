@@ -284,3 +284,49 @@ def test_scale_m_and_mask_tensor():
     assert torch.equal(mask_tensor(torch.tensor([True, False]), 2), torch.tensor([1.0, 0]))
     with pytest.raises(ConfigError):
         mask_tensor([5], 4)
+
+
+# -- the real PaperTopKSAE (sae_bilingual.sae) ------------------------------------------
+
+
+def real_identity_sae(hook_name: str = HOOK):
+    from sae_bilingual.sae import make_metadata, new_paper_sae
+
+    sae = new_paper_sae(D, k=D, d_sae=2 * D, metadata=make_metadata(hook_name=hook_name))
+    eye = torch.eye(D)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
+        sae.W_dec.copy_(torch.cat([eye, -eye], dim=0))
+        sae.b_dec.zero_()
+    return sae
+
+
+def test_real_paper_topk_sae_adds_exactly_the_final_residual(models, tokens):
+    pytest.importorskip("sae_bilingual.sae")
+    final, mid = models
+    sae = real_identity_sae()
+    x_full = manual_final(final, tokens)
+    x_mid = manual_final(mid, tokens)
+    seen = {}
+    with FeatureInjection(sae, mid_model=mid, final_model=final, layer=2, alpha=1.0, skip_bos=False) as inj:
+        mid.run_with_hooks(tokens, fwd_hooks=inj.fwd_hooks() + [(HOOK, lambda x, hook: seen.update(x=x.clone()))])
+    torch.testing.assert_close(seen["x"], x_mid + x_full, rtol=1e-6, atol=1e-6)
+    with FeatureInjection(sae, mid_model=mid, final_model=final, alpha=0.0) as inj:
+        assert torch.equal(mid.run_with_hooks(tokens, fwd_hooks=inj.fwd_hooks()), mid(tokens))
+
+
+def test_real_paper_topk_sae_hook_and_width_checks(models, tmp_path):
+    pytest.importorskip("sae_bilingual.sae")
+    from sae_lens import SAE
+
+    from sae_bilingual.sae import make_metadata, new_paper_sae, save_sae
+
+    final, mid = models
+    wrong = new_paper_sae(D, k=4, d_sae=64, metadata=make_metadata(hook_name="blocks.2.hook_resid_post"))
+    save_sae(wrong, tmp_path / "sae")
+    loaded = SAE.load_from_disk(str(tmp_path / "sae"))
+    with pytest.raises(SAEFileError, match=r"blocks\.2\.hook_resid_post.*paper layer 3.*blocks\.1\.hook_resid_post"):
+        FeatureInjection(loaded, mid_model=mid, final_model=final, layer=2)
+    narrow = new_paper_sae(16, k=4, d_sae=64, metadata=make_metadata(hook_name=HOOK))
+    with pytest.raises(SAEFileError, match=r"d_in=16.*d_model=32"):
+        FeatureInjection(narrow, mid_model=mid, final_model=final)
