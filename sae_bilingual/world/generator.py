@@ -910,11 +910,22 @@ class FrameSampler:
             if not any(lex.nouns([c]) for c in obj_classes):
                 obj_classes = ["object"]
             obj_classes = [c for c in obj_classes if lex.nouns([c])]
+            subj = subj_np()
             obj = self.np_(obj_classes)
-            rec = self.np_(["person"], allow_number=False) if kind == "ditransitive" else None
+            for _ in range(5):  # "Emma drew Emma": redraw the object
+                if obj.head.id != subj.head.id:
+                    break
+                obj = self.np_(obj_classes)
+            rec = None
+            if kind == "ditransitive":
+                rec = self.np_(["person"], allow_number=False)
+                for _ in range(5):
+                    if rec.head.id != subj.head.id:
+                        break
+                    rec = self.np_(["person"], allow_number=False)
             if rng.random() < 0.3:
                 place = self.noun(["place"])
-            return Frame(kind, subj_np(), verb, obj, rec, place, time, adverb, tense=tense)
+            return Frame(kind, subj, verb, obj, rec, place, time, adverb, tense=tense)
         if kind == "motion":
             return Frame(kind, subj_np(), self.pick("motion", lex.by_pos("verb_motion")), place=self.noun(["place"]),
                          time=time, adverb=adverb, tense=tense)

@@ -1,0 +1,251 @@
+"""Tests for the embedded toy world (generator, tokenizer, pre-training, cache)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from sae_bilingual.world import World, WorldConfig, build_world, is_complete, world_dir
+from sae_bilingual.world.generator import (
+    NO_CONCEPT,
+    Frame,
+    FrameSampler,
+    GeneratorConfig,
+    Style,
+    build_lexicon,
+    generate_documents,
+    n_lexicon_concepts,
+    realize_en,
+    realize_ja,
+    vocabulary,
+)
+from sae_bilingual.world.pretrain import checkpoint_steps, iteration_dirname
+
+# ------------------------------------------------------------------ generator (fast)
+
+
+def test_lexicon_has_300_concepts_each_in_both_languages():
+    lex = build_lexicon()
+    assert len(lex.concepts) == n_lexicon_concepts()
+    assert len(lex.concepts) >= 300
+    rows = vocabulary(lex)  # raises on an ambiguous surface form
+    by_lang: dict[str, set[int]] = {"en": set(), "ja": set()}
+    for _tok, lang, cid, _name, _pos in rows:
+        if cid != NO_CONCEPT:
+            by_lang[lang].add(cid)
+    ids = {c.id for c in lex.concepts}
+    assert by_lang["en"] == ids and by_lang["ja"] == ids
+    # Japanese surface forms really are Japanese script
+    ja_forms = [t for t, lang, *_ in rows if lang == "ja"]
+    assert all(any("\u3000" <= ch <= "\u30ff" or "\u4e00" <= ch <= "\u9fff" for ch in t) for t in ja_forms)
+
+
+def test_generator_is_deterministic_from_seed():
+    lex = build_lexicon(120)
+    a = generate_documents(lex, GeneratorConfig(seed=3), 50)
+    b = generate_documents(lex, GeneratorConfig(seed=3), 50)
+    c = generate_documents(lex, GeneratorConfig(seed=4), 50)
+    assert [d.tokens for d in a] == [d.tokens for d in b]
+    assert [d.concepts for d in a] == [d.concepts for d in b]
+    assert [d.tokens for d in a] != [d.tokens for d in c]
+
+
+def _frames(n: int, kind: str) -> list[Frame]:
+    lex = build_lexicon()
+    cfg = GeneratorConfig(seed=0, frame_weights={kind: 1.0})
+    s = FrameSampler(lex, cfg, np.random.default_rng(0))
+    out = []
+    for _ in range(n):
+        s.new_doc()
+        out.append(s.frame())
+    return lex, out
+
+
+def test_japanese_is_sov_with_particles_english_is_svo():
+    lex, frames = _frames(200, "transitive")
+    for fr in frames:
+        ja = realize_ja(lex, fr, Style(polite=bool(fr.verb.id % 2)))
+        en = realize_en(lex, fr, Style())
+        ja_toks = [t for t, _ in ja]
+        ja_cids = [c for _, c in ja]
+        en_cids = [c for _, c in en]
+        # Japanese: topic は after the subject, object marked by を, verb last before 。
+        assert ja_toks[-1] == "。"
+        assert ja_cids[-2] == fr.verb.id
+        assert ja_toks.index("を") < ja_cids.index(fr.verb.id)
+        assert fr.obj.head.id != fr.subj.head.id
+        assert ja_cids.index(fr.obj.head.id) < ja_toks.index("を")
+        assert ja_toks.index("は") < ja_toks.index("を")
+        assert ja_cids.index(fr.subj.head.id) < ja_toks.index("は")
+        # English: subject, verb, object
+        assert en_cids.index(fr.subj.head.id) < en_cids.index(fr.verb.id) < en_cids.index(fr.obj.head.id)
+        # same concepts in both realisations (translation, not paraphrase)
+        assert sorted(c for c in ja_cids if c >= 0) == sorted(c for c in en_cids if c >= 0)
+    lex, frames = _frames(100, "ditransitive")
+    for fr in frames:
+        ja = [t for t, _ in realize_ja(lex, fr, Style())]
+        assert "に" in ja and "を" in ja
+
+
+def test_bilingual_documents_alternate_translation_pairs():
+    lex = build_lexicon(120)
+    docs = generate_documents(lex, GeneratorConfig(seed=0, bilingual_share=1.0), 30)
+    for d in docs:
+        assert d.bilingual and set(d.token_langs) == {"en", "ja"}
+        # sentence languages in order; pairs alternate en-ja, ja-en, ...
+        ends = [i for i, t in enumerate(d.tokens) if t in (".", "。")]
+        sent_langs = [d.token_langs[i] for i in ends]
+        assert len(sent_langs) % 2 == 0
+        pairs = [tuple(sent_langs[i : i + 2]) for i in range(0, len(sent_langs), 2)]
+        assert all(set(p) == {"en", "ja"} for p in pairs)
+        assert all(pairs[i][0] != pairs[i + 1][0] for i in range(len(pairs) - 1))
+    mono = generate_documents(lex, GeneratorConfig(seed=0, bilingual_share=0.0), 30)
+    assert all(len(set(d.token_langs)) == 1 and d.token_langs[0] == d.lang for d in mono)
+    assert all(len(d.tokens) + 1 <= 64 for d in docs + mono)
+
+
+def test_checkpoint_steps_log_spaced():
+    s = checkpoint_steps(600, 10)
+    assert len(s) == 10 and s[0] == 0 and s[-1] == 600 and s == sorted(set(s))
+    assert s[1] <= 2 and s[5] < 60  # dense early
+    assert checkpoint_steps(5, 10) == [0, 1, 2, 3, 4, 5]
+    assert iteration_dirname(42) == "iter_0000042"
+
+
+# ------------------------------------------------------------------ the tiny world
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> World:
+    cache = tmp_path_factory.mktemp("cache")
+    return build_world(WorldConfig.tiny(), cache_dir=cache, progress=False)
+
+
+@pytest.mark.slow
+def test_corpus_schema_and_ground_truth_alignment(world):
+    gt = world.ground_truth
+    tok = world.tokenizer
+    assert tok.bos_token_id == 1 and tok.unk_token_id == 0 and tok.eos_token_id == 2 and tok.pad_token_id == 3
+    assert list(gt.index) == list(range(len(tok)))
+    for split in ("train", "eval"):
+        ds = world.corpus[split]
+        assert set(ds.column_names) >= {"text", "lang", "doc_id", "input_ids", "concept_ids"}
+        for row in ds.select(range(40)):
+            ids, cids = row["input_ids"], row["concept_ids"]
+            assert ids[0] == 1 and len(ids) == len(cids) <= world.config.context
+            assert tok(row["text"])["input_ids"] == ids  # text round-trips through the tokenizer
+            assert gt.loc[ids, "concept"].tolist() == cids
+            langs = set(gt.loc[ids[1:], "lang"])
+            if not row["bilingual"]:
+                assert langs == {row["lang"]}
+            else:
+                assert langs == {"en", "ja"}
+    assert not any(world.corpus["eval"]["bilingual"])
+    share = np.mean(world.corpus["train"]["bilingual"])
+    assert abs(share - world.config.bilingual_share) < 0.05
+    assert set(world.translation_pairs.columns) == {"en", "ja"} and len(world.translation_pairs) > 0
+
+
+@pytest.mark.slow
+def test_every_concept_appears_in_both_languages(world):
+    gt = world.ground_truth
+    ids = np.concatenate([np.asarray(x) for x in world.corpus["train"]["input_ids"]])
+    used = gt.loc[np.unique(ids)]
+    used = used[used.concept >= 0]
+    per_concept = used.groupby("concept")["lang"].agg(lambda s: set(s))
+    all_concepts = set(gt.loc[gt.concept >= 0, "concept"])
+    assert set(per_concept.index) == all_concepts
+    assert all(v == {"en", "ja"} for v in per_concept)
+
+
+@pytest.mark.slow
+def test_loss_falls_and_catalogue_matches_dirs(world):
+    cat = json.loads((world.root / "catalogue.json").read_text())
+    its = [c["iteration"] for c in cat["checkpoints"]]
+    dirs = sorted(int(p.name.split("_")[1]) for p in world.root.glob("iter_*"))
+    assert dirs == its and len(its) >= 9 and its[0] == 0 and its[-1] == world.config.steps
+    assert cat["tokens_per_iteration"] == world.config.batch_size * world.config.context
+    assert all(c["tokens"] == c["iteration"] * cat["tokens_per_iteration"] for c in cat["checkpoints"])
+    first, last = cat["checkpoints"][0]["loss"], cat["checkpoints"][-1]["loss"]
+    assert last < 0.5 * first, (first, last)
+    # uniform guess over the vocabulary is the loss scale at step 0
+    assert abs(first - np.log(len(world.tokenizer))) < 0.5
+    curve = world.loss_curve
+    assert len(curve) == world.config.steps and curve.loss.iloc[-10:].mean() < curve.loss.iloc[:10].mean() - 1.0
+
+
+@pytest.mark.slow
+def test_checkpoints_load_with_plain_transformers(world):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    final = world.final_checkpoint
+    model = AutoModelForCausalLM.from_pretrained(final)
+    c = model.config
+    assert c.model_type == "llama" and not c.tie_word_embeddings and c.rms_norm_eps == 1e-5
+    assert c.rope_parameters["rope_theta"] == 10000.0 and not c.attention_bias and not c.mlp_bias
+    assert not model.model.embed_tokens.weight.data_ptr() == model.lm_head.weight.data_ptr()
+    assert all(not n.endswith("bias") for n, _ in model.named_parameters())
+    tok = AutoTokenizer.from_pretrained(final)
+    text = world.corpus["eval"][0]["text"]
+    assert tok(text)["input_ids"] == world.corpus["eval"][0]["input_ids"]
+    # the catalogue's held-out loss is reproduced by HF's own loss on the same windows
+    ids = world.corpus["eval"]["input_ids"][:256]
+    x = torch.full((len(ids), world.config.context), 3)
+    for i, r in enumerate(ids):
+        x[i, : len(r)] = torch.tensor(r)
+    y = x.clone()
+    y[x == 3] = -100
+    with torch.no_grad():
+        loss = float(model(input_ids=x, labels=y).loss)
+    assert loss == pytest.approx(world.catalogue["checkpoints"][-1]["loss"], abs=2e-3)
+    first = AutoModelForCausalLM.from_pretrained(world.checkpoints[0])
+    assert not torch.equal(first.lm_head.weight, model.lm_head.weight)
+
+
+@pytest.mark.slow
+def test_final_model_continues_in_the_prompt_language(world):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(world.final_checkpoint).eval()
+    gt = world.ground_truth
+    ev = world.corpus["eval"]
+    for lang in ("en", "ja"):
+        rows = [r for r in ev.select(range(60)) if r["lang"] == lang][:8]
+        prompts = torch.tensor([r["input_ids"][:6] for r in rows])  # BOS + 5 words
+        with torch.no_grad():
+            out = model.generate(prompts, max_new_tokens=12, do_sample=False, pad_token_id=3)
+        new = out[:, 6:].flatten().tolist()
+        langs = gt.loc[new, "lang"]
+        langs = langs[langs != ""]
+        assert len(langs) > 0
+        share = float((langs == lang).mean())
+        assert share >= 0.9, (lang, share, [gt.loc[t, "token"] for t in new[:24]])
+
+
+@pytest.mark.slow
+def test_cache_hit_is_fast_and_config_changes_dir(world):
+    cache = world.root.parents[1]
+    t = time.perf_counter()
+    again = build_world(WorldConfig.tiny(), cache_dir=cache, progress=False)
+    assert again.from_cache and again.root == world.root
+    assert time.perf_counter() - t < 5.0
+    assert again.build_seconds == world.build_seconds  # no retraining happened
+    assert world_dir(WorldConfig.tiny(seed=1), cache) != world.root
+    assert world_dir(WorldConfig.tiny(bilingual_share=0.3), cache) != world.root
+    assert world_dir(WorldConfig.tiny(threads=1), cache) == world.root  # runtime-only field
+
+
+@pytest.mark.slow
+def test_partial_build_is_detected_and_rebuilt(tmp_path):
+    cfg = WorldConfig.tiny(n_train_docs=64, n_eval_docs=16, n_translation_pairs=4, steps=3, n_checkpoints=3)
+    root = world_dir(cfg, tmp_path)
+    (root / "iter_0000000").mkdir(parents=True)  # what a crash mid-build could leave
+    (root / "world.json").write_text("{}")
+    assert not is_complete(root)
+    w = build_world(cfg, cache_dir=tmp_path, progress=False)
+    assert not w.from_cache and is_complete(root)
+    assert [p.name for p in w.checkpoints] == ["iter_0000000", "iter_0000001", "iter_0000003"]
