@@ -145,8 +145,7 @@ def hooked_from_hf_model(
     centring, so hook activations equal HF hidden states.
     """
     cfg = hooked_config_from_hf(hf_model.config, dtype=dtype, device=device, model_name=model_name)
-    hf_model = hf_model.to(dtype)
-    with torch.no_grad():
+    with torch.no_grad():  # cast copies only; the caller's hf_model is left as it was
         state_dict = {k: v.detach().to(dtype) for k, v in convert_llama_weights(hf_model, cfg).items()}
     model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
     model.load_and_process_state_dict(
