@@ -219,7 +219,8 @@ class HFLlamaFamily:
             candidates = []
             if kind != "hub":
                 final = self.catalogue().final.path
-                candidates = [p for p in (final, Path(where)) if p is not None]
+                root = Path(where)
+                candidates = [p for p in (final, root, root / "tokenizer") if p is not None]
             hit = next((p for p in candidates if _has_tokenizer_files(Path(p))), None)
             if hit is not None:
                 tok = load_tokenizer(hit)
