@@ -8,3 +8,14 @@ TransformerLens.
 from __future__ import annotations
 
 __version__ = "0.1.0"
+
+
+def _register() -> None:
+    from sae_bilingual.models.llmjp import register_with_transformer_lens
+    from sae_bilingual.sae import register
+
+    register()
+    register_with_transformer_lens()
+
+
+_register()
