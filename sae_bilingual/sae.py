@@ -118,17 +118,19 @@ class PaperTopKTrainingSAEConfig(TrainingSAEConfig):
 
 
 class _TopKEncode(torch.autograd.Function):
-    """(xc, W_enc[, b_enc]) -> (vals [B,K], idx [B,K]); backward touches only the K picks.
+    """(u, b_pre, W_enc[, b_enc]) -> (vals [B,K], idx [B,K]); backward touches only the K picks.
 
-    Forward: pre = xc @ W_enc (+ b_enc) (B, n); (ReLU); top-K per row.
-    Backward: with g = dL/dvals (B, K) (masked by the ReLU when used),
+    Forward: pre = (u - b_pre) @ W_enc (+ b_enc) (B, n); (ReLU); top-K per row.
+    Backward: with g = dL/dvals (B, K) (masked by the ReLU when used) and c[j] = sum of g
+    over the picks of latent j,
       dW_enc[:, j] = sum over (row, k) with idx = j of g[row, k] * xc[row]   (sparse (n,B)@(B,d))
-      dxc[row]     = sum_k g[row, k] * W_enc[:, idx[row, k]]                   (embedding_bag)
-      db_enc[j]    = sum of g over picks of j.
+      db_pre       = -W_enc @ c,   db_enc = c,
+      du[row]      = sum_k g[row, k] * W_enc[:, idx[row, k]]   (only if u needs a gradient).
     """
 
     @staticmethod
-    def forward(ctx, xc, W_enc, b_enc, k: int, relu: bool):  # type: ignore[override]
+    def forward(ctx, u, b_pre, W_enc, b_enc, k: int, relu: bool):  # type: ignore[override]
+        xc = u - b_pre
         pre = xc @ W_enc  # (B, n)
         if b_enc is not None:
             pre += b_enc
@@ -148,25 +150,63 @@ class _TopKEncode(torch.autograd.Function):
             g_vals = g_vals * (vals > 0).to(g_vals.dtype)
         B, K = idx.shape
         d, n = W_enc.shape
-        g_xc = g_W = g_b = None
+        g_u = g_bpre = g_W = g_b = None
         flat_idx = idx.reshape(-1)
-        if ctx.needs_input_grad[1]:
+        if ctx.needs_input_grad[2]:
             rows = torch.arange(B, device=idx.device).repeat_interleave(K)
             S = torch.sparse_coo_tensor(torch.stack([flat_idx, rows]), g_vals.reshape(-1), (n, B),
                                         check_invariants=False)
             g_W = torch.sparse.mm(S, xc).t()  # (d, n)
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[3]:
+            c = torch.zeros(n, dtype=g_vals.dtype, device=g_vals.device).index_add_(0, flat_idx, g_vals.reshape(-1))
+            if ctx.needs_input_grad[1]:
+                g_bpre = -(W_enc @ c)
+            if ctx.has_b and ctx.needs_input_grad[3]:
+                g_b = c
         if ctx.needs_input_grad[0]:
-            g_xc = F.embedding_bag(idx, W_enc.t(), per_sample_weights=g_vals, mode="sum")
-        if ctx.has_b and ctx.needs_input_grad[2]:
-            g_b = torch.zeros(n, dtype=g_vals.dtype, device=g_vals.device)
-            g_b.index_add_(0, flat_idx, g_vals.reshape(-1))
-        return g_xc, g_W, g_b, None, None
+            g_u = F.embedding_bag(idx, W_enc.t().contiguous(), per_sample_weights=g_vals, mode="sum")
+        return g_u, g_bpre, g_W, g_b, None, None
 
 
-def topk_encode_sparse(xc: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor | None,
-                       k: int, relu: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-K (vals, idx) of ``xc @ W_enc (+ b_enc)`` with a K-sparse backward."""
-    return _TopKEncode.apply(xc, W_enc, b_enc, k, relu)
+def topk_encode_sparse(u: torch.Tensor, b_pre: torch.Tensor, W_enc: torch.Tensor,
+                       b_enc: torch.Tensor | None, k: int,
+                       relu: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-K (vals, idx) of ``(u - b_pre) @ W_enc (+ b_enc)`` with a K-sparse backward."""
+    return _TopKEncode.apply(u, b_pre, W_enc, b_enc, k, relu)
+
+
+class _SparseDecode(torch.autograd.Function):
+    """(idx, vals, W_dec) -> sum_k vals[:, k] W_dec[idx[:, k]]; sparse backward.
+
+    dvals[row, k] = go[row] . W_dec[idx[row, k]];  dW_dec = S^T go with S the (B, n) code.
+    (Autograd through F.embedding_bag gives the same numbers but its weight backward sorts
+    and was ~3x slower on CPU.)
+    """
+
+    @staticmethod
+    def forward(ctx, idx, vals, W_dec):  # type: ignore[override]
+        ctx.save_for_backward(idx, vals, W_dec)
+        return F.embedding_bag(idx, W_dec, per_sample_weights=vals, mode="sum")
+
+    @staticmethod
+    def backward(ctx, go):  # type: ignore[override]
+        idx, vals, W_dec = ctx.saved_tensors
+        B, K = idx.shape
+        n = W_dec.shape[0]
+        g_vals = g_W = None
+        if ctx.needs_input_grad[1]:
+            g_vals = torch.bmm(W_dec[idx], go.unsqueeze(-1)).squeeze(-1)  # (B, K)
+        if ctx.needs_input_grad[2]:
+            rows = torch.arange(B, device=idx.device).repeat_interleave(K)
+            S = torch.sparse_coo_tensor(torch.stack([idx.reshape(-1), rows]), vals.reshape(-1), (n, B),
+                                        check_invariants=False)
+            g_W = torch.sparse.mm(S, go)  # (n, d)
+        return None, g_vals, g_W
+
+
+def sparse_decode_train(idx: torch.Tensor, vals: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
+    """Training decode (B, K) codes -> (B, d) without b_pre, with a sparse backward."""
+    return _SparseDecode.apply(idx, vals, W_dec)
 
 
 def sparse_decode(idx: torch.Tensor, vals: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
@@ -357,10 +397,9 @@ class PaperTopKTrainingSAE(_PaperTopKMixin, TrainingSAE[PaperTopKTrainingSAEConf
             loss, z, pre, recon = dense_reference_loss(self, u)
             feature_acts = z
         else:
-            xc = u - self.b_dec
             b_enc = self.b_enc if self.cfg.encoder_bias else None
-            vals, idx = topk_encode_sparse(xc, self.W_enc, b_enc, self.cfg.k, self.cfg.relu_before_topk)
-            recon = sparse_decode(idx, vals, self.W_dec) + self.b_dec
+            vals, idx = topk_encode_sparse(u, self.b_dec, self.W_enc, b_enc, self.cfg.k, self.cfg.relu_before_topk)
+            recon = sparse_decode_train(idx, vals, self.W_dec) + self.b_dec
             loss = (recon - u).pow(2).sum(-1).mean()
             B = idx.shape[0]
             rows = torch.arange(B, device=idx.device).repeat_interleave(self.cfg.k)
