@@ -249,3 +249,22 @@ def test_partial_build_is_detected_and_rebuilt(tmp_path):
     w = build_world(cfg, cache_dir=tmp_path, progress=False)
     assert not w.from_cache and is_complete(root)
     assert [p.name for p in w.checkpoints] == ["iter_0000000", "iter_0000001", "iter_0000003"]
+
+
+def test_config_validation_and_thread_backoff(monkeypatch):
+    from sae_bilingual.errors import ConfigError
+    from sae_bilingual.world import pretrain as pt
+
+    with pytest.raises(ConfigError, match="bilingual_share"):
+        WorldConfig(bilingual_share=1.5)
+    with pytest.raises(ConfigError, match="n_heads"):
+        WorldConfig(d_model=100, n_heads=3)
+    with pytest.raises(ConfigError, match="languages"):
+        WorldConfig(languages=("en",))
+    with pytest.raises(ConfigError, match="valid languages"):
+        build_lexicon(languages=("en", "xx"))
+    monkeypatch.setattr(pt.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(pt.os, "getloadavg", lambda: (5.0, 5.0, 5.0))
+    assert pt.effective_threads(2) == 1
+    monkeypatch.setattr(pt.os, "getloadavg", lambda: (0.5, 0.5, 0.5))
+    assert pt.effective_threads(2) == 2 and pt.effective_threads(1) == 1

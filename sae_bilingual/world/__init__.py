@@ -24,7 +24,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -144,7 +144,7 @@ class World:
     root: Path
     config: WorldConfig
     from_cache: bool = False
-    _meta: dict[str, Any] = field(default_factory=dict, repr=False)
+    """True when this call found the world on disk (no corpus generation, no training)."""
 
     @cached_property
     def meta(self) -> dict[str, Any]:
