@@ -67,12 +67,13 @@ def cmd_world(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from sae_bilingual.figures import make_all_figures
     from sae_bilingual.report import write_report
-    from sae_bilingual.study import collect_summary
+    from sae_bilingual.study import collect_summary, export_all_neuronpedia
 
     out = Path(args.study_dir)
     collect_summary(out)
     make_all_figures(out)
-    print(f"report: {write_report(out)}")
+    export_all_neuronpedia(out)
+    print(f"report: {write_report(out, make_figures=False)}")
     return 0
 
 

@@ -26,15 +26,15 @@ def _torch_dtype(name: str) -> torch.dtype:
     return _DTYPES[name]
 
 
-def train_config(ctx, d_model: int, lr: float, n_vectors: int):
-    """SAETrainConfig from the recipe for a model of width ``d_model``."""
+def train_config(ctx, lr: float, n_vectors: int):
+    """SAETrainConfig from the recipe; one pass over ``n_vectors`` training vectors."""
     from sae_bilingual.train import SAETrainConfig
 
     s = ctx.recipe.sae
-    d_sae = s.d_sae or s.expansion * d_model
     return SAETrainConfig(
         k=s.k,
-        d_sae=d_sae,
+        d_sae=s.d_sae,
+        expansion=s.expansion,
         lr=lr,
         batch_size=min(s.batch_size, n_vectors),
         total_training_tokens=n_vectors,
@@ -55,135 +55,151 @@ def _metadata(ctx, unit, layer: int) -> dict[str, Any]:
         "model_source": spec.source or ("toy-world" if spec.family == "toy" else spec.family),
         "checkpoint_iteration": unit.iteration,
         "checkpoint_tokens": unit.tokens,
-        "hook_name": hook_for_layer(layer),
         "paper_layer": layer,
         "corpus": data.corpus,
         "languages": list(data.languages),
         "train_tokens_per_lang": data.train_tokens_per_lang,
         "context_size": data.context,
-        "seed": ctx.recipe.seed,
         "sae_bilingual_version": __version__,
     }
 
 
-def _train_layers(ctx, unit, layers: list[int], lr_by_key: dict[str, float], progress: bool):
-    """Train one SAE per key from ONE stream of LM activations; returns (model, saes)."""
-    from sae_bilingual.store import ActivationStore
-    from sae_bilingual.train import train_saes
-
+def _load_model(ctx, unit):
     fam = ctx.family(unit.model_index)
     ck = fam.catalogue().select(iteration=unit.iteration)
-    model = fam.load(ck, device=ctx.recipe.device, dtype=_torch_dtype(ctx.recipe.dtype))
-    windows = ctx.windows("train", unit.model_index)
+    return fam.load(ck, device=ctx.recipe.device, dtype=_torch_dtype(ctx.recipe.dtype))
+
+
+def _store(ctx, unit, model, hooks: list[str], batch_size: int):
+    """A shuffling store over the study's training windows: one LM pass feeds all ``hooks``."""
+    from sae_bilingual.store import ActivationStore
+
     data = ctx.recipe.data
-    hooks = sorted({hook_for_layer(l) for l in layers})
-    store = ActivationStore(
-        model, windows, hooks,
-        batch_size=ctx.recipe.sae.batch_size,
+    return ActivationStore(
+        model, ctx.windows("train", unit.model_index), hooks,
+        batch_size=batch_size,
         buffer_vectors=data.buffer_vectors,
         lm_batch_size=data.lm_batch_size,
         seed=ctx.recipe.seed,
+        device=ctx.recipe.device,
     )
-    return model, store
 
 
 def run_unit(ctx, unit, layers: list[int], out: Path, *, lr: float, manifest, progress: bool = True) -> None:
     """Train, save and analyse the SAEs of ``layers`` at one checkpoint."""
+    from sae_bilingual.sae import save_sae
     from sae_bilingual.store import collect_activations
+    from sae_bilingual.study import write_unit_summary
     from sae_bilingual.train import evaluate_sae, train_saes
 
     t0 = time.time()
-    model, store = _train_layers(ctx, unit, layers, {}, progress)
+    model = _load_model(ctx, unit)
     hooks = [hook_for_layer(l) for l in layers]
-    cfg = train_config(ctx, model.cfg.d_model, lr, store.n_vectors)
+    n_train = ctx.windows("train", unit.model_index).n_vectors
+    cfg = train_config(ctx, lr, n_train)
+    store = _store(ctx, unit, model, hooks, cfg.batch_size)
     metas = {hook_for_layer(l): _metadata(ctx, unit, l) for l in layers}
-    saes = train_saes(store, hooks, cfg, metas, progress=progress)
+    saes = train_saes(store, hooks, cfg, metas)
     t_train = time.time() - t0
     eval_windows = ctx.windows("eval", unit.model_index)
-    acts, labels = collect_activations(model, eval_windows, hooks, batch_size=ctx.recipe.data.lm_batch_size)
+    acts, labels = collect_activations(model, eval_windows, hooks, batch_size=ctx.recipe.data.lm_batch_size,
+                                       device=ctx.recipe.device)
     clusters = token_clusters(ctx, unit, labels)
     for layer, hook in zip(layers, hooks):
         t1 = time.time()
         ldir = unit.layer_dir(out, layer)
         ldir.mkdir(parents=True, exist_ok=True)
         sae = saes[hook]
-        with atomic_dir(ldir / "sae") as tmp:
-            sae.save_model(tmp)
-        metrics = evaluate_sae(sae, acts[hook], model=model, windows=eval_windows, hook=hook)
-        row = analyse_layer(ctx, unit, layer, sae, acts[hook], labels, eval_windows, clusters, ldir)
+        save_sae(sae, ldir / "sae")
+        metrics = evaluate_sae(sae, acts[hook], model=model, windows=eval_windows)
+        row = analyse_layer(ctx, unit, layer, sae, acts[hook], labels, clusters, ldir)
         row.update({k: float(v) for k, v in metrics.items() if np.isscalar(v)})
         row["seconds"] = round(t_train / len(layers) + time.time() - t1, 2)
-        from sae_bilingual.study import write_unit_summary
-
         write_unit_summary(ldir / "summary.json", row)
         manifest.mark_layer(unit.id, layer)
-    del model, saes, acts
 
 
 def token_clusters(ctx, unit, labels) -> dict[str, np.ndarray]:
     """Semantic clusters of the token ids that occur in the eval set.
 
-    'embeddings': connected components of cosine > threshold over input embeddings of the
-    configured model (the paper: the final/largest model). On the toy world we also
-    return the ground-truth concept clusters, which the paper never had.
+    'embeddings': connected components of cosine > threshold over the input embeddings of
+    the configured checkpoint (the paper: the final model). On the toy world we also return
+    the ground-truth concept clusters, which the paper never had.
     """
-    from sae_bilingual.analysis import clusters_from_ground_truth, token_clusters_from_embeddings
+    from sae_bilingual.semantic import clusters_from_ground_truth, token_clusters_from_embeddings
 
     a = ctx.recipe.analysis
     fam = ctx.family(unit.model_index)
     cat = fam.catalogue()
     ck = cat.final if a.embedding_source == "final" else cat.select(iteration=unit.iteration)
-    key = ("emb", unit.model_index, ck.iteration)
-    cache = ctx.__dict__.setdefault("_cluster_cache", {})
-    if key not in cache:
+    key = (unit.model_index, ck.iteration)
+    if key not in ctx.cluster_cache:
         model = fam.load(ck, device="cpu", dtype=torch.float32)
-        emb = model.W_E.detach().float().numpy()
-        cache[key] = token_clusters_from_embeddings(emb, threshold=a.cluster_threshold, method="connected_components")
+        emb = model.W_E.detach().float()
+        token_ids = np.unique(labels.token_id.numpy())
+        ctx.cluster_cache[key] = token_clusters_from_embeddings(
+            emb, threshold=a.cluster_threshold, method="connected_components", token_ids=token_ids
+        )
         del model
-    out = {"embeddings": cache[key]}
+    out = {"embeddings": ctx.cluster_cache[key]}
     if ctx.recipe.data.corpus == "toy":
-        gt = ctx.world.ground_truth
-        out["ground_truth"] = clusters_from_ground_truth(gt)
+        out["ground_truth"] = clusters_from_ground_truth(ctx.world.ground_truth["concept"])
     return out
 
 
-def analyse_layer(ctx, unit, layer, sae, vectors, labels, windows, clusters, ldir: Path) -> dict[str, Any]:
+def analysis_config(ctx):
+    """AnalysisConfig from the recipe's analysis section."""
+    from sae_bilingual.analysis import AnalysisConfig
+
+    a = ctx.recipe.analysis
+    cfg = AnalysisConfig(threshold_ratio=a.act_threshold, lang_threshold=a.lang_threshold,
+                         lang_rule=a.language_rule, span_mode=a.span_rule)
+    if a.language_rule == "script":
+        from sae_bilingual.analysis import script_of_tokens
+
+        tok = ctx.tokenizer()
+        pieces = tok.convert_ids_to_tokens(list(range(len(tok))))
+        cfg.token_script = script_of_tokens(pieces, tuple(ctx.recipe.data.languages))
+    return cfg
+
+
+def analyse_layer(ctx, unit, layer, sae, vectors, labels, clusters, ldir: Path) -> dict[str, Any]:
     """Codes -> per-feature table (+ examples) -> summary row for one SAE."""
-    from sae_bilingual.analysis import AnalysisConfig, analyse_features, encode_to_codes, summarise, top_examples
+    from sae_bilingual.analysis import analyse_features, summarise, top_examples
+    from sae_bilingual.codes import encode_to_codes
     from sae_bilingual.io import save_parquet
 
     a = ctx.recipe.analysis
     languages = tuple(ctx.recipe.data.languages)
     codes = encode_to_codes(sae, vectors, labels, languages=languages)
     codes.save(ldir / "codes.safetensors")
-    acfg = AnalysisConfig(
-        act_threshold=a.act_threshold, lang_threshold=a.lang_threshold,
-        language_rule=a.language_rule, span_rule=a.span_rule,
-    )
+    acfg = analysis_config(ctx)
     primary = "ground_truth" if a.cluster_method == "ground_truth" and "ground_truth" in clusters else "embeddings"
     df = analyse_features(codes, sae.cfg.d_sae, token_clusters=clusters[primary], cfg=acfg)
     row: dict[str, Any] = {}
-    if "ground_truth" in clusters and primary != "ground_truth":
-        gt_df = analyse_features(codes, sae.cfg.d_sae, token_clusters=clusters["ground_truth"], cfg=acfg)
-        df["R_gt"] = gt_df["R"]
-        row["mean_R_gt"] = float(gt_df.loc[~gt_df["dead"], "R"].mean())
-    if ctx.recipe.data.corpus == "toy":
-        from sae_bilingual.ground_truth import score_features
+    if "ground_truth" in clusters:
+        if primary != "ground_truth":
+            gt_df = analyse_features(codes, sae.cfg.d_sae, token_clusters=clusters["ground_truth"], cfg=acfg)
+            df["R_gt"] = gt_df["R"]
+            row["mean_R_gt"] = float(gt_df.loc[~gt_df["dead"], "R"].mean())
+        from sae_bilingual.ground_truth import score_ground_truth
 
-        gt_scores, gt_cols = score_features(codes, df, ctx.world.ground_truth, cfg=acfg)
-        for c, v in gt_cols.items():
-            df[c] = v
-        row.update(gt_scores)
-    save_parquet(df, ldir / "features.parquet")
+        gt_cols, gt_scores = score_ground_truth(codes, df, ctx.world.ground_truth, cfg=acfg)
+        for c in gt_cols.columns:
+            df[c] = gt_cols[c]
+        row.update({k: v for k, v in gt_scores.items() if np.isscalar(v)})
     tok = ctx.tokenizer(unit.model_index)
-    live = df.index[~df["dead"]]
+    df["top_tokens"] = [[tok.convert_ids_to_tokens(int(t)) for t in ids] for ids in df["top_token_ids"]]
+    save_parquet(df, ldir / "features.parquet")
     browse = _browser_features(df, a.n_browser_features, languages)
-    examples = top_examples(codes, windows, browse, n_examples=a.n_examples, tokenizer=tok)
+    examples = top_examples(codes, None, browse, n_examples=a.n_examples, tokenizer=tok)
     atomic_write_json(ldir / "examples.json", examples)
     spec = ctx.recipe.models[unit.model_index]
+    fam = ctx.family(unit.model_index)
     row.update({
         "model": spec.family, "size": spec.family, "iteration": unit.iteration, "tokens": unit.tokens,
-        "layer": layer, "hook": hook_for_layer(layer), "n_live_check": int(len(live)),
+        "layer": layer, "hook": hook_for_layer(layer), "n_layers": fam.n_layers, "n_tokens": codes.n,
+        "d_sae": sae.cfg.d_sae, "k": sae.cfg.k,
     })
     row.update(summarise(df, languages))
     return row
@@ -206,21 +222,21 @@ def run_lr_grid(ctx, unit, out: Path, progress: bool = True) -> float:
     import pandas as pd
 
     from sae_bilingual.io import save_parquet
-
-    path = out / "tables" / "lr_grid.csv"
-    if path.exists():
-        df = pd.read_csv(path)
-        if set(df["lr"]) == set(ctx.recipe.sae.lr_grid):
-            return float(df.loc[df["val_mse"].idxmin(), "lr"])
     from sae_bilingual.store import collect_activations
     from sae_bilingual.train import lr_grid
 
-    model, store = _train_layers(ctx, unit, unit.layers, {}, progress)
+    grid = list(ctx.recipe.sae.lr_grid)
+    path = out / "tables" / "lr_grid.csv"
+    if path.exists():
+        df = pd.read_csv(path)
+        if sorted(df["lr"]) == sorted(grid):
+            return float(df.loc[df["val_mse"].idxmin(), "lr"])
+    model = _load_model(ctx, unit)
     hook = hook_for_layer(unit.layers[0])
     eval_acts, _ = collect_activations(model, ctx.windows("eval", unit.model_index), [hook],
-                                       batch_size=ctx.recipe.data.lm_batch_size)
-    cfg = train_config(ctx, model.cfg.d_model, ctx.recipe.sae.lr_grid[0], store.n_vectors)
-    df, best = lr_grid(store, hook, eval_acts[hook], ctx.recipe.sae.lr_grid, cfg, progress=progress)
+                                       batch_size=ctx.recipe.data.lm_batch_size, device=ctx.recipe.device)
+    cfg = train_config(ctx, grid[0], ctx.windows("train", unit.model_index).n_vectors)
+    df, best = lr_grid(lambda: _store(ctx, unit, model, [hook], cfg.batch_size), hook, cfg, eval_acts[hook], grid)
     df["model"], df["iteration"], df["layer"] = unit.family, unit.iteration, unit.layers[0]
     atomic_write_text(path, df.to_csv(index=False))
     save_parquet(df, out / "tables" / "lr_grid.parquet")
@@ -230,10 +246,11 @@ def run_lr_grid(ctx, unit, out: Path, progress: bool = True) -> float:
 def run_intervention(ctx, plan, out: Path, progress: bool = True):
     """Table 1 / Table 4: inject final-model features into the mid checkpoint."""
     import pandas as pd
-    from sae_lens import SAE
 
-    from sae_bilingual.evaluation import aggregate_table, run_intervention_table
+    from sae_bilingual.evaluation import aggregate_table, compare_with_paper, run_intervention_table, table1, table4, to_markdown
     from sae_bilingual.layers import parse_layers
+    from sae_bilingual.sae import load_sae
+    from sae_bilingual.study import Unit
 
     iv = ctx.recipe.intervention
     path = out / "tables" / "intervention.csv"
@@ -249,27 +266,73 @@ def run_intervention(ctx, plan, out: Path, progress: bool = True):
         mid = cat.select(iteration=analysed[len(analysed) // 2])
     layer = parse_layers(iv.layer, fam.n_layers)[0]
     spec = ctx.recipe.models[iv.model]
-    from sae_bilingual.study import Unit
-
-    final_unit = Unit(iv.model, spec.family, final.iteration, final.tokens, [layer])
-    ldir = final_unit.layer_dir(out, layer)
-    sae = SAE.load_from_disk(str(ldir / "sae"))
+    ldir = Unit(iv.model, spec.family, final.iteration, final.tokens, [layer]).layer_dir(out, layer)
+    sae = load_sae(ldir / "sae", device=ctx.recipe.device)
     features = pd.read_parquet(ldir / "features.parquet")
     dtype = _torch_dtype(ctx.recipe.dtype)
     final_model = fam.load(final, device=ctx.recipe.device, dtype=dtype)
     mid_model = fam.load(mid, device=ctx.recipe.device, dtype=dtype)
-    pairs = ctx.world.translation_pairs if ctx.recipe.data.corpus == "toy" else None
-    table = run_intervention_table(
+    windows = ctx.windows("eval", iv.model)
+    windows = _first_docs_per_lang(windows, iv.eval_docs_per_lang)
+    pairs = _translation_pairs(ctx)
+    if pairs is not None:
+        pairs = pairs.iloc[: iv.translation_pairs + iv.few_shot].reset_index(drop=True)
+    comet = True if (iv.comet_python or iv.comet_model) else None
+    ms = _feasible_ms(features, iv, sae.cfg.d_sae)
+    draws = run_intervention_table(
         final_model, mid_model, sae, features, layer,
-        conditions=tuple(iv.conditions), alphas=tuple(iv.alphas), ms=tuple(iv.ms), scale_m=iv.scale_m,
-        n_draws=iv.draws, seed=ctx.recipe.seed, windows=ctx.windows("eval", iv.model),
-        eval_docs_per_lang=iv.eval_docs_per_lang, pairs=pairs, n_pairs=iv.translation_pairs,
-        few_shot=iv.few_shot, max_new_tokens=iv.max_new_tokens, scale=iv.scale, add_bias=iv.add_bias,
-        comet_python=iv.comet_python, comet_model=iv.comet_model, progress=progress,
+        conditions=tuple(iv.conditions), alpha=list(iv.alphas), m=ms, n_draws=iv.draws,
+        seed=ctx.recipe.seed, windows=windows, pairs=pairs, languages=tuple(ctx.recipe.data.languages),
+        few_shot=iv.few_shot, max_new_tokens=iv.max_new_tokens, tokenizer=ctx.tokenizer(iv.model),
+        scale=iv.scale, add_bias=iv.add_bias, scale_m_to_sae=False, comet=comet,
+        comet_kwargs={"python": iv.comet_python, "model_path": iv.comet_model} if comet else None,
     )
-    table["mid_iteration"], table["final_iteration"], table["layer"] = mid.iteration, final.iteration, layer
-    agg = aggregate_table(table)
-    atomic_write_text(out / "tables" / "intervention_draws.csv", table.to_csv(index=False))
-    atomic_write_text(out / "tables" / "intervention.md", agg.to_markdown() if hasattr(agg, "to_markdown") else agg.to_string())
-    atomic_write_text(path, agg.to_csv(index=True))
+    draws["mid_iteration"], draws["final_iteration"], draws["layer"] = mid.iteration, final.iteration, layer
+    agg = aggregate_table(draws)
+    md = ["## Table 1", to_markdown(table1(agg)), "", "## Table 4 (PPL all, relative to none)", to_markdown(table4(agg))]
+    if spec.family.startswith("llm-jp"):
+        md += ["", "## Beside the paper", compare_with_paper(agg)]
+    atomic_write_text(out / "tables" / "intervention_draws.csv", draws.to_csv(index=False))
+    atomic_write_text(out / "tables" / "intervention.md", "\n".join(md) + "\n")
+    atomic_write_text(path, agg.to_csv(index=False))
     return agg
+
+
+def _feasible_ms(features, iv, d_sae: int) -> list[int]:
+    """Mask sizes per recipe m: scaled to this SAE's n, capped at the smallest class.
+
+    Every class must be drawn with the same m for the comparison to be fair; a small SAE
+    may have fewer live Mixed features than the scaled m, so we cap (and say so).
+    """
+    from sae_bilingual.intervention import scale_m
+
+    classes = [c for c in iv.conditions if c != "none"]
+    counts = features.loc[~features["dead"], "cls"].value_counts()
+    smallest = min(int(counts.get(c, 0)) for c in classes) if classes else 0
+    out = []
+    for m in iv.ms:
+        want = scale_m(m, d_sae) if iv.scale_m else m
+        if want > smallest:
+            log.warning("intervention m=%d (scaled %d) exceeds the smallest class (%d live features; %s): "
+                        "using m=%d for every class", m, want, smallest, dict(counts), smallest)
+            want = smallest
+        out.append(want)
+    if min(out, default=0) < 1:
+        from sae_bilingual.errors import DataError
+
+        raise DataError(f"intervention: a class in {classes} has no live features ({dict(counts)}); "
+                        "train a larger SAE or drop that condition")
+    return out
+
+
+def _first_docs_per_lang(windows, n: int):
+    """The first ``n`` eval windows of each language (same tokens for every condition)."""
+    keep = torch.cat([torch.nonzero(windows.lang == i).flatten()[:n] for i in range(len(windows.languages))])
+    return windows.subset(keep.sort().values)
+
+
+def _translation_pairs(ctx):
+    """Parallel test pairs: the toy world's, or ``../shared``-style files named in the recipe."""
+    if ctx.recipe.data.corpus == "toy":
+        return ctx.world.translation_pairs
+    return None

@@ -109,6 +109,7 @@ class StudyContext:
         self._world = None
         self._families: dict[int, Any] = {}
         self._windows: dict[str, Any] = {}
+        self.cluster_cache: dict[tuple[int, int], Any] = {}
 
     # -- model sources
     @property
@@ -135,7 +136,8 @@ class StudyContext:
             source = spec.source
             if spec.family == "toy" and source is None:
                 source = str(self.world.root)
-            self._families[index] = get_family(spec.family, source=source, revision=spec.revision)
+            extra = {"revision": spec.revision} if spec.revision else {}
+            self._families[index] = get_family(spec.family, source=source, **extra)
         return self._families[index]
 
     def tokenizer(self, index: int = 0):
@@ -326,9 +328,26 @@ def run_study(recipe: Recipe, *, dry_run: bool = False, progress: bool = True, f
     from sae_bilingual.report import write_report
 
     make_all_figures(out)
-    report = write_report(out)
+    export_all_neuronpedia(out)
+    report = write_report(out, make_figures=False)
     log.info("study finished in %.1f s: %d SAEs, report %s", time.time() - t0, len(summary), report)
     return report
+
+
+def export_all_neuronpedia(out: Path) -> list[Path]:
+    """Every analysed SAE's features as Neuronpedia-style JSON under ``neuronpedia/``."""
+    from sae_bilingual.neuronpedia import export_neuronpedia
+
+    paths = []
+    for ldir in sorted((out / "units").glob("*/*/L*")):
+        if not (ldir / SUMMARY_FILE).exists():
+            continue
+        family, it, layer = ldir.parents[1].name, ldir.parent.name, ldir.name
+        dst = out / "neuronpedia" / f"{family}_{it}_{layer}.json"
+        if not dst.exists():
+            export_neuronpedia(ldir, dst, model_id=f"{family}@{it}", sae_id=f"{layer}-paper_topk")
+        paths.append(dst)
+    return paths
 
 
 def _summary_ok(unit: Unit, out: Path, layer: int) -> bool:
