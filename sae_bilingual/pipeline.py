@@ -85,7 +85,7 @@ def _store(ctx, unit, model, hooks: list[str], batch_size: int):
     )
 
 
-def run_unit(ctx, unit, layers: list[int], out: Path, *, lr: float, manifest, progress: bool = True) -> None:
+def run_unit(ctx, unit, layers: list[int], out: Path, *, lr: float) -> None:
     """Train, save and analyse the SAEs of ``layers`` at one checkpoint."""
     from sae_bilingual.sae import save_sae
     from sae_bilingual.store import collect_activations
@@ -116,7 +116,6 @@ def run_unit(ctx, unit, layers: list[int], out: Path, *, lr: float, manifest, pr
         row.update({k: float(v) for k, v in metrics.items() if np.isscalar(v)})
         row["seconds"] = round(t_train / len(layers) + time.time() - t1, 2)
         write_unit_summary(ldir / "summary.json", row)
-        manifest.mark_layer(unit.id, layer)
 
 
 def token_clusters(ctx, unit, labels) -> dict[str, np.ndarray]:

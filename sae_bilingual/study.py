@@ -9,6 +9,7 @@ deterministic from the seed, so the result is the same).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -19,6 +20,7 @@ from typing import Any
 
 from sae_bilingual.config import Recipe, dump_recipe, recipe_to_dict
 from sae_bilingual.errors import ConfigError, OutputError
+from sae_bilingual.executors import UnitJob, get_executor
 from sae_bilingual.io import atomic_write_json, atomic_write_text, save_parquet
 from sae_bilingual.layers import hook_for_layer, parse_layers
 from sae_bilingual.manifest import SUMMARY_FILE, Manifest, read_json
@@ -310,17 +312,24 @@ def run_study(recipe: Recipe, *, dry_run: bool = False, progress: bool = True, f
     lr = recipe.sae.lr
     if plan.lr_grid is not None:
         lr = pipeline.run_lr_grid(ctx, plan.lr_grid, out, progress=progress)
-    todo = [u for u in plan.units if not all(manifest.layer_done(u.id, l) and _summary_ok(u, out, l) for l in u.layers)]
-    if len(todo) < len(plan.units):
-        log.info("resuming: %d of %d units already finished", len(plan.units) - len(todo), len(plan.units))
-    bar = tqdm(todo, desc="units", unit="unit", disable=not progress)
-    for unit in bar:
-        bar.set_postfix_str(unit.id)
+    jobs = []
+    for unit in plan.units:
         missing = [l for l in unit.layers if not (manifest.layer_done(unit.id, l) and _summary_ok(unit, out, l))]
-        manifest.mark_unit(unit.id, "running")
-        t = time.time()
-        pipeline.run_unit(ctx, unit, missing, out, lr=float(lr), manifest=manifest, progress=progress)
-        manifest.mark_unit(unit.id, "done", seconds=round(time.time() - t, 2))
+        if missing:
+            jobs.append(UnitJob(recipe_to_dict(recipe), dataclasses.asdict(unit), tuple(missing), str(out), float(lr)))
+    if len(jobs) < len(plan.units):
+        log.info("resuming: %d of %d units already finished", len(plan.units) - len(jobs), len(plan.units))
+    executor = get_executor(recipe.executor, **({"ctx": ctx} if recipe.executor == "local" else {}))
+    for job in jobs:
+        manifest.mark_unit(f"{job.unit['family']}/iter_{job.unit['iteration']:07d}", "queued")
+    bar = tqdm(total=len(jobs), desc="units", unit="unit", disable=not progress)
+    for result in executor.run(jobs):
+        for layer in result.layers:
+            manifest.mark_layer(result.unit_id, layer)
+        manifest.mark_unit(result.unit_id, "done", seconds=round(result.seconds, 2))
+        bar.update(1)
+        bar.set_postfix_str(result.unit_id)
+    bar.close()
     summary = collect_summary(out)
     if recipe.intervention.enabled:
         pipeline.run_intervention(ctx, plan, out, progress=progress)
