@@ -106,7 +106,11 @@ class AnalysisSpec:
     """A feature is language-specific when p(lang|i) exceeds this."""
     language_rule: Literal["document", "script"] = "document"
     cluster_threshold: float = 0.1
-    """Cosine similarity above which two tokens share a semantic cluster."""
+    """Cosine similarity above which two tokens share a semantic cluster (the paper: 0.1)."""
+    cluster_threshold_scaling: bool = False
+    """Scale the threshold by sqrt(3072 / d_model): the same number of standard deviations of
+    random-vector cosine as 0.1 is in the paper's 3,072-d embeddings (TOY-FINDINGS: 0.1 links
+    almost every token of a 128-d model into one cluster)."""
     cluster_method: Literal["connected_components", "ground_truth"] = "connected_components"
     embedding_source: Literal["self", "final"] = "final"
     """Input embeddings for semantic clusters: the analysed checkpoint or the final one."""

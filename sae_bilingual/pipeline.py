@@ -137,13 +137,25 @@ def token_clusters(ctx, unit, labels) -> dict[str, np.ndarray]:
         emb = model.W_E.detach().float()
         token_ids = np.unique(labels.token_id.numpy())
         ctx.cluster_cache[key] = token_clusters_from_embeddings(
-            emb, threshold=a.cluster_threshold, method="connected_components", token_ids=token_ids
+            emb, threshold=cluster_threshold(ctx, emb.shape[1]), method="connected_components", token_ids=token_ids
         )
         del model
     out = {"embeddings": ctx.cluster_cache[key]}
     if ctx.recipe.data.corpus == "toy":
         out["ground_truth"] = clusters_from_ground_truth(ctx.world.ground_truth["concept"])
     return out
+
+
+PAPER_EMBEDDING_DIM = 3072
+"""Width of the LLM-jp-3 3.7B input embeddings the paper clusters tokens with."""
+
+
+def cluster_threshold(ctx, d_model: int) -> float:
+    """The cosine threshold in force (optionally scaled to the embedding width)."""
+    a = ctx.recipe.analysis
+    if a.cluster_threshold_scaling:
+        return float(a.cluster_threshold * (PAPER_EMBEDDING_DIM / d_model) ** 0.5)
+    return float(a.cluster_threshold)
 
 
 def analysis_config(ctx):
@@ -198,7 +210,7 @@ def analyse_layer(ctx, unit, layer, sae, vectors, labels, clusters, ldir: Path) 
     row.update({
         "model": spec.family, "size": spec.family, "iteration": unit.iteration, "tokens": unit.tokens,
         "layer": layer, "hook": hook_for_layer(layer), "n_layers": fam.n_layers, "n_tokens": codes.n,
-        "d_sae": sae.cfg.d_sae, "k": sae.cfg.k,
+        "d_sae": sae.cfg.d_sae, "k": sae.cfg.k, "cluster_threshold": cluster_threshold(ctx, fam.d_model),
     })
     row.update(summarise(df, languages))
     return row

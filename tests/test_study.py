@@ -1,0 +1,89 @@
+"""The whole study on the smoke recipe: artefacts, plan, resume without recomputation."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from sae_bilingual.config import load_recipe
+from sae_bilingual.errors import ConfigError
+from sae_bilingual.study import plan_study, recipe_hash, run_study
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "recipes" / "smoke.yaml"
+
+pytestmark = pytest.mark.slow
+
+
+def test_smoke_study_writes_every_artefact(smoke_study) -> None:
+    out, report = smoke_study
+    assert Path(report) == out / "report.html" and Path(report).stat().st_size > 10_000
+    summary = pd.read_parquet(out / "tables" / "summary.parquet")
+    recipe = load_recipe(SMOKE)
+    # 3 log-spaced checkpoints x every layer of the 2-layer tiny model
+    assert len(summary) == 3 * 2
+    assert sorted(summary["layer"].unique()) == [1, 2]
+    assert list(summary["hook"].unique()) == ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
+    live = summary["n_live"]
+    shares = summary["frac_en"] + summary["frac_ja"] + summary["frac_mixed"]
+    assert ((shares - 1).abs() < 1e-9)[live > 0].all(), "class shares of live features sum to 1"
+    assert (summary["n_dead"] + summary["n_live"] == summary["n_features"]).all()
+    assert (summary["fvu"] < 1).all(), "every SAE explains some variance"
+    assert summary["k"].eq(recipe.sae.k).all()
+    for ldir in (out / "units").glob("*/*/L*"):
+        for name in ("sae/cfg.json", "sae/sae_weights.safetensors", "codes.safetensors",
+                     "features.parquet", "examples.json", "summary.json"):
+            assert (ldir / name).is_file(), ldir / name
+        feats = pd.read_parquet(ldir / "features.parquet")
+        assert len(feats) == summary["n_features"].iloc[0]
+    for name in ("lr_grid.csv", "intervention.csv", "intervention.md"):
+        assert (out / "tables" / name).is_file()
+    pngs = {p.stem for p in (out / "figures").glob("*.png")}
+    assert {"heatmaps_toy", "span_toy", "lr_grid", "intervention"} <= pngs
+    assert any(s.startswith("lang_dist_toy") for s in pngs)
+    assert len(list((out / "neuronpedia").glob("*.json"))) == len(summary)
+
+
+def test_rerun_skips_finished_units(smoke_study, monkeypatch) -> None:
+    out, _ = smoke_study
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("units/*/*/L*/summary.json")}
+    from sae_bilingual import pipeline
+
+    def boom(*a, **k):
+        raise AssertionError("a finished unit was recomputed")
+
+    monkeypatch.setattr(pipeline, "run_unit", boom)
+    from sae_bilingual import train
+
+    monkeypatch.setattr(train, "lr_grid", lambda *a, **k: pytest.fail("LR grid recomputed"))
+    recipe = load_recipe(SMOKE, {"output_dir": str(out)})
+    run_study(recipe, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+def test_dry_run_plan_names_units_and_budget(world_cache) -> None:
+    recipe = load_recipe(SMOKE)
+    text = run_study(recipe, dry_run=True)
+    assert "3 units, 6 SAEs" in text and "LR grid" in text and "LM tokens" in text
+    plan = plan_study(recipe)
+    assert [u.layers for u in plan.units] == [[1, 2]] * 3
+
+
+def test_other_recipe_in_same_dir_is_refused(smoke_study) -> None:
+    out, _ = smoke_study
+    other = load_recipe(SMOKE, {"output_dir": str(out), "seed": 1})
+    assert recipe_hash(other) != json.loads((out / "manifest.json").read_text())["recipe_hash"]
+    with pytest.raises(ConfigError, match="different recipe"):
+        run_study(other, progress=False)
+
+
+def test_layer_out_of_range_fails_at_planning(world_cache) -> None:
+    from sae_bilingual.layers import LayerError
+
+    recipe = load_recipe(SMOKE, {"models": [{"family": "toy", "layers": [5]}]})
+    with pytest.raises(LayerError, match="0..2"):
+        plan_study(recipe)
