@@ -76,6 +76,10 @@ class DataSpec:
     """Shuffle-buffer size in vectors per layer (the paper: 0.5M-10M by model size)."""
     lm_batch_size: int = 32
     """Documents per LM forward when collecting activations."""
+    activation_cache: bool = True
+    """Keep training activations as safetensors shards under <output_dir>/cache so further
+    SAE runs on the same (checkpoint, layers) -- the LR grid, a rerun -- skip the LM. Costs
+    n_vectors x d_model x 4 bytes per layer (turn off at full scale)."""
 
 
 @dataclass
@@ -139,6 +143,12 @@ class InterventionSpec:
     add_bias: bool = False
     eval_docs_per_lang: int = 200
     translation_pairs: int = 50
+    """Parallel test pairs translated per direction (after the few-shot examples)."""
+    pairs_paths: dict[str, str] = field(default_factory=dict)
+    """Line-aligned parallel files per language for translation, e.g. the shared
+    small_parallel_enja test.{en,ja} (default for the toy world: its own held-out pairs)."""
+    unspace_languages: list[str] = field(default_factory=lambda: ["ja"])
+    """Languages whose word-separating spaces are removed from `pairs_paths` text."""
     few_shot: int = 3
     max_new_tokens: int = 24
     comet_python: str | None = None

@@ -70,11 +70,16 @@ def _load_model(ctx, unit):
     return fam.load(ck, device=ctx.recipe.device, dtype=_torch_dtype(ctx.recipe.dtype))
 
 
-def _store(ctx, unit, model, hooks: list[str], batch_size: int):
+def _store(ctx, unit, model, hooks: list[str], batch_size: int, out: Path | None = None):
     """A shuffling store over the study's training windows: one LM pass feeds all ``hooks``."""
     from sae_bilingual.store import ActivationStore
 
     data = ctx.recipe.data
+    cache = {}
+    if data.activation_cache and out is not None:
+        cache = {"cache_dir": out / "cache" / "activations",
+                 "cache_id": {"unit": unit.id, "hooks": hooks, "seed": ctx.recipe.seed,
+                              "context": data.context, "train_tokens_per_lang": data.train_tokens_per_lang}}
     return ActivationStore(
         model, ctx.windows("train", unit.model_index), hooks,
         batch_size=batch_size,
@@ -82,6 +87,7 @@ def _store(ctx, unit, model, hooks: list[str], batch_size: int):
         lm_batch_size=data.lm_batch_size,
         seed=ctx.recipe.seed,
         device=ctx.recipe.device,
+        **cache,
     )
 
 
@@ -247,7 +253,7 @@ def run_lr_grid(ctx, unit, out: Path, progress: bool = True) -> float:
     eval_acts, _ = collect_activations(model, ctx.windows("eval", unit.model_index), [hook],
                                        batch_size=ctx.recipe.data.lm_batch_size, device=ctx.recipe.device)
     cfg = train_config(ctx, grid[0], ctx.windows("train", unit.model_index).n_vectors)
-    df, best = lr_grid(lambda: _store(ctx, unit, model, [hook], cfg.batch_size), hook, cfg, eval_acts[hook], grid)
+    df, best = lr_grid(lambda: _store(ctx, unit, model, [hook], cfg.batch_size, out), hook, cfg, eval_acts[hook], grid)
     df["model"], df["iteration"], df["layer"] = unit.family, unit.iteration, unit.layers[0]
     atomic_write_text(path, df.to_csv(index=False))
     save_parquet(df, out / "tables" / "lr_grid.parquet")
@@ -295,6 +301,7 @@ def run_intervention(ctx, plan, out: Path, progress: bool = True):
         conditions=tuple(iv.conditions), alpha=list(iv.alphas), m=ms, n_draws=iv.draws,
         seed=ctx.recipe.seed, windows=windows, pairs=pairs, languages=tuple(ctx.recipe.data.languages),
         few_shot=iv.few_shot, max_new_tokens=iv.max_new_tokens, tokenizer=ctx.tokenizer(iv.model),
+        template=_translation_template(ctx),
         scale=iv.scale, add_bias=iv.add_bias, scale_m_to_sae=False, comet=comet,
         comet_kwargs={"python": iv.comet_python, "model_path": iv.comet_model} if comet else None,
     )
@@ -343,7 +350,32 @@ def _first_docs_per_lang(windows, n: int):
 
 
 def _translation_pairs(ctx):
-    """Parallel test pairs: the toy world's, or ``../shared``-style files named in the recipe."""
+    """Parallel test pairs: files named in the recipe, else the toy world's own, else none."""
+    import pandas as pd
+
+    iv = ctx.recipe.intervention
+    if iv.pairs_paths:
+        cols = {}
+        for lang, path in iv.pairs_paths.items():
+            lines = Path(path).read_text(encoding="utf-8").splitlines()
+            cols[lang] = [l.replace(" ", "") if lang in iv.unspace_languages else l.strip() for l in lines]
+        lengths = {lang: len(v) for lang, v in cols.items()}
+        if len(set(lengths.values())) != 1:
+            from sae_bilingual.errors import DataError
+
+            raise DataError(f"intervention.pairs_paths are not line-aligned: {lengths} lines")
+        return pd.DataFrame(cols)
     if ctx.recipe.data.corpus == "toy":
         return ctx.world.translation_pairs
     return None
+
+
+def _translation_template(ctx):
+    """The toy world has no 'English:' tokens: its bilingual documents are bare sentence
+    pairs, so the prompt is the same form ("src tgt src tgt src") and generation stops at
+    the target sentence's end mark."""
+    from sae_bilingual.evaluation import PromptTemplate
+
+    if ctx.recipe.data.corpus == "toy" and not ctx.recipe.intervention.pairs_paths:
+        return PromptTemplate(shot="{src} {tgt} ", query="{src}", stops=("。", "."))
+    return PromptTemplate()
