@@ -18,8 +18,12 @@ Structure (so a third language can be added later):
   (``bilingual_share`` of them) translation pairs of the same frame in both languages,
   the order alternating from pair to pair.
 
-Adding a language: add ``FORMS[code]``, ``FUNCTION_WORDS[code]`` and a realizer in
-``REALIZERS``; nothing else is keyed on exactly two languages.
+A third language ships: ``"xx"``, a made-up VSO language with one syllable-built word
+per concept (derived from a hash of the concept key) and its own particles, so that
+``WorldConfig(languages=("en", "ja", "xx"))`` builds a trilingual world.
+
+Adding a language: add its forms in ``build_lexicon``, ``FUNCTION_WORDS[code]`` and a
+realizer in ``REALIZERS``; nothing else is keyed on exactly two languages.
 """
 
 from __future__ import annotations
@@ -460,6 +464,14 @@ FUNCTION_WORDS: dict[str, dict[str, str]] = {
         "な": "particle", "個": "counter", "匹": "counter", "人": "counter", "冊": "counter",
         "杯": "counter", "。": "punct", "、": "punct",
     },
+    # "xx": a made-up VSO language (see _xx_word / realize_xx). Particles are chosen so
+    # that no syllable-built content word can equal them (content words have >= 2 syllables
+    # and end in a vowel; these are one syllable or end in a consonant).
+    "xx": {
+        "pa": "tense", "fu": "tense", "ko": "particle", "ri": "particle", "mo": "particle",
+        "ve": "particle", "ul": "copula", "dau": "verb_exist",
+        "·": "punct",
+    },
 }
 
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>")
@@ -574,11 +586,51 @@ def build_lexicon(n_concepts: int | None = None, languages: Sequence[str] = ("en
         f_en, f_ja = _forms_for(pos, en, ja, flat_attrs)
         forms["en"][key] = f_en
         forms["ja"][key] = f_ja
+        forms.setdefault("xx", {})[key] = {"base": _xx_lexicon()[key]}
     return Lexicon(
         concepts,
         {lang: forms[lang] for lang in languages},
         {lang: FUNCTION_WORDS[lang] for lang in languages},
     )
+
+
+# The pseudo-language "xx": one made-up word per concept from syllables, derived from a
+# hash of the concept key (so a word never depends on n_concepts or the seed), VSO order.
+_XX_ONSETS = "b d g k l m n p r s t v z"
+_XX_VOWELS = "a e i o u"
+_XX_WORDS: dict[str, str] = {}
+
+
+def _xx_lexicon() -> dict[str, str]:
+    """concept key -> xx word, for the whole inventory (built once, deterministic).
+
+    Words are 2-3 CV syllables; a word that equals another concept's word, an English or
+    Japanese surface form, or an xx function word is redrawn from the next hash.
+    """
+    if _XX_WORDS:
+        return _XX_WORDS
+    import hashlib
+
+    syll = [o + v for o in _XX_ONSETS.split() for v in _XX_VOWELS.split()]
+    taken = set(FUNCTION_WORDS["en"]) | set(FUNCTION_WORDS["ja"]) | set(FUNCTION_WORDS["xx"])
+    rows = [(pos, r) for table, pos, _ in _CATEGORIES for r in _parse_table(table)]
+    for _pos, r in rows:
+        for col in r[1:3]:
+            taken.update(col.replace("_", " ").split())
+    out: dict[str, str] = {}
+    for _pos, r in rows:
+        key, salt = r[0], 0
+        while True:
+            h = hashlib.sha256(f"xx:{key}:{salt}".encode()).digest()
+            n = 2 + h[0] % 2
+            word = "".join(syll[h[1 + i] % len(syll)] for i in range(n))
+            if word not in taken:
+                break
+            salt += 1
+        taken.add(word)
+        out[key] = word
+    _XX_WORDS.update(out)
+    return _XX_WORDS
 
 
 def n_lexicon_concepts() -> int:
@@ -798,7 +850,55 @@ def realize_ja(lex: Lexicon, fr: Frame, style: Style) -> list[Token]:
     return out
 
 
-REALIZERS: dict[str, Callable[[Lexicon, Frame, Style], list[Token]]] = {"en": realize_en, "ja": realize_ja}
+def _xx_np(lex: Lexicon, np_: NP) -> list[Token]:
+    """xx noun phrase: [number] noun [adjective] [ve possessor] (heads first)."""
+    F = lex.forms["xx"]
+    out: list[Token] = []
+    if np_.number is not None:
+        out.append((F[np_.number.key]["base"], np_.number.id))
+    out.append((F[np_.head.key]["base"], np_.head.id))
+    if np_.adj is not None:
+        out.append((F[np_.adj.key]["base"], np_.adj.id))
+    if np_.possessor is not None:
+        out += [_f("ve"), (F[np_.possessor.key]["base"], np_.possessor.id)]
+    return out
+
+
+def realize_xx(lex: Lexicon, fr: Frame, style: Style) -> list[Token]:
+    """xx (made-up): VSO. [pa|fu] VERB SUBJ [ko OBJ] [ri RECIPIENT] [mo PLACE] [ADV] [TIME] ·
+
+    Tense is a particle before the verb (pa past, fu future); ko marks the object, ri the
+    recipient or destination, mo the place; existence: dau NP mo PLACE; predicate:
+    ul ADJ NP. ``style`` has no effect (xx has no politeness)."""
+    del style
+    F = lex.forms["xx"]
+    out: list[Token] = []
+    tense = [_f("pa")] if fr.tense == "past" else [_f("fu")] if fr.tense == "fut" else []
+    if fr.kind == "existence":
+        out += tense + [_f("dau")] + _xx_np(lex, fr.subj) + [_f("mo"), (F[fr.place.key]["base"], fr.place.id)]
+    elif fr.kind == "predicate":
+        out += [_f("ul"), (F[fr.adj.key]["base"], fr.adj.id)] + _xx_np(lex, fr.subj)
+    else:
+        out += tense + [(F[fr.verb.key]["base"], fr.verb.id)] + _xx_np(lex, fr.subj)
+        if fr.kind in ("transitive", "ditransitive"):
+            out += [_f("ko")] + _xx_np(lex, fr.obj)
+        if fr.kind == "ditransitive":
+            out += [_f("ri")] + _xx_np(lex, fr.recipient)
+        if fr.kind == "motion":
+            out += [_f("ri"), (F[fr.place.key]["base"], fr.place.id)]
+        if fr.place is not None and fr.kind != "motion":
+            out += [_f("mo"), (F[fr.place.key]["base"], fr.place.id)]
+        if fr.adverb is not None:
+            out.append((F[fr.adverb.key]["base"], fr.adverb.id))
+    if fr.time is not None:
+        out.append((F[fr.time.key]["base"], fr.time.id))
+    out.append(_f("·"))
+    return out
+
+
+REALIZERS: dict[str, Callable[[Lexicon, Frame, Style], list[Token]]] = {
+    "en": realize_en, "ja": realize_ja, "xx": realize_xx,
+}
 
 
 # --------------------------------------------------------------------------------------
