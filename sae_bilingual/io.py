@@ -65,14 +65,29 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> Pat
     return atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False, default=str) + "\n")
 
 
+def canonical_safetensors(blob: bytes) -> bytes:
+    """The same safetensors file with its JSON header keys sorted (byte-reproducible).
+
+    Why: safetensors writes the ``__metadata__`` map in hash order, which changes from one
+    process to the next, so two identical results would differ byte for byte and a resumed
+    study could not be checked against an uninterrupted one. The tensor data and offsets
+    are untouched; the header is padded with spaces to 8 bytes as safetensors does.
+    """
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + n].decode("utf-8"))
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + blob[8 + n :]
+
+
 def atomic_save_safetensors(
     tensors: dict[str, Any], path: str | os.PathLike, metadata: dict[str, str] | None = None
 ) -> Path:
-    """Save torch tensors as safetensors atomically."""
+    """Save torch tensors as safetensors atomically (header in a canonical key order)."""
     from safetensors.torch import save
 
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    return atomic_write_bytes(path, save(contiguous, metadata=metadata))
+    return atomic_write_bytes(path, canonical_safetensors(save(contiguous, metadata=metadata)))
 
 
 def save_parquet(df: Any, path: str | os.PathLike) -> Path:

@@ -10,11 +10,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
+from sae_bilingual.errors import ConfigError
+
 _RESID_POST = re.compile(r"^blocks\.(\d+)\.hook_resid_post$")
 _RESID_PRE0 = "blocks.0.hook_resid_pre"
 
 
-class LayerError(ValueError):
+class LayerError(ConfigError):
     """A layer number or hook name that does not exist in the model."""
 
 

@@ -492,14 +492,54 @@ def save_sae(sae: SAE, path: str | Path) -> Path:
     return Path(path)
 
 
+_REQUIRED_CFG = ("architecture", "d_in", "d_sae")
+_FIX = "retrain this SAE (rerun the study: unfinished layers are redone) or re-download it"
+
+
 def load_sae(path: str | Path, device: str = "cpu", dtype: str | None = None) -> SAE:
-    """``SAE.load_from_disk`` with an error that names the missing file."""
+    """``SAE.load_from_disk`` with errors that name the bad file and the fix.
+
+    Why: SAELens reports a truncated weights file or a cfg.json without ``d_sae`` as a
+    bare safetensors/TypeError; a study resumed after a crash should say which file is bad.
+    """
+    import json
+
     p = Path(path)
     for f in ("cfg.json", "sae_weights.safetensors"):
         if not (p / f).exists():
             raise SAEFileError(f"{p} has no {f}: not an SAE directory (expected cfg.json + "
-                               "sae_weights.safetensors, as written by save_sae / SAELens)")
-    return SAE.load_from_disk(p, device=device, dtype=dtype)
+                               f"sae_weights.safetensors, as written by save_sae / SAELens); {_FIX}")
+    cfg_path = p / "cfg.json"
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise SAEFileError(f"{cfg_path} is not valid JSON ({e}); {_FIX}") from e
+    if not isinstance(cfg, dict):
+        raise SAEFileError(f"{cfg_path} must hold a JSON object, got {type(cfg).__name__}; {_FIX}")
+    missing = [k for k in _REQUIRED_CFG if k not in cfg]
+    if cfg.get("architecture") == ARCHITECTURE and "k" not in cfg:
+        missing.append("k")
+    if missing:
+        raise SAEFileError(f"{cfg_path} lacks the field(s) {missing}; {_FIX}")
+    weights = p / "sae_weights.safetensors"
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(weights), framework="pt") as f:
+            names = set(f.keys())
+    except Exception as e:  # safetensors raises its own (non-OSError) types on bad headers
+        raise SAEFileError(f"{weights} is corrupt or truncated ({e}); {_FIX}") from e
+    try:
+        return SAE.load_from_disk(p, device=device, dtype=dtype)
+    except SAEFileError:
+        raise
+    except ConfigError as e:
+        raise SAEFileError(f"{cfg_path}: {e}; {_FIX}") from e
+    except Exception as e:  # noqa: BLE001  shapes / dtypes / data region that do not fit cfg.json
+        raise SAEFileError(
+            f"cannot load the SAE in {p} ({type(e).__name__}: {e}); tensors in {weights.name}: "
+            f"{sorted(names)}. The weights do not fit cfg.json or the file is damaged; {_FIX}"
+        ) from e
 
 
 @torch.no_grad()

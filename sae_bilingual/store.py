@@ -77,6 +77,28 @@ def _check_finite(hook: str, acts: torch.Tensor, doc: torch.Tensor, pos: torch.T
             "broken or the dtype too narrow: load the model in float32 and check its weights")
 
 
+def check_token_ids(windows: Windows, d_vocab: int | None) -> None:
+    """Refuse token ids the model has no embedding for (tokenizer larger than the model).
+
+    Why: an out-of-range id makes the embedding lookup fail deep inside the LM with an
+    index error (or, on GPU, a device assert) that does not say which tokenizer is wrong.
+    """
+    if d_vocab is None or len(windows) == 0:
+        return
+    T = windows.tokens.shape[1]
+    real = torch.arange(T)[None, :] < windows.lengths[:, None]
+    ids = windows.tokens[real]
+    if ids.numel() == 0:
+        return
+    hi, lo = int(ids.max()), int(ids.min())
+    if hi >= int(d_vocab) or lo < 0:
+        bad = int(((ids >= int(d_vocab)) | (ids < 0)).sum())
+        raise DataError(
+            f"token id {hi if hi >= int(d_vocab) else lo} is outside the model's vocabulary "
+            f"(d_vocab={d_vocab}; {bad} tokens affected): the tokenizer does not belong to this "
+            "model. Tokenize with the model family's own tokenizer (or one whose ids are < d_vocab)")
+
+
 @torch.no_grad()
 def collect_activations(model: Any, windows: Windows, hooks: Sequence[str], *, batch_size: int = 32,
                         device: str | torch.device | None = None,
@@ -95,6 +117,7 @@ def collect_activations(model: Any, windows: Windows, hooks: Sequence[str], *, b
     if n_layers is not None and stop > n_layers:
         raise DataError(f"hooks {hooks} need {stop} blocks but the model has {n_layers}")
     device = device or getattr(getattr(model, "cfg", None), "device", None) or "cpu"
+    check_token_ids(windows, getattr(getattr(model, "cfg", None), "d_vocab", None))
     T = windows.tokens.shape[1]
     outs: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}
     labs: list[Labels] = []

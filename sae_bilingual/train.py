@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from sae_bilingual.errors import ConfigError, DataError, ExtraMissingError
+from sae_bilingual.errors import ConfigError, DataError, ExtraMissingError, SAEFileError
 from sae_bilingual.sae import (
     PaperTopKSAE,
     PaperTopKTrainingSAE,
@@ -105,6 +105,19 @@ def _hook_dirname(hook: str) -> str:
     return hook.replace("/", "_")
 
 
+def hook_seed(seed: int, hook: str) -> int:
+    """Seed of one hook's SAE initialisation: depends on (seed, hook) only.
+
+    Why: a resumed study retrains only the layers that are missing; if the SAEs drew their
+    initial weights one after another from a single seeded stream, a layer's SAE would
+    depend on which other layers happened to train beside it, and a resumed run would not
+    reproduce an uninterrupted one.
+    """
+    import zlib
+
+    return (int(seed) * 1_000_003 + zlib.crc32(hook.encode("utf-8"))) % (2**63 - 1)
+
+
 def train_saes(store: Iterator[Mapping[str, torch.Tensor]], hooks: Sequence[str], cfg: SAETrainConfig,
                metadata_by_hook: Mapping[str, Mapping[str, Any]] | None = None,
                save_dir: str | Path | None = None) -> dict[str, PaperTopKSAE]:
@@ -131,9 +144,9 @@ def train_saes(store: Iterator[Mapping[str, torch.Tensor]], hooks: Sequence[str]
         raise ConfigError(f"the store yields batches of {bs} vectors but cfg.batch_size={cfg.batch_size}; "
                           "make them equal")
     steps = cfg.steps()
-    torch.manual_seed(cfg.seed)
     saes: dict[str, PaperTopKTrainingSAE] = {}
     for h in hooks:
+        torch.manual_seed(hook_seed(cfg.seed, h))  # independent of the other hooks trained now
         d_in = int(first[h].shape[-1])
         md = make_metadata(hook_name=h, seed=cfg.seed, k=cfg.k, lr=cfg.lr,
                            training_tokens=steps * cfg.batch_size, **cfg.extra,
@@ -214,6 +227,12 @@ def ce_metrics(model: Any, sae: PaperTopKSAE, windows: Any, *, batch_size: int =
     (CE_zero - CE_sae) / (CE_zero - CE_clean).
     """
     hook = sae.cfg.metadata.hook_name
+    if int(sae.cfg.d_in) != int(model.cfg.d_model):
+        raise SAEFileError(f"the SAE reads d_in={sae.cfg.d_in} but the model's d_model is "
+                           f"{model.cfg.d_model}; splice an SAE trained on this model")
+    if hook not in model.hook_dict:
+        raise SAEFileError(f"the SAE was trained at hook {hook!r}, which this model does not have "
+                           f"({model.cfg.n_layers} blocks); use an SAE trained on this model")
     device = device or str(getattr(model.cfg, "device", "cpu"))
     totals = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
     n_tok = 0

@@ -198,6 +198,12 @@ class HFLlamaFamily:
             log.warning("%s: no family tokenizer (%s); using files next to the weights if any", self.name, e)
             tok = None
         model = load_hooked(src, revision=rev, device=device, dtype=dtype, tokenizer=tok, model_name=self.name)
+        if tok is not None and len(tok) > int(model.cfg.d_vocab):
+            raise CheckpointError(
+                f"{self.name}: the tokenizer has {len(tok)} tokens but checkpoint {ck.iteration} embeds "
+                f"only d_vocab={model.cfg.d_vocab}; ids >= {model.cfg.d_vocab} would crash the model. "
+                "Use the tokenizer saved with these checkpoints (tokenizer=...)"
+            )
         model.cfg.from_checkpoint = True
         model.cfg.checkpoint_value = ck.iteration
         model.cfg.checkpoint_label_type = "step"
@@ -238,12 +244,18 @@ class HFLlamaFamily:
 
 # ------------------------------------------------------------------------- registry
 FamilyFactory = Callable[..., ModelFamily]
+_SAFE_NAME = re.compile(r"[a-z0-9][a-z0-9._+-]*")
 _FACTORIES: dict[str, FamilyFactory] = {}
 
 
 def register_family(name: str, factory: FamilyFactory, *, overwrite: bool = False) -> None:
     """Register ``factory(source=None, **kwargs) -> ModelFamily`` under ``name``."""
     key = name.lower()
+    if not _SAFE_NAME.fullmatch(key) or ".." in key:
+        raise CheckpointError(
+            f"model family name {name!r} is not usable in output paths; use letters, digits, "
+            "'.', '_', '+' and '-' only (no '/', no '..'), e.g. 'my-model-1b'"
+        )
     if key in _FACTORIES and not overwrite:
         raise CheckpointError(f"model family {name!r} is already registered; pass overwrite=True")
     _FACTORIES[key] = factory
