@@ -200,10 +200,15 @@ class RayExecutor:
 class _Requeueable:
     """The job function as submitit sees it: preempted/timed-out jobs are requeued whole."""
 
-    def __init__(self, fn: Callable[[UnitJob], UnitResult]):
+    def __init__(self, fn: Callable[[UnitJob], UnitResult], threads: int | None = None):
         self.fn = fn
+        self.threads = threads
 
     def __call__(self, job: UnitJob) -> UnitResult:
+        if self.threads:
+            import torch
+
+            torch.set_num_threads(self.threads)  # the job's CPU share, not every core of the node
         return self.fn(job)
 
     def checkpoint(self, job: UnitJob) -> Any:
@@ -240,7 +245,7 @@ class SubmititExecutor:
         except ImportError as e:
             raise ExtraMissingError("submitit (SLURM) executor", "pip install 'sae-bilingual[slurm]'") from e
         folder = Path(self.folder) if self.folder else Path(jobs[0].out) / "submitit"
-        ex = submitit.AutoExecutor(folder=folder / "%j", cluster=self.cluster, slurm_max_num_timeout=self.max_num_timeout)
+        ex = submitit.AutoExecutor(folder=folder, cluster=self.cluster, slurm_max_num_timeout=self.max_num_timeout)
         gpus = self.gpus_per_node if self.gpus_per_node is not None else (1 if _wants_gpu(jobs[0]) else 0)
         params = dict(self.parameters, name=f"sae-bilingual-{jobs[0].recipe.get('name', 'study')}")
         if gpus:
@@ -254,7 +259,7 @@ class SubmititExecutor:
         import time
 
         ex = self.executor(jobs)
-        submitted = ex.map_array(_Requeueable(fn), list(jobs))
+        submitted = ex.map_array(_Requeueable(fn, self.parameters.get("cpus_per_task")), list(jobs))
         log.info("submitted %d units as %s job array %s (logs: %s)", len(jobs), ex.cluster,
                  submitted[0].job_id.split("_")[0], ex.folder)
         pending = dict(zip(range(len(jobs)), submitted))
