@@ -195,7 +195,7 @@ class ActivationStore:
         self._source = self._source_iter()
         self.shard_dir: Path | None = None
         if cache_dir is not None:
-            key = cache_key(hooks=self.hooks, n_vectors=windows.n_vectors, **dict(cache_id or {}))
+            key = cache_key(**{**dict(cache_id or {}), "hooks": self.hooks, "n_vectors": windows.n_vectors})
             self.shard_dir = Path(cache_dir) / key
             if not (self.shard_dir / "index.json").exists():
                 self._write_cache(cache_id or {})

@@ -1,0 +1,121 @@
+"""A study SIGKILLed during SAE training and again during analysis resumes to the same result.
+
+Runs the smoke study in subprocesses (shared world cache, one thread each): once without
+interruption (the reference), then in a second dir killed (1) as soon as the LR grid is
+written, i.e. while the first unit loads/trains, and (2) as soon as a new layer's
+summary.json appears, i.e. while the rest of that unit is analysed; then to completion.
+Asserts that the run completes, that layers finished before the last run were not
+recomputed (their summary.json mtimes are unchanged), and that every result file equals
+the reference (``scripts/soak.py::compare_outputs``: tables without timing columns,
+features.parquet, codes/SAE safetensors bytes).
+
+Known gap (xfail until study.py changes): ``run_study`` counts a layer finished only when
+the manifest AND its summary.json say so, but the driver marks the manifest only after a
+whole unit returns, so after a kill between two layers of a unit the finished layer is
+trained again. The fix: decide ``missing`` from ``summary.json`` alone (and mark the
+manifest from disk).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BUILD_WORLD = ("from sae_bilingual.world import WorldConfig, build_world; "
+               "build_world(WorldConfig.tiny(), progress=False)")
+RECIPE = "recipes/smoke.yaml"
+TIMEOUT = 600
+
+
+def _soak():
+    spec = importlib.util.spec_from_file_location("soak", REPO / "scripts" / "soak.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict[str, str]:
+    cache = os.environ.get("SAE_BILINGUAL_CACHE") or str(tmp_path_factory.mktemp("cache"))
+    e = dict(os.environ, SAE_BILINGUAL_CACHE=cache, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    subprocess.run([sys.executable, "-c", BUILD_WORLD], cwd=REPO, env=e,
+                   check=True, capture_output=True, timeout=TIMEOUT)
+    return e
+
+
+def _cmd(out: Path) -> list[str]:
+    return [sys.executable, "-m", "sae_bilingual.cli", "study", RECIPE, "--output-dir", str(out), "-q"]
+
+
+def _run(out: Path, env: dict[str, str]) -> None:
+    p = subprocess.run(_cmd(out), cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert p.returncode == 0, p.stderr[-3000:]
+
+
+def _kill_when(out: Path, env: dict[str, str], ready, what: str) -> None:
+    """Start the study and SIGKILL it the moment ``ready(out)`` becomes true."""
+    proc = subprocess.Popen(_cmd(out), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    t0 = time.time()
+    try:
+        while not ready(out):
+            if proc.poll() is not None:
+                err = proc.stderr.read().decode()[-3000:] if proc.stderr else ""
+                pytest.fail(f"the study ended (exit {proc.returncode}) before {what}: {err}")
+            if time.time() - t0 > TIMEOUT:
+                pytest.fail(f"timed out waiting for {what}")
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+
+
+def _summaries(out: Path) -> dict[str, int]:
+    return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in out.glob("units/*/*/L*/summary.json")}
+
+
+@pytest.mark.slow
+def test_killed_twice_resumes_to_the_uninterrupted_result(tmp_path: Path, env: dict[str, str]) -> None:
+    soak = _soak()
+    ref, out = tmp_path / "clean", tmp_path / "killed"
+    _run(ref, env)
+
+    # 1. during SAE training of the first unit: the LR grid is done, no layer analysed yet
+    _kill_when(out, env, lambda o: (o / "tables" / "lr_grid.csv").exists(), "the LR grid")
+    assert not (out / "report.html").exists()
+    first = _summaries(out)
+
+    # 2. during analysis: a new layer is finished but the rest of its unit is not
+    def new_layer_done(o: Path) -> bool:
+        return any(k not in first and k.endswith("L01/summary.json") for k in _summaries(o))
+
+    _kill_when(out, env, new_layer_done, "a new L01/summary.json")
+    assert not (out / "report.html").exists()
+    finished = _summaries(out)
+    assert len(finished) > len(first)
+    partial = [k for k in finished if k.replace("L01", "L02") not in finished]
+    # (under heavy load the kill can land after L02 too; the partial unit is the point)
+    if not partial:
+        pytest.xfail("the kill landed after the whole unit was finished; rerun on a quieter machine")
+
+    # 3. resume to completion
+    _run(out, env)
+    assert (out / "report.html").exists()
+    after = _summaries(out)
+    diffs = soak.compare_outputs(ref, out)
+    assert not diffs, "resumed study differs from the uninterrupted one:\n" + "\n".join(diffs)
+    recomputed = sorted(k for k in finished if after[k] != finished[k])
+    if recomputed:  # known: run_study also requires the manifest, marked only when a unit ends
+        pytest.xfail(f"finished layers recomputed: {recomputed} (lead: trust summary.json on disk "
+                     "in run_study's `missing`, see tests/test_resume.py docstring)")
