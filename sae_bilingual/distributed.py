@@ -19,7 +19,7 @@ last layer). With benchmarks/README.md's H100 numbers for a 3.7B unit (LM 0.66 h
 for ~1.8x the GPU-hours. Use it for units that do not fit one GPU or must finish sooner;
 spread many units over GPUs with the Ray or submitit executor instead.
 
-The resulting layer directories are ordinary ones: the next ``sae-bilingual run RECIPE``
+The resulting layer directories are ordinary ones: the next ``sae-bilingual study RECIPE``
 skips them (resume), so a study may run its biggest units here and the rest on any executor.
 """
 
