@@ -138,6 +138,10 @@ def _raise_failures(failures: list[tuple[str, BaseException]], total: int) -> No
     ) from failures[0][1]
 
 
+def _apply(fn: Callable[[UnitJob], UnitResult], job: UnitJob) -> UnitResult:
+    return fn(job)
+
+
 class RayExecutor:
     """Each unit is a Ray task: one GPU when the recipe's device is cuda, else CPUs.
 
@@ -180,8 +184,8 @@ class RayExecutor:
         if not jobs:
             return
         ray = self._ray()
-        remote = ray.remote(fn)
-        pending = {remote.options(**self.options(j)).remote(j): j for j in jobs}
+        remote = ray.remote(_apply)  # any picklable callable (ray.remote wants a plain function)
+        pending = {remote.options(**self.options(j)).remote(fn, j): j for j in jobs}
         log.info("submitted %d units to Ray (%s)", len(pending), ray.cluster_resources())
         failures: list[tuple[str, BaseException]] = []
         while pending:
