@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--n", type=int, default=8192)
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--batch", type=int, default=4096)
-    p.add_argument("--steps", type=int, default=14, help="timed steps per SAE (after warm-up)")
+    p.add_argument("--steps", type=int, default=8, help="timed steps per SAE (after warm-up)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
