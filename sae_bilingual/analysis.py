@@ -16,7 +16,9 @@ Definitions (PAPER.md, "Feature analysis"; decisions noted where the paper is si
   (``"script"``, the released evaluation script: ASCII letters -> en, digits -> the
   previous token's script in the same document, anything else -> ja; supply the
   token-id -> language-index table ``token_script``, built with `script_of_tokens`).
-- cls: the language whose p(lang|i) > ``lang_threshold`` (0.9, strict), else "mixed".
+- cls: the language whose p(lang|i) > ``lang_threshold`` (0.9, strict), else "mixed"
+  (any number of languages). ``mix``: the languages with p(lang|i) > ``mix_threshold``
+  (0.1), joined with "+" in the order of ``languages`` (e.g. "en+xx"), "" for dead features.
 - H_tok = -sum_v f log f (natural log); H_sem = -sum_c p(c|i) log p(c|i) with
   p(c|i) = sum_{v in c} f(v|i); R = 1 - H_sem / H_tok, R = 1 when H_tok = 0. Without
   ``token_clusters`` H_sem and R are NaN.
@@ -71,6 +73,8 @@ class AnalysisConfig:
     """"count": f(v|i) counts active entries; "activation": weights them by activation."""
     n_top_tokens: int = 5
     """how many most frequent active tokens to list in top_token_ids."""
+    mix_threshold: float = 0.1
+    """a language is named in the ``mix`` column when p(lang|i) > mix_threshold."""
 
     def validate(self) -> None:
         """Raise ConfigError for an out-of-range or unknown option."""
@@ -87,6 +91,8 @@ class AnalysisConfig:
                 "lang_rule='script' needs token_script (token id -> language index); "
                 "build it with sae_bilingual.analysis.script_of_tokens(tokenizer pieces)."
             )
+        if not 0.0 <= self.mix_threshold < 1.0:
+            raise ConfigError(f"mix_threshold must be in [0, 1), got {self.mix_threshold}.")
         if self.n_top_tokens < 0:
             raise ConfigError(f"n_top_tokens must be >= 0, got {self.n_top_tokens}.")
 
@@ -247,6 +253,10 @@ def analyse_features(
     best = np.nan_to_num(p_lang, nan=-1.0).argmax(axis=1)
     is_lang = np.nan_to_num(p_lang, nan=-1.0).max(axis=1) > cfg.lang_threshold
     cls = np.where(dead, "dead", np.where(is_lang, np.asarray(langs, dtype=object)[best], "mixed")).astype(object)
+    mix = np.full(n, "", dtype=object)
+    for j, lg in enumerate(langs):  # loop over languages, not features
+        hit = np.nan_to_num(p_lang[:, j], nan=0.0) > cfg.mix_threshold
+        mix = np.where(hit, np.where(mix == "", lg, mix + "+" + lg), mix)
 
     # entropies
     H_tok = _entropy(pf, w_pair, safe_total, n)
@@ -294,6 +304,7 @@ def analyse_features(
             "dead": dead,
             **{f"p_{lg}": p_lang[:, j] for j, lg in enumerate(langs)},
             "cls": cls,
+            "mix": mix,
             "H_tok": H_tok,
             "H_sem": H_sem,
             "R": R,

@@ -65,6 +65,9 @@ FIGURE_CAPTIONS = {
     "(paper Table 1). Y axes do not start at zero.",
     "sizes": "Mixed share at the final checkpoint against relative depth (layer / deepest "
     "layer), one line per model size.",
+    "lineage": "Feature classes per checkpoint (stacked bars, dead features in grey) and the "
+    "features matched one-to-one between consecutive checkpoints (bands, coloured by the "
+    "earlier class; Jaccard of co-firing on the same evaluation tokens above the threshold).",
 }
 
 

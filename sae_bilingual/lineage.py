@@ -228,53 +228,58 @@ def match_codes(a: Codes, b: Codes, n1: int, n2: int, cfg: MatchConfig = MatchCo
     dense = n1 * n2 <= cfg.dense_max
     J_full = np.zeros((n1, n2), dtype=np.float32) if dense else None
     parts_i, parts_j, parts_c, parts_cw = [], [], [], []
-    col_J = np.full((kc, n2), -1.0, dtype=np.float32)
-    col_I = np.zeros((kc, n2), dtype=np.int64)
-    col_C = np.zeros((kc, n2), dtype=np.float32)
-    col_Cw = np.zeros((kc, n2), dtype=np.float32)
+    # running top-kc per feature of B: (col, J, row, C, Cw) of the best entries seen so far
+    col_pool = [np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64), np.zeros(0), np.zeros(0)]
+    col_thr = np.zeros(n2)
     t1 = time.perf_counter()
     for s in range(0, n1, cfg.block):
         e = min(s + cfg.block, n1)
-        Cb = (At[s:e] @ B).toarray()
-        Cw = (Awt[s:e] @ Bw).toarray() if weighted else Cb
-        den = na[s:e, None].astype(np.float32) + nb[None, :].astype(np.float32) - Cb
-        with np.errstate(divide="ignore", invalid="ignore"):
-            J = np.where(den > 0, Cb / np.where(den > 0, den, 1.0), 0.0).astype(np.float32)
+        S = At[s:e] @ B  # sparse [block, n2]: only co-firing pairs are stored
+        S.sort_indices()
+        rows = np.repeat(np.arange(e - s, dtype=np.int64), np.diff(S.indptr))
+        cols = S.indices.astype(np.int64)
+        C = S.data.astype(np.float64)
+        if weighted:
+            Sw = Awt[s:e] @ Bw
+            Sw.sort_indices()
+            if not (np.array_equal(Sw.indptr, S.indptr) and np.array_equal(Sw.indices, S.indices)):
+                Sw = (Sw + 0 * S).tocsr()  # align the stored pattern with S
+                Sw.sort_indices()
+            Cw = Sw.data.astype(np.float64)
+        else:
+            Cw = C
+        J = C / (na[rows + s] + nb[cols] - C)
         if dense:
-            J_full[s:e] = J
-        rows = np.arange(e - s)
-        top = _topk_rows(J, k)
-        ri = np.repeat(rows, top.shape[1])
-        rj = top.ravel()
-        thr_i, thr_j = np.nonzero(J >= cfg.threshold)
-        ii = np.concatenate([ri, thr_i])
-        jj = np.concatenate([rj, thr_j])
-        keep = Cb[ii, jj] > 0
-        ii, jj = ii[keep], jj[keep]
-        parts_i.append(ii + s)
-        parts_j.append(jj)
-        parts_c.append(Cb[ii, jj])
-        parts_cw.append(Cw[ii, jj])
-        # running top-kc per column of B
-        kb_ = min(kc, e - s)
-        ctop = np.argpartition(-J, kb_ - 1, axis=0)[:kb_] if kb_ < e - s else np.broadcast_to(
-            np.arange(e - s)[:, None], (e - s, n2))
-        cols = np.arange(n2)[None, :]
-        allJ = np.concatenate([col_J, J[ctop, cols]])
-        allI = np.concatenate([col_I, ctop + s])
-        allC = np.concatenate([col_C, Cb[ctop, cols]])
-        allCw = np.concatenate([col_Cw, Cw[ctop, cols]])
-        sel = np.argpartition(-allJ, kc - 1, axis=0)[:kc] if allJ.shape[0] > kc else np.arange(allJ.shape[0])[:, None]
-        sel = np.broadcast_to(sel, (min(kc, allJ.shape[0]), n2))
-        col_J, col_I = allJ[sel, cols], allI[sel, cols]
-        col_C, col_Cw = allC[sel, cols], allCw[sel, cols]
+            J_full[rows + s, cols] = J
+        # best k per row (rows are grouped in CSR order; sort each row by J descending)
+        o = np.argsort(rows + (1.0 - J) * 0.5, kind="stable")
+        within = np.arange(o.size) - S.indptr[rows[o]]
+        sel = np.zeros(o.size, dtype=bool)
+        sel[o[within < k]] = True
+        sel |= J >= cfg.threshold
+        parts_i.append(rows[sel] + s)
+        parts_j.append(cols[sel])
+        parts_c.append(C[sel])
+        parts_cw.append(Cw[sel])
+        # best kc per column across blocks: only entries beating the column's current kc-th
+        new = J > col_thr[cols]
+        if new.any():
+            pool = [np.concatenate([p, q]) for p, q in zip(
+                col_pool, (cols[new], J[new], rows[new] + s, C[new], Cw[new]))]
+            o2 = np.argsort(pool[0] + (1.0 - pool[1]) * 0.5, kind="stable")
+            pool = [p[o2] for p in pool]
+            first = np.searchsorted(pool[0], pool[0], side="left")
+            keep = (np.arange(pool[0].size) - first) < kc
+            col_pool = [p[keep] for p in pool]
+            cnt = np.bincount(col_pool[0], minlength=n2)
+            last = np.searchsorted(col_pool[0], np.arange(n2), side="right") - 1
+            col_thr = np.where(cnt >= kc, col_pool[1][np.maximum(last, 0)] if col_pool[1].size else 0.0, 0.0)
     t_prod = time.perf_counter() - t1
 
-    okc = col_C > 0
-    ci = np.concatenate(parts_i + [col_I[okc]])
-    cj = np.concatenate(parts_j + [np.broadcast_to(np.arange(n2), col_I.shape)[okc]])
-    cc = np.concatenate(parts_c + [col_C[okc]]).astype(np.float64)
-    ccw = np.concatenate(parts_cw + [col_Cw[okc]]).astype(np.float64)
+    ci = np.concatenate(parts_i + [col_pool[2]])
+    cj = np.concatenate(parts_j + [col_pool[0]])
+    cc = np.concatenate(parts_c + [col_pool[3]])
+    ccw = np.concatenate(parts_cw + [col_pool[4]])
     key, first = np.unique(ci * n2 + cj, return_index=True)
     ci, cj, cc, ccw = key // n2, key % n2, cc[first], ccw[first]
     jac = cc / (na[ci] + nb[cj] - cc)

@@ -144,7 +144,7 @@ def _caption(name: str) -> str:
 
 def _figures_section(study: Path) -> tuple[str, int]:
     pngs = sorted((study / "figures").glob("*.png"), key=lambda p: _figure_sort_key(p.stem))
-    pngs = [p for p in pngs if not p.name.startswith(".")]
+    pngs = [p for p in pngs if not p.name.startswith(".") and not p.name.startswith("lineage_")]
     if not pngs:
         return _section("figures", "Figures", '<p class="meta">No figures (no summary table yet).</p>'), 0
     items = []
@@ -182,6 +182,77 @@ def _csv_section(study: Path, name: str, sec_id: str, title: str) -> str:
         return ""
     df = pd.read_csv(p)
     return _section(sec_id, title, _table_html(df))
+
+
+_LINEAGE_RE = re.compile(r"^lineage_(.+)_L(\d+)\.csv$")
+
+
+def _lineage_section(study: Path, max_features: int = 40) -> str:
+    """Per (model, layer) with a tables/lineage_*.csv: the flow figure, the origin counts
+    of the final features and an ancestry table (one column per earlier checkpoint) for the
+    final features that have stored examples (those shown in the feature browser)."""
+    tabs = sorted(p for p in (study / "tables").glob("lineage_*.csv") if _LINEAGE_RE.match(p.name))
+    if not tabs:
+        return ""
+    parts = []
+    for p in tabs:
+        m = _LINEAGE_RE.match(p.name)
+        model, layer = m.group(1), int(m.group(2))
+        parts.append(f"<h3>{_esc(model)}, layer {layer}</h3>")
+        png = study / "figures" / f"{p.stem}.png"
+        if png.exists():
+            b64 = base64.b64encode(png.read_bytes()).decode("ascii")
+            parts.append(f'<figure id="fig-{_esc(p.stem)}"><img alt="{_esc(p.stem)}" '
+                         f'src="data:image/png;base64,{b64}"><figcaption><b>{_esc(p.stem)}</b>. '
+                         f"{_esc(_caption(p.stem))} (vector version: figures/{_esc(p.stem)}.svg)"
+                         "</figcaption></figure>")
+        sj = study / "tables" / f"{p.stem}_summary.json"
+        if sj.exists():
+            try:
+                summ = json.loads(sj.read_text(encoding="utf-8"))
+            except json.JSONDecodeError:
+                summ = {}
+            org = summ.get("origins_final") or {}
+            if org:
+                odf = pd.DataFrame(org).T.fillna(0).astype(int)
+                odf.index.name = "final class"
+                parts.append("<p>Origin of the final features from the previous checkpoint "
+                             f"(stable ancestors: Jaccard &ge; {_esc(summ.get('threshold', ''))}):</p>")
+                parts.append(_table_html(odf.reset_index()))
+            prec = {k: v for k, v in summ.items() if k.startswith(("precision_", "chance_"))}
+            if prec:
+                parts.append("<p>Lineage edges sharing the dominant ground-truth concept: "
+                             + ", ".join(f"{_esc(k)} {float(v):.3f}" for k, v in sorted(prec.items())) + "</p>")
+        df = pd.read_csv(p)
+        if df.empty or "feature" not in df.columns:
+            continue
+        final_iter = summ.get("final_iteration") if sj.exists() else None
+        unit = None
+        if final_iter is not None:
+            unit = study / "units" / model / f"iter_{int(final_iter):07d}" / f"L{layer:02d}"
+        feats: list[int] = []
+        if unit is not None and (unit / "examples.json").exists():
+            try:
+                feats = [int(f) for f in json.loads((unit / "examples.json").read_text(encoding="utf-8"))]
+            except (json.JSONDecodeError, ValueError):
+                feats = []
+        if not feats:
+            feats = df.loc[df["cls"] == "mixed", "feature"].drop_duplicates().head(max_features).tolist()
+        sub = df[df["feature"].isin(feats[:max_features])].copy()
+        if sub.empty:
+            continue
+        sub["cell"] = [f"{int(a)} ({c}, J={j:.2f})" if a >= 0 else "—"
+                       for a, c, j in zip(sub["ancestor"], sub["ancestor_cls"].fillna(""), sub["jaccard"])]
+        wide = sub.pivot_table(index="feature", columns="iteration", values="cell", aggfunc="first")
+        wide.columns = [f"iter {c}" for c in wide.columns]
+        first = sub.drop_duplicates("feature").set_index("feature")
+        keep = [c for c in ("cls", "origin", "ancestor_langs") if c in first.columns]
+        wide = first[keep].join(wide).reset_index()
+        parts.append("<p>Best ancestor (feature, class, Jaccard) of each final feature with stored "
+                     "examples, at every earlier checkpoint; origin is from the previous checkpoint "
+                     f"(full table: tables/{_esc(p.name)}).</p>")
+        parts.append(_table_html(wide))
+    return _section("lineage", "Lineage", "\n".join(parts))
 
 
 # --------------------------------------------------------------------------- feature browser
@@ -339,6 +410,7 @@ def write_report(study_dir: str | Path, *, make_figures: bool = True, max_saes: 
         ("summary", "Summary tables", _summary_section(study)),
         ("lr-grid", "LR grid", _csv_section(study, "lr_grid.csv", "lr-grid", "LR grid")),
         ("intervention", "Intervention", _csv_section(study, "intervention.csv", "intervention", "Intervention")),
+        ("lineage", "Lineage", _lineage_section(study)),
     ]
     sections = [s for s in sections if s[2]]
     nav = " ".join(f'<a href="#{_esc(i)}">{_esc(t)}</a>' for i, t, _ in sections)
