@@ -108,7 +108,8 @@ def _explain(rel: str, pa: Path, pb: Path) -> str:
             db = pd.read_parquet(pb) if rel.endswith(".parquet") else pd.read_csv(pb)
             cols = [c for c in da.columns if c in db.columns and not _is_timing(c)
                     and not da[c].astype(str).equals(db[c].astype(str))]
-            return f" (columns {cols})"
+            only = sorted(set(da.columns) ^ set(db.columns))
+            return f" (values differ in columns {cols}; columns in one file only: {only})"
     except Exception as e:  # noqa: BLE001  a hint only
         return f" ({e})"
     return ""
