@@ -63,7 +63,34 @@ class _SparseDecodeDense(S._SparseDecode):
         return None, g_vals, g_W
 
 
-VARIANTS = {"dense_grads": {"_TopKEncode": _TopKEncodeDense, "_SparseDecode": _SparseDecodeDense}}
+class _AttachDecoderGrad(torch.autograd.Function):
+    """Identity on recon whose backward adds dW_dec = S^T go (S = the (B, n) code, sparse)."""
+
+    @staticmethod
+    def forward(ctx, recon, idx, vals, W_dec):  # type: ignore[override]
+        ctx.save_for_backward(idx, vals)
+        ctx.n = W_dec.shape[0]
+        return recon.view_as(recon)
+
+    @staticmethod
+    def backward(ctx, go):  # type: ignore[override]
+        idx, vals = ctx.saved_tensors
+        B, K = idx.shape
+        rows = torch.arange(B, device=idx.device).repeat_interleave(K)
+        Sm = torch.sparse_coo_tensor(torch.stack([idx.reshape(-1), rows]), vals.reshape(-1).to(go.dtype),
+                                     (ctx.n, B), check_invariants=False)
+        return go, None, None, torch.sparse.mm(Sm, go)
+
+
+def sparse_decode_train_ebag(idx: torch.Tensor, vals: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
+    """CPU variant: dvals from embedding_bag's own per-sample-weights backward (no W_dec[idx]
+    (B, K, d) gather); dW_dec from the same sparse product as now."""
+    recon = torch.nn.functional.embedding_bag(idx, W_dec.detach(), per_sample_weights=vals, mode="sum")
+    return _AttachDecoderGrad.apply(recon, idx, vals.detach(), W_dec)
+
+
+VARIANTS = {"dense_grads": {"_TopKEncode": _TopKEncodeDense, "_SparseDecode": _SparseDecodeDense},
+            "ebag_dvals": {"sparse_decode_train": sparse_decode_train_ebag}}
 
 
 @contextlib.contextmanager
