@@ -211,3 +211,72 @@ def test_run_lineage_writes_tables_and_figure(tmp_path):
 
     html = write_report(tmp_path, make_figures=False).read_text()
     assert 'id="lineage"' in html and "merge" in html
+
+
+# ----------------------------------------------------------------- N languages
+
+def test_three_language_classes_and_mix_column():
+    idx = np.array([[0, 1], [0, 1], [0, 2], [2, 3], [0, 3]])
+    c = Codes(idx, np.ones((5, 2), np.float32), np.arange(5), np.array([0, 1, 2, 2, 0]), np.zeros(5),
+              np.arange(5), languages=("en", "ja", "xx"))
+    df = analyse_features(c, 5)
+    assert df["cls"].tolist() == ["mixed", "mixed", "xx", "mixed", "dead"]
+    assert df["mix"].tolist() == ["en+ja+xx", "en+ja", "xx", "en+xx", ""]
+    from sae_bilingual.analysis import summarise
+
+    s = summarise(df)
+    assert s["frac_xx"] == pytest.approx(0.25) and s["frac_mixed"] == pytest.approx(0.75)
+
+
+def test_pseudo_language_xx_lexicon_and_word_order():
+    from sae_bilingual.world.generator import (
+        GeneratorConfig, build_lexicon, generate_translation_pairs, vocabulary,
+    )
+
+    lex = build_lexicon(90, ("en", "ja", "xx"))
+    rows = vocabulary(lex)  # raises if a surface form maps to two (language, concept) pairs
+    xx = [r for r in rows if r[1] == "xx" and r[2] >= 0]
+    assert len(xx) == len(lex.concepts)  # one made-up word per concept
+    assert build_lexicon(None, ("en", "ja", "xx")).forms["xx"]["dog"] == lex.forms["xx"]["dog"]
+    pairs = generate_translation_pairs(lex, GeneratorConfig(languages=("en", "ja", "xx"), n_concepts=90), 30)
+    # VSO: a tensed transitive xx sentence starts with the tense particle, then the verb
+    verbs = {lex.forms["xx"][c.key]["base"] for c in lex.concepts if c.pos.startswith("verb")}
+    firsts = [p["xx"].split() for p in pairs]
+    assert all(w[-1] == "·" for w in firsts)
+    assert any(w[0] in ("pa", "fu") and w[1] in verbs for w in firsts)
+
+
+# ----------------------------------------------------------------- three-language toy study
+
+TOY3_OVERRIDES = {"world.overrides": {"languages": ["en", "ja", "xx"]}, "data.languages": ["en", "ja", "xx"],
+                  "intervention.enabled": False}  # the intervention adds ~2 min; the lead's smoke tests cover it
+
+
+@pytest.mark.slow
+def test_three_language_toy_study_and_lineage(world_cache, tmp_path):
+    """The smoke recipe with a third language end to end, then lineage of every layer."""
+    from sae_bilingual.config import load_recipe
+    from sae_bilingual.lineage import run_all_lineage
+    from sae_bilingual.report import write_report
+    from sae_bilingual.study import run_study
+
+    from .helpers import REPO  # noqa: I001
+
+    recipe = load_recipe(REPO / "recipes" / "smoke.yaml", {**TOY3_OVERRIDES, "output_dir": str(tmp_path)})
+    run_study(recipe, progress=False)
+    summary = pd.read_parquet(tmp_path / "tables" / "summary.parquet")
+    assert {"frac_en", "frac_ja", "frac_xx", "frac_mixed"} <= set(summary.columns)
+    shares = summary[["frac_en", "frac_ja", "frac_xx", "frac_mixed"]].sum(axis=1)
+    np.testing.assert_allclose(shares, 1.0, atol=1e-9)
+    assert (summary["frac_xx"] > 0).any()  # the third language has its own features
+    svg = next((tmp_path / "figures").glob("lang_dist_*.svg")).read_text()
+    assert "xx" in svg  # the stacked shares name the third language (legend text in the SVG)
+    feats = pd.read_parquet(next((tmp_path / "units").glob("*/*/L01/features.parquet")))
+    assert "p_xx" in feats.columns and feats["mix"].str.contains("xx").any()
+    out = run_all_lineage(tmp_path)
+    assert out and all(s["n_live"] > 0 for s in out)
+    # lineage edges agree with the ground truth better than chance
+    s = out[-1]
+    assert s["precision_consecutive"] > s["chance_consecutive"]
+    html = write_report(tmp_path, make_figures=False).read_text()
+    assert 'id="lineage"' in html
