@@ -26,11 +26,10 @@ skips them (resume), so a study may run its biggest units here and the rest on a
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,39 +56,6 @@ def split_layers(layers: Sequence[int], world_size: int) -> list[list[int]]:
         out.append(layers[start:start + n])
         start += n
     return out
-
-
-@contextlib.contextmanager
-def init_as_in_full_run(all_hooks: Sequence[str], seed: int) -> Iterator[None]:
-    """Make ``train_saes`` on a subset of hooks initialise each SAE as a run on all of them.
-
-    ``train.train_saes`` seeds once and builds the SAEs one after another, so hook i's
-    initial weights depend on the i hooks built before it. While this context is active,
-    building the SAE of a hook that does not follow the previously built one re-seeds and
-    fast-forwards the generator past the SAEs of the hooks before it (same shapes, so the
-    same draws). Remove once ``train_saes`` derives a seed per hook.
-    """
-    from sae_bilingual import train as train_mod
-
-    cls = train_mod.PaperTopKTrainingSAE
-    order = list(all_hooks)
-    state = {"next": 0}
-
-    def build(scfg: Any) -> Any:
-        hook = scfg.metadata.hook_name
-        i = order.index(hook)
-        if i != state["next"]:
-            torch.manual_seed(seed)
-            for _ in range(i):
-                cls(scfg)  # consume the draws of the SAEs built before this hook
-        state["next"] = i + 1
-        return cls(scfg)
-
-    train_mod.PaperTopKTrainingSAE = build  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        train_mod.PaperTopKTrainingSAE = cls  # type: ignore[assignment]
 
 
 def _dist() -> Any:
@@ -119,7 +85,6 @@ def run_unit_distributed(recipe: Any, unit_id: str, *, rank: int = 0, world_size
     when the recipe asks for one, and marks the unit's layers in the manifest at the end.
     """
     from sae_bilingual import pipeline
-    from sae_bilingual.layers import hook_for_layer
     from sae_bilingual.manifest import Manifest
     from sae_bilingual.study import StudyContext, _summary_ok, plan_study, prepare_output_dir, recipe_hash
 
@@ -149,8 +114,9 @@ def run_unit_distributed(recipe: Any, unit_id: str, *, rank: int = 0, world_size
     mine = split_layers(missing, world_size)[rank]
     log.info("rank %d/%d: %s layers %s of %s", rank, world_size, unit.id, mine, missing)
     if mine:
-        with init_as_in_full_run([hook_for_layer(l) for l in missing], recipe.seed):
-            pipeline.run_unit(ctx, unit, mine, out, lr=plan_msg["lr"])
+        # each hook's SAE is seeded from (seed, hook) alone (train.hook_seed): a subset of
+        # the layers trains exactly the SAEs a run over all of them would
+        pipeline.run_unit(ctx, unit, mine, out, lr=plan_msg["lr"])
     _barrier(world_size)
     if rank == 0 and missing:
         manifest = Manifest.open(out, recipe_hash(recipe))
