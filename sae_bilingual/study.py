@@ -334,8 +334,10 @@ def run_study(recipe: Recipe, *, dry_run: bool = False, progress: bool = True, f
     if recipe.intervention.enabled:
         pipeline.run_intervention(ctx, plan, out, progress=progress)
     from sae_bilingual.figures import make_all_figures
+    from sae_bilingual.lineage import run_all_lineage
     from sae_bilingual.report import write_report
 
+    run_all_lineage(out)
     make_all_figures(out)
     export_all_neuronpedia(out)
     report = write_report(out, make_figures=False)
