@@ -58,9 +58,10 @@ def cmd_world(args: argparse.Namespace) -> int:
     cfg = WorldConfig.tiny() if args.tiny else WorldConfig()
     world = build_world(cfg, progress=not args.quiet)
     print(f"world: {world.root}")
-    print(f"build: {world.build_seconds:.1f} s; checkpoints: {len(world.catalogue.checkpoints) if hasattr(world, 'catalogue') else '?'}")
-    for it, loss in world.loss_curve[:: max(1, len(world.loss_curve) // 10)]:
-        print(f"  step {it:>6}  loss {loss:.3f}")
+    print(f"build: {world.build_seconds:.1f} s; checkpoints: {len(world.checkpoints)}")
+    curve = world.loss_curve
+    for _, row in curve.iloc[:: max(1, len(curve) // 10)].iterrows():
+        print(f"  step {int(row['step']):>6}  loss {row['loss']:.3f}")
     return 0
 
 

@@ -97,7 +97,9 @@ class SAESpec:
     warmup_steps: int = 500
     adam_eps: float = 6.25e-10
     checkpoint_every: int = 0
-    """Save resumable training state every N steps (0: never)."""
+    """Save SAELens training checkpoints (optimizer state included) every N steps under
+    units/<model>/<iter>/training (0: never). A killed unit is redone from the start, which is
+    deterministic; resuming mid-training from these checkpoints is not implemented yet."""
 
 
 @dataclass

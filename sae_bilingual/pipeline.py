@@ -105,7 +105,10 @@ def run_unit(ctx, unit, layers: list[int], out: Path, *, lr: float) -> None:
     cfg = train_config(ctx, lr, n_train)
     store = _store(ctx, unit, model, hooks, cfg.batch_size)
     metas = {hook_for_layer(l): _metadata(ctx, unit, l) for l in layers}
-    saes = train_saes(store, hooks, cfg, metas)
+    # SAELens training checkpoints (optimizer state included) when the recipe asks for them;
+    # a killed unit is still redone from the start (deterministic), not resumed from these.
+    ckpt_dir = unit.dir(out) / "training" if ctx.recipe.sae.checkpoint_every else None
+    saes = train_saes(store, hooks, cfg, metas, save_dir=ckpt_dir)
     t_train = time.time() - t0
     eval_windows = ctx.windows("eval", unit.model_index)
     acts, labels = collect_activations(model, eval_windows, hooks, batch_size=ctx.recipe.data.lm_batch_size,
@@ -124,6 +127,20 @@ def run_unit(ctx, unit, layers: list[int], out: Path, *, lr: float) -> None:
         write_unit_summary(ldir / "summary.json", row)
 
 
+def input_embeddings(fam, ck) -> torch.Tensor:
+    """The input embedding matrix [vocab, d] of a checkpoint, read alone from its safetensors
+    when possible (a 3.7B model need not be loaded whole for its 1.2 GB of embeddings)."""
+    from safetensors import safe_open
+
+    name = "model.embed_tokens.weight"
+    for f in sorted(Path(ck.path).glob("*.safetensors")) if ck.path else []:
+        with safe_open(str(f), framework="pt") as st:
+            if name in st.keys():
+                return st.get_tensor(name).float()
+    model = fam.load(ck, device="cpu", dtype=torch.float32)
+    return model.W_E.detach().float()
+
+
 def token_clusters(ctx, unit, labels) -> dict[str, np.ndarray]:
     """Semantic clusters of the token ids that occur in the eval set.
 
@@ -139,13 +156,11 @@ def token_clusters(ctx, unit, labels) -> dict[str, np.ndarray]:
     ck = cat.final if a.embedding_source == "final" else cat.select(iteration=unit.iteration)
     key = (unit.model_index, ck.iteration)
     if key not in ctx.cluster_cache:
-        model = fam.load(ck, device="cpu", dtype=torch.float32)
-        emb = model.W_E.detach().float()
+        emb = input_embeddings(fam, ck)
         token_ids = np.unique(labels.token_id.numpy())
         ctx.cluster_cache[key] = token_clusters_from_embeddings(
             emb, threshold=cluster_threshold(ctx, emb.shape[1]), method="connected_components", token_ids=token_ids
         )
-        del model
     out = {"embeddings": ctx.cluster_cache[key]}
     if ctx.recipe.data.corpus == "toy":
         out["ground_truth"] = clusters_from_ground_truth(ctx.world.ground_truth["concept"])
@@ -255,8 +270,8 @@ def run_lr_grid(ctx, unit, out: Path, progress: bool = True) -> float:
     cfg = train_config(ctx, grid[0], ctx.windows("train", unit.model_index).n_vectors)
     df, best = lr_grid(lambda: _store(ctx, unit, model, [hook], cfg.batch_size, out), hook, cfg, eval_acts[hook], grid)
     df["model"], df["iteration"], df["layer"] = unit.family, unit.iteration, unit.layers[0]
-    atomic_write_text(path, df.to_csv(index=False))
     save_parquet(df, out / "tables" / "lr_grid.parquet")
+    atomic_write_text(path, df.to_csv(index=False))  # last: its presence marks the grid done
     return float(best)
 
 

@@ -43,7 +43,9 @@ class Unit:
         return f"{self.family}/iter_{self.iteration:07d}"
 
     def dir(self, out: Path) -> Path:
-        return out / "units" / self.family / f"iter_{self.iteration:07d}"
+        from sae_bilingual.preflight import check_path_part
+
+        return out / "units" / check_path_part(self.family) / f"iter_{self.iteration:07d}"
 
     def layer_dir(self, out: Path, layer: int) -> Path:
         return self.dir(out) / f"L{layer:02d}"
@@ -91,9 +93,23 @@ def _fmt_layers(layers: list[int]) -> str:
     return ",".join(map(str, layers))
 
 
+def _non_default(d: Any, default: Any) -> Any:
+    """The parts of ``d`` that differ from ``default`` (so new fields keep old hashes)."""
+    if isinstance(d, dict) and isinstance(default, dict):
+        out = {k: _non_default(v, default.get(k)) for k, v in d.items() if k not in default or v != default[k]}
+        return out
+    if isinstance(d, list) and isinstance(default, list) and d and isinstance(d[0], dict) and default:
+        return [_non_default(x, default[0]) for x in d]
+    return d
+
+
 def recipe_hash(recipe: Recipe) -> str:
-    """Hash of everything that changes results (not the output dir or executor)."""
-    d = recipe_to_dict(recipe)
+    """Hash of the fields that change results and differ from the defaults.
+
+    Output dir, executor, name and docs are left out; so are defaults, so that a later
+    version adding a field (with a default) still resumes an old study.
+    """
+    d = _non_default(recipe_to_dict(recipe), recipe_to_dict(Recipe()))
     for k in ("output_dir", "executor", "name", "expected_gpu_hours", "wandb"):
         d.pop(k, None)
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -151,18 +167,26 @@ class StudyContext:
         data = self.recipe.data
         if data.corpus == "toy":
             return self.world.corpus
+        from datasets import DatasetDict
+
         from sae_bilingual import corpus
 
         if data.corpus == "text":
             if not data.paths:
                 raise ConfigError("data.paths: corpus 'text' needs {language: file} paths")
-            return corpus.load_text_corpus(data.paths, eval_paths=data.eval_paths or None, seed=self.recipe.seed)
-        if not data.hf_name:
-            raise ConfigError("data.hf_name: corpus 'hf' needs a dataset name or local path")
-        return corpus.from_hf_dataset(
-            data.hf_name, split=data.hf_split, text_field=data.hf_text_field, lang_field=data.hf_lang_field,
-            seed=self.recipe.seed,
-        )
+            train = corpus.load_text_corpus(data.paths)
+            if data.eval_paths:
+                return DatasetDict(train=train, eval=corpus.load_text_corpus(data.eval_paths))
+        else:
+            if not data.hf_name:
+                raise ConfigError("data.hf_name: corpus 'hf' needs a dataset name or local path")
+            train = corpus.from_hf_dataset(
+                data.hf_name, split=data.hf_split, text_field=data.hf_text_field, lang_field=data.hf_lang_field
+            )
+        # hold out documents for evaluation in proportion to the token budgets
+        share = data.eval_tokens_per_lang / (data.train_tokens_per_lang + data.eval_tokens_per_lang)
+        split = train.train_test_split(test_size=max(0.01, min(0.5, share)), seed=self.recipe.seed)
+        return DatasetDict(train=split["train"], eval=split["test"])
 
     def windows(self, split: str, index: int = 0):
         """Token windows for ``split`` ('train' or 'eval'), identical for every unit."""
@@ -237,14 +261,15 @@ def plan_study(recipe: Recipe, ctx: StudyContext | None = None) -> Plan:
     lr_unit = None
     for i, spec in enumerate(recipe.models):
         fam = ctx.family(i)
-        n_layers[spec.family], d_model[spec.family] = fam.n_layers, fam.d_model
+        name = fam.name if spec.family != "toy" else "toy"  # canonical: 'llm-jp-3-1.8b', never 'llm-jp/...'
+        n_layers[name], d_model[name] = fam.n_layers, fam.d_model
         layers = parse_layers(spec.layers, fam.n_layers)
         catalogue = fam.catalogue()
         for ck in select_checkpoints(spec, catalogue):
-            units.append(Unit(i, spec.family, ck.iteration, ck.tokens, layers))
+            units.append(Unit(i, name, ck.iteration, ck.tokens, layers))
         if recipe.sae.lr == "grid" and lr_unit is None:
             final = catalogue.final
-            lr_unit = Unit(i, spec.family, final.iteration, final.tokens, [fam.n_layers // 2])
+            lr_unit = Unit(i, name, final.iteration, final.tokens, [fam.n_layers // 2])
     n_langs = len(recipe.data.languages)
     lm_tokens = (recipe.data.train_tokens_per_lang + recipe.data.eval_tokens_per_lang) * n_langs
     plan = Plan(units, n_layers, d_model, lm_tokens, lr_unit)
@@ -255,9 +280,9 @@ def plan_study(recipe: Recipe, ctx: StudyContext | None = None) -> Plan:
         layer = parse_layers(iv.layer, fam.n_layers)
         if len(layer) != 1:
             raise ConfigError(f"intervention.layer: name one layer, got {iv.layer!r}")
-        analysed = {(u.family, u.iteration): u.layers for u in units}
+        analysed = {(u.model_index, u.iteration): u.layers for u in units}
         final = fam.catalogue().final
-        if layer[0] not in analysed.get((spec.family, final.iteration), []):
+        if layer[0] not in analysed.get((iv.model, final.iteration), []):
             raise ConfigError(
                 f"intervention.layer {layer[0]}: the study must analyse that layer at the final "
                 f"checkpoint (iteration {final.iteration}) of {spec.family}; add it to models[{iv.model}].layers"
@@ -265,6 +290,9 @@ def plan_study(recipe: Recipe, ctx: StudyContext | None = None) -> Plan:
         if iv.mid_checkpoint is not None:
             fam.catalogue().select(iteration=iv.mid_checkpoint)  # raises naming the choices
         plan.notes.append(f"intervention at layer {layer[0]} ({hook_for_layer(layer[0])})")
+    from sae_bilingual.preflight import preflight
+
+    preflight(recipe, plan, ctx)
     return plan
 
 
@@ -284,6 +312,7 @@ def prepare_output_dir(recipe: Recipe, force: bool = False) -> tuple[Path, Manif
             f"output_dir {out} is not writable ({e.strerror or e}); set `output_dir` in the recipe "
             "or pass --output-dir to a directory you can write"
         ) from e
+    _remove_crash_leftovers(out)
     h = recipe_hash(recipe)
     manifest = Manifest.open(out, h)
     if manifest.recipe_hash != h and manifest.units and not force:
@@ -295,6 +324,17 @@ def prepare_output_dir(recipe: Recipe, force: bool = False) -> tuple[Path, Manif
     atomic_write_text(out / "recipe.yaml", dump_recipe(recipe))
     manifest.save()
     return out, manifest
+
+
+def _remove_crash_leftovers(out: Path) -> None:
+    """Temp files/dirs of writes a crash interrupted (``.<name>.*.tmp``): never read, safe to drop."""
+    import shutil
+
+    for p in out.rglob(".*.tmp"):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
 
 
 def run_study(recipe: Recipe, *, dry_run: bool = False, progress: bool = True, force: bool = False) -> Path | str:
@@ -314,7 +354,10 @@ def run_study(recipe: Recipe, *, dry_run: bool = False, progress: bool = True, f
         lr = pipeline.run_lr_grid(ctx, plan.lr_grid, out, progress=progress)
     jobs = []
     for unit in plan.units:
-        missing = [l for l in unit.layers if not (manifest.layer_done(unit.id, l) and _summary_ok(unit, out, l))]
+        missing = [l for l in unit.layers if not _summary_ok(unit, out, l)]
+        for l in set(unit.layers) - set(missing):  # finished before a kill the driver did not see
+            if not manifest.layer_done(unit.id, l):
+                manifest.mark_layer(unit.id, l)
         if missing:
             jobs.append(UnitJob(recipe_to_dict(recipe), dataclasses.asdict(unit), tuple(missing), str(out), float(lr)))
     if len(jobs) < len(plan.units):

@@ -4,10 +4,6 @@ Every case asserts (a) the error type (a ``SaeBilingualError`` subclass, so the 
 one line instead of a traceback), (b) that the message names the problem AND the fix,
 (c) where it matters, that no LM forward / SAE training ran before the error and that an
 earlier study's files are byte-for-byte unchanged.
-
-Cases marked ``xfail(reason="lead: ...")`` need a one-line wiring change in study.py
-(``preflight(recipe, plan, ctx)`` inside ``plan_study``); the check itself is tested
-directly next to them.
 """
 
 from __future__ import annotations
@@ -39,9 +35,6 @@ from sae_bilingual.errors import (
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = yaml.safe_load((REPO / "recipes" / "smoke.yaml").read_text())
 
-NEEDS_PREFLIGHT = pytest.mark.xfail(
-    reason="lead: call sae_bilingual.preflight.preflight(recipe, plan, ctx) at the end of plan_study",
-    raises=(AssertionError, Exception), strict=False)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -220,7 +213,6 @@ def test_k_not_below_n_from_expansion_check():
     check_k_below_n(recipe(Path("/tmp/x"), **{"sae.k": 255, "sae.expansion": 4}), 64, "toy")
 
 
-@NEEDS_PREFLIGHT
 def test_k_not_below_n_fails_in_plan(world, tmp_path, no_lm_no_sae, earlier):
     out, before = earlier
     err = run_fails(recipe(out, **{"sae.k": 256, "sae.expansion": 4}), ConfigError)
@@ -338,7 +330,6 @@ def test_token_budget_larger_than_corpus_before_any_lm_pass(world, no_lm_no_sae,
     names_problem_and_fix(err, "larger than the corpus", fix=("lower tokens_per_lang",))
 
 
-@NEEDS_PREFLIGHT
 def test_train_budget_too_large_fails_in_plan(world, no_lm_no_sae, earlier):
     out, before = earlier
     err = run_fails(recipe(out, **{"data.train_tokens_per_lang": 10**9}), DataError)
@@ -553,7 +544,6 @@ def test_comet_requested_in_recipe_checked_up_front(tmp_path):
     names_problem_and_fix(e.value, "does not exist", fix=("pip install unbabel-comet",))
 
 
-@NEEDS_PREFLIGHT
 def test_comet_missing_fails_in_plan(world, tmp_path, no_lm_no_sae, earlier):
     out, before = earlier
     err = run_fails(recipe(out, **{"intervention.comet_python": str(tmp_path / "nope")}), ExtraMissingError)
@@ -703,7 +693,6 @@ def test_unit_path_part_check():
     assert check_path_part("llm-jp-3-1.8b") == "llm-jp-3-1.8b"
 
 
-@pytest.mark.xfail(reason="lead: Unit.dir must refuse a family that is not one safe path part", strict=False)
 def test_unit_dir_refuses_escape(tmp_path):
     from sae_bilingual.study import Unit
 

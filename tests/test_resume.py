@@ -9,11 +9,9 @@ recomputed (their summary.json mtimes are unchanged), and that every result file
 the reference (``scripts/soak.py::compare_outputs``: tables without timing columns,
 features.parquet, codes/SAE safetensors bytes).
 
-Known gap (xfail until study.py changes): ``run_study`` counts a layer finished only when
-the manifest AND its summary.json say so, but the driver marks the manifest only after a
-whole unit returns, so after a kill between two layers of a unit the finished layer is
-trained again. The fix: decide ``missing`` from ``summary.json`` alone (and mark the
-manifest from disk).
+A layer counts as finished when its summary.json exists, whatever the manifest says (the
+driver marks the manifest only when a whole unit returns), so a kill between two layers of
+one unit does not retrain the first.
 """
 
 from __future__ import annotations
@@ -116,6 +114,4 @@ def test_killed_twice_resumes_to_the_uninterrupted_result(tmp_path: Path, env: d
     diffs = soak.compare_outputs(ref, out)
     assert not diffs, "resumed study differs from the uninterrupted one:\n" + "\n".join(diffs)
     recomputed = sorted(k for k in finished if after[k] != finished[k])
-    if recomputed:  # known: run_study also requires the manifest, marked only when a unit ends
-        pytest.xfail(f"finished layers recomputed: {recomputed} (lead: trust summary.json on disk "
-                     "in run_study's `missing`, see tests/test_resume.py docstring)")
+    assert not recomputed, f"finished layers recomputed: {recomputed}"
