@@ -65,34 +65,6 @@ def eval_mse(sae, x: torch.Tensor, autocast_dtype: torch.dtype | None, chunk: in
     return tot / x.shape[0]
 
 
-def _check_variant_grads(names, saes, ctxs, x, ac) -> None:
-    """Gradients of each ours+variant against ours on one batch (same weights): rel. error."""
-    from sae_lens.saes.sae import TrainStepInput
-
-    ref = saes["ours"]
-    grads = {}
-    for nm in [n for n in names if n.startswith("ours")]:
-        sae = ref
-        with ctxs[nm]():
-            sae.zero_grad(set_to_none=True)
-            ctx = (torch.autocast(device_type=x.device.type, dtype=ac) if ac is not None
-                   else contextlib.nullcontext())
-            with ctx:
-                out = sae.training_forward_pass(TrainStepInput(
-                    sae_in=x, dead_neuron_mask=None, coefficients={}, n_training_steps=0,
-                    is_logging_step=False))
-            out.loss.backward()
-            grads[nm] = {k: p.grad.detach().clone() for k, p in sae.named_parameters()}
-            sae.zero_grad(set_to_none=True)
-    for nm, g in grads.items():
-        if nm == "ours":
-            continue
-        errs = {k: float((g[k] - grads["ours"][k]).norm() / grads["ours"][k].norm().clamp_min(1e-30))
-                for k in g}
-        print(f"# grad check {nm} vs ours (same weights, one batch): rel. error "
-              + ", ".join(f"{k} {v:.1e}" for k, v in errs.items()))
-
-
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu")
@@ -108,8 +80,6 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--active", type=int, default=8, help="atoms per synthetic vector")
     p.add_argument("--eval-vectors", type=int, default=16384)
     p.add_argument("--only", choices=["both", "ours", "saelens"], default="both")
-    p.add_argument("--variants", default="", help="comma list of kernel_variants.py names to add as "
-                   "contestants 'ours+<name>' (e.g. dense_grads)")
     p.add_argument("--json", default=None, help="also write the result dict here")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
@@ -127,12 +97,6 @@ def main(argv: list[str] | None = None) -> dict:
     names = ["ours", "saelens"] if a.only == "both" else [a.only]
     makers = {"ours": make_ours, "saelens": make_saelens}
     ctxs = {nm: contextlib.nullcontext for nm in names}
-    for v in filter(None, a.variants.split(",")):
-        import kernel_variants
-
-        names.insert(1, f"ours+{v}")
-        makers[f"ours+{v}"] = make_ours
-        ctxs[f"ours+{v}"] = lambda v=v: kernel_variants.use(v)
     saes, opts, states, times, errors = {}, {}, {}, {k: [] for k in names}, {}
     for nm in names:
         torch.manual_seed(a.seed)
@@ -143,8 +107,6 @@ def main(argv: list[str] | None = None) -> dict:
     for nm in names:
         with ctxs[nm]():
             mse0[nm] = eval_mse(saes[nm], x_eval, ac)
-    if len(names) > 2:
-        _check_variant_grads(names, saes, ctxs, data.batch(min(a.batch, 4096), seed=-2), ac)
 
     for step in range(a.warmup + a.steps):
         x = data.batch(a.batch, seed=step)

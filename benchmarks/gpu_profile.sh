@@ -5,7 +5,6 @@ OUT=${OUT:-/tmp/bench_out}; mkdir -p "$OUT"; export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 mkdir -p /tmp/stub/wandb; python3 -c "import wandb" 2>/dev/null || printf '__version__ = "0.0.0"\n' > /tmp/stub/wandb/__init__.py
 export PYTHONPATH=/tmp/stub:/tmp/site:$PWD
-patch -p1 --forward --dry-run < benchmarks/proposed_sae_patch.diff >/dev/null 2>&1 && patch -p1 --forward < benchmarks/proposed_sae_patch.diff
 S="--device cuda --d 3072 --n 32768 --batch 32768"
 for w in ours saelens; do python3 benchmarks/profile_sae_step.py $S --dtype bf16 --which $w 2>&1 | grep -v Warn | tee "$OUT/profile_${w}_bf16.txt"; done
 python3 benchmarks/bench_roofline.py $S --dtype bf16 --out "$OUT/roofline_h100_bf16.png" --json "$OUT/roofline_bf16.json" | tee "$OUT/roofline_bf16.txt"

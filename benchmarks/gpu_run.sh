@@ -12,13 +12,10 @@ fi
 mkdir -p /tmp/stub/wandb
 python3 -c "import wandb" 2>/dev/null || printf '__version__ = "0.0.0"\n' > /tmp/stub/wandb/__init__.py
 export PYTHONPATH=/tmp/stub:/tmp/site:$PWD
-# bf16 autocast needs benchmarks/proposed_sae_patch.diff until sae.py has it; applied to this copy only
-patch -p1 --forward --dry-run < benchmarks/proposed_sae_patch.diff >/dev/null 2>&1 \
-  && patch -p1 --forward < benchmarks/proposed_sae_patch.diff && echo "applied proposed_sae_patch.diff"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, transformers, sae_lens, transformer_lens; print('torch', torch.__version__, 'transformers', transformers.__version__, 'sae_lens', sae_lens.__version__)" 2>&1 | grep -v Warn | tee -a "$OUT/gpu.txt"
 P="--device cuda --d 3072 --n 32768 --k 32 --batch 32768 --steps ${STEPS:-12} --warmup 3 --lr 5e-4"
-python3 benchmarks/bench_sae_step.py $P --dtype bf16 --variants ${VARIANTS:-dense_grads} --json "$OUT/sae_step_bf16.json" 2>&1 | grep -v Warn | tee "$OUT/sae_step_bf16.txt"
+python3 benchmarks/bench_sae_step.py $P --dtype bf16 --json "$OUT/sae_step_bf16.json" 2>&1 | grep -v Warn | tee "$OUT/sae_step_bf16.txt"
 python3 benchmarks/bench_sae_step.py $P --dtype fp32 --json "$OUT/sae_step_fp32.json" 2>&1 | grep -v Warn | tee "$OUT/sae_step_fp32.txt"
 python3 benchmarks/bench_lm_forward.py --device cuda --batch ${LM_BATCH:-256} --impl hf,tl --json "$OUT/lm_forward.json" 2>&1 | grep -v Warn | tee "$OUT/lm_forward.txt"
 echo "== summary"; tail -n 2 "$OUT"/sae_step_*.txt; tail -n 3 "$OUT/lm_forward.txt"

@@ -155,3 +155,38 @@ def test_fast_step_equals_dense_reference(variant):
     for n, p in t.named_parameters():
         assert torch.allclose(fast[n], p.grad, atol=1e-10), n
     assert out.feature_acts.to_dense().ne(0).sum(-1).le(5).all()
+
+
+def test_code_outer_dense_gemm_path_equals_sparse_path():
+    # the GPU-autocast path (dense GEMM of the scattered code) and the sparse path agree
+    from sae_bilingual.sae import _code_outer
+
+    torch.manual_seed(3)
+    B, K, n, d = 16, 4, 50, 8
+    idx = torch.stack([torch.randperm(n)[:K] for _ in range(B)])
+    vals = torch.randn(B, K, dtype=torch.float64)
+    X = torch.randn(B, d, dtype=torch.float64)
+    brute = torch.zeros(n, d, dtype=torch.float64)
+    for b in range(B):
+        for k in range(K):
+            brute[idx[b, k]] += vals[b, k] * X[b]
+    assert torch.allclose(_code_outer(idx, vals, X, n, None), brute, atol=1e-12)
+    assert torch.allclose(_code_outer(idx, vals, X, n, torch.float64), brute, atol=1e-12)
+
+
+def test_fast_step_runs_under_bf16_autocast():
+    # autocast hands bf16 top-k values to the fp32 decode: the step must still run and stay close
+    from sae_lens.saes.sae import TrainStepInput
+
+    torch.manual_seed(4)
+    t = new_paper_sae(32, k=5, d_sae=128, training=True)
+    x = torch.randn(64, 32)
+    t.init_b_pre(x)
+    step = TrainStepInput(sae_in=x, coefficients={}, dead_neuron_mask=None, n_training_steps=0,
+                          is_logging_step=False)
+    ref = t.training_forward_pass(step).loss.item()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = t.training_forward_pass(step)
+    out.loss.backward()
+    assert abs(out.loss.item() - ref) < 0.05 * ref
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in t.parameters())
