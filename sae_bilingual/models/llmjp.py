@@ -102,31 +102,43 @@ def tokens_per_iteration(size: str) -> int:
     return llmjp_spec(size).tokens_per_iteration
 
 
-def llmjp_llama_config(size: str) -> Any:
-    """The ``transformers.LlamaConfig`` of an LLM-jp-3 size, built offline from the table."""
+def llmjp_structure_config(*, vocab_size: int, d_model: int, d_mlp: int, n_layers: int, n_heads: int,
+                           d_head: int | None = None, max_position_embeddings: int = MAX_POSITION_EMBEDDINGS,
+                           bos_token_id: int = BOS_ID, eos_token_id: int = EOS_ID, pad_token_id: int = PAD_ID,
+                           **extra: Any) -> Any:
+    """A ``LlamaConfig`` with LLM-jp-3's structural choices at any size: SwiGLU, RMSNorm
+    (eps 1e-5), RoPE (theta 1e4), no biases, untied embeddings, as many KV heads as heads.
+    Used for the real sizes and for the toy world's tiny model alike."""
     from transformers import LlamaConfig
 
-    s = llmjp_spec(size)
     return LlamaConfig(
-        vocab_size=VOCAB_SIZE,
-        hidden_size=s.d_model,
-        intermediate_size=s.d_mlp,
-        num_hidden_layers=s.n_layers,
-        num_attention_heads=s.n_heads,
-        num_key_value_heads=s.n_heads,
-        head_dim=s.d_head,
+        vocab_size=vocab_size,
+        hidden_size=d_model,
+        intermediate_size=d_mlp,
+        num_hidden_layers=n_layers,
+        num_attention_heads=n_heads,
+        num_key_value_heads=n_heads,
+        **({"head_dim": d_head} if d_head is not None else {}),
         hidden_act="silu",
-        max_position_embeddings=MAX_POSITION_EMBEDDINGS,
+        max_position_embeddings=max_position_embeddings,
         rms_norm_eps=RMS_NORM_EPS,
         rope_theta=ROPE_THETA,
         tie_word_embeddings=False,
         attention_bias=False,
         mlp_bias=False,
-        bos_token_id=BOS_ID,
-        eos_token_id=EOS_ID,
-        pad_token_id=PAD_ID,
+        bos_token_id=bos_token_id,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
         architectures=["LlamaForCausalLM"],
+        **extra,
     )
+
+
+def llmjp_llama_config(size: str) -> Any:
+    """The ``transformers.LlamaConfig`` of an LLM-jp-3 size, built offline from the table."""
+    s = llmjp_spec(size)
+    return llmjp_structure_config(vocab_size=VOCAB_SIZE, d_model=s.d_model, d_mlp=s.d_mlp, n_layers=s.n_layers,
+                                  n_heads=s.n_heads, d_head=s.d_head)
 
 
 # --------------------------------------------------------------------------- TransformerLens

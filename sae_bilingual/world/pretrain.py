@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from sae_bilingual.io import atomic_dir, atomic_write_json
+from sae_bilingual.models.llmjp import llmjp_structure_config
 from sae_bilingual.world.tokenizer import BOS, EOS, PAD
 
 if TYPE_CHECKING:
@@ -60,23 +61,9 @@ def checkpoint_steps(steps: int, n: int) -> list[int]:
 
 def make_model(cfg: WorldConfig, vocab_size: int) -> LlamaForCausalLM:
     """A freshly initialised tiny Llama with LLM-jp-3's structural choices."""
-    hf_cfg = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=cfg.d_model,
-        intermediate_size=cfg.d_mlp,
-        num_hidden_layers=cfg.n_layers,
-        num_attention_heads=cfg.n_heads,
-        num_key_value_heads=cfg.n_heads,
-        hidden_act="silu",
-        max_position_embeddings=max(128, cfg.context),
-        rms_norm_eps=1e-5,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
-        tie_word_embeddings=False,
-        attention_bias=False,
-        mlp_bias=False,
-        bos_token_id=BOS,
-        eos_token_id=EOS,
-        pad_token_id=PAD,
+    hf_cfg = llmjp_structure_config(
+        vocab_size=vocab_size, d_model=cfg.d_model, d_mlp=cfg.d_mlp, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
+        max_position_embeddings=max(128, cfg.context), bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD,
         initializer_range=0.02,
     )
     torch.manual_seed(cfg.seed)
