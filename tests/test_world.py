@@ -275,7 +275,7 @@ def test_config_validation_and_thread_backoff(monkeypatch):
     with pytest.raises(ConfigError, match="languages"):
         WorldConfig(languages=("en",))
     with pytest.raises(ConfigError, match="valid languages"):
-        build_lexicon(languages=("en", "xx"))
+        build_lexicon(languages=("en", "zz"))
     monkeypatch.setattr(pt.os, "cpu_count", lambda: 2)
     monkeypatch.setattr(pt.os, "getloadavg", lambda: (5.0, 5.0, 5.0))
     assert pt.effective_threads(2) == 1
