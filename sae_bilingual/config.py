@@ -121,6 +121,9 @@ class AnalysisSpec:
     embedding_source: Literal["self", "final"] = "final"
     """Input embeddings for semantic clusters: the analysed checkpoint or the final one."""
     span_rule: Literal["topk", "threshold"] = "topk"
+    ce_docs_per_lang: int = 64
+    """Evaluation documents per language for the CE-loss-recovered metric (three LM forwards
+    per SAE: clean, spliced, zero-ablated); the other metrics use the whole eval set."""
     n_browser_features: int = 40
     n_examples: int = 8
 

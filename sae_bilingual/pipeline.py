@@ -114,13 +114,16 @@ def run_unit(ctx, unit, layers: list[int], out: Path, *, lr: float) -> None:
     acts, labels = collect_activations(model, eval_windows, hooks, batch_size=ctx.recipe.data.lm_batch_size,
                                        device=ctx.recipe.device)
     clusters = token_clusters(ctx, unit, labels)
+    ce_windows = _first_docs_per_lang(eval_windows, ctx.recipe.analysis.ce_docs_per_lang)
+    clean_ce = None  # the clean LM loss is the same for every layer: computed once
     for layer, hook in zip(layers, hooks):
         t1 = time.time()
         ldir = unit.layer_dir(out, layer)
         ldir.mkdir(parents=True, exist_ok=True)
         sae = saes[hook]
         save_sae(sae, ldir / "sae")
-        metrics = evaluate_sae(sae, acts[hook], model=model, windows=eval_windows)
+        metrics = evaluate_sae(sae, acts[hook], model=model, windows=ce_windows, clean_ce=clean_ce)
+        clean_ce = metrics.get("ce_loss_clean", clean_ce)
         row = analyse_layer(ctx, unit, layer, sae, acts[hook], labels, clusters, ldir)
         row.update({k: float(v) for k, v in metrics.items() if np.isscalar(v)})
         row["seconds"] = round(t_train / len(layers) + time.time() - t1, 2)

@@ -219,12 +219,13 @@ def reconstruction_metrics(sae: PaperTopKSAE, x_unit: torch.Tensor, batch_size: 
 
 
 @torch.no_grad()
-def ce_metrics(model: Any, sae: PaperTopKSAE, windows: Any, *, batch_size: int = 16,
-               device: str | None = None) -> dict[str, float]:
+def ce_metrics(model: Any, sae: PaperTopKSAE, windows: Any, *, batch_size: int = 64,
+               device: str | None = None, clean_ce: float | None = None) -> dict[str, float]:
     """Next-token CE: clean, with the SAE spliced at its hook, and with that hook zero-ablated.
 
     Only non-BOS positions are replaced (the SAE never saw BOS). CE recovered =
-    (CE_zero - CE_sae) / (CE_zero - CE_clean).
+    (CE_zero - CE_sae) / (CE_zero - CE_clean). Give ``clean_ce`` (from an earlier call on the
+    same windows) to skip the clean forward when evaluating several SAEs of one model.
     """
     hook = sae.cfg.metadata.hook_name
     if int(sae.cfg.d_in) != int(model.cfg.d_model):
@@ -252,13 +253,18 @@ def ce_metrics(model: Any, sae: PaperTopKSAE, windows: Any, *, batch_size: int =
         def zero(act: torch.Tensor, hook: Any) -> torch.Tensor:
             return torch.where(splice_mask[..., None], torch.zeros_like(act), act)
 
-        for name, hooks in (("clean", []), ("sae", [(hook, splice)]), ("zero", [(hook, zero)])):
+        runs = (("sae", [(hook, splice)]), ("zero", [(hook, zero)]))
+        if clean_ce is None:
+            runs = (("clean", []),) + runs
+        for name, hooks in runs:
             logits = model.run_with_hooks(toks, return_type="logits", fwd_hooks=hooks)
             lp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
             nll = -lp.gather(-1, toks[:, 1:, None])[..., 0]
             totals[name] += float(nll[tgt_mask].sum())
         n_tok += int(tgt_mask.sum())
     ce = {k: v / max(1, n_tok) for k, v in totals.items()}
+    if clean_ce is not None:
+        ce["clean"] = float(clean_ce)
     denom = ce["zero"] - ce["clean"]
     return {"ce_loss_clean": ce["clean"], "ce_loss_sae": ce["sae"], "ce_loss_zero": ce["zero"],
             "ce_recovered": (ce["zero"] - ce["sae"]) / denom if abs(denom) > 1e-12 else float("nan")}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import pytest
 import torch
 from datasets import Dataset
 from sae_lens import SAE
@@ -47,6 +48,10 @@ def test_train_two_hooks_lockstep_and_eval(tmp_path):
         loaded = SAE.load_from_disk(tmp_path / h)
         assert isinstance(loaded, PaperTopKSAE) and loaded.cfg.metadata.model_name == "tiny"
         assert torch.equal(loaded.W_enc, sae.W_enc)
+        # a clean loss carried over from an earlier layer gives the same metrics
+        again = evaluate_sae(sae, acts[h], model, eval_w, clean_ce=m["ce_loss_clean"])
+        assert again["ce_loss_sae"] == pytest.approx(m["ce_loss_sae"], rel=1e-6)
+        assert again["ce_recovered"] == pytest.approx(m["ce_recovered"], rel=1e-6)
 
 
 def test_lr_grid_picks_min():
