@@ -36,3 +36,20 @@ def test_marks_persist(tmp_path: Path) -> None:
     assert again.layer_done("toy/iter_0000000", 3)
     assert again.units["toy/iter_0000000"]["status"] == "done"
     assert again.recipe_hash == "h1"
+
+
+def test_atomic_writes_get_ordinary_permissions(tmp_path: Path) -> None:
+    # mkstemp creates 0600 files; artefacts (reports, tables) must be readable like open()'s
+    import os
+
+    from sae_bilingual.io import atomic_dir, atomic_write_text
+
+    mask = os.umask(0o022)
+    try:
+        f = atomic_write_text(tmp_path / "report.html", "x")
+        with atomic_dir(tmp_path / "sae") as d:
+            (d / "cfg.json").write_text("{}")
+    finally:
+        os.umask(mask)
+    assert f.stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "sae").stat().st_mode & 0o777 == 0o755
