@@ -1,6 +1,6 @@
 """LLM-jp-3: size table, HF configs, TransformerLens registration, and loading.
 
-Source of every number in :data:`LLMJP_SIZES`: ``/work/shared/LLMJP.md`` ("LLM-jp-3 facts"),
+Source of every number in :data:`LLMJP_SIZES`: ``../shared/LLMJP.md`` of the project ("LLM-jp-3 facts"),
 which restates the public Hub configs ``llm-jp/llm-jp-3-<size>/config.json`` (hidden_size,
 num_hidden_layers, num_attention_heads = num_key_value_heads, head_dim, intermediate_size;
 vocab_size 99,584; max_position_embeddings 4096; rope_theta 10000; rms_norm_eps 1e-5;
@@ -64,7 +64,7 @@ class LlmJpSpec:
         return f"llm-jp-3-{self.size}"
 
 
-# From /work/shared/LLMJP.md (= public HF config.json of llm-jp/llm-jp-3-<size> + training scripts).
+# From ../shared/LLMJP.md (= public HF config.json of llm-jp/llm-jp-3-<size> + training scripts).
 LLMJP_SIZES: dict[str, LlmJpSpec] = {
     s.size: s
     for s in (
