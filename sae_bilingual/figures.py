@@ -29,6 +29,7 @@ from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
 
 from sae_bilingual.errors import DataError  # noqa: E402
 from sae_bilingual.io import atomic_write_bytes  # noqa: E402
+from sae_bilingual.manifest import read_json  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ __all__ = [
     "fig_lr_grid",
     "fig_intervention",
     "fig_sizes",
+    "fig_world_loss",
     "make_all_figures",
     "language_columns",
     "format_tokens",
@@ -65,6 +67,9 @@ FIGURE_CAPTIONS = {
     "(paper Table 1). Y axes do not start at zero.",
     "sizes": "Mixed share at the final checkpoint against relative depth (layer / deepest "
     "layer), one line per model size.",
+    "world_loss": "Pre-training of the toy world's LM: training loss per optimizer step and "
+    "held-out loss at each saved checkpoint (the checkpoints the study analyses), against "
+    "tokens seen; the title gives the build's wall time.",
     "lineage": "Feature classes per checkpoint (stacked bars, dead features in grey) and the "
     "features matched one-to-one between consecutive checkpoints (bands, coloured by the "
     "earlier class; Jaccard of co-firing on the same evaluation tokens above the threshold).",
@@ -447,6 +452,36 @@ def fig_sizes(summary: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     return _save(fig, out_dir, "sizes")
 
 
+def fig_world_loss(steps: pd.DataFrame, checkpoints: pd.DataFrame, out_dir: str | Path,
+                   build_seconds: float | None = None) -> list[Path]:
+    """The toy world's pre-training curve: why the checkpoints differ, at a glance.
+
+    ``steps``: columns ``step``, ``loss`` (per optimizer step); ``checkpoints``: ``iteration``,
+    ``tokens``, ``loss`` (held-out loss of each saved checkpoint). Tokens on a symlog x axis so
+    step 0 shows.
+    """
+    _require(steps, ["step", "loss"], "fig_world_loss (steps)")
+    _require(checkpoints, ["iteration", "tokens", "loss"], "fig_world_loss (checkpoints)")
+    ck = checkpoints.sort_values("iteration")
+    per_it = ck["tokens"].iloc[-1] / max(int(ck["iteration"].iloc[-1]), 1)
+    fig, ax = plt.subplots(figsize=(6.5, 4.0), constrained_layout=True)
+    ax.plot(steps["step"] * per_it, steps["loss"], lw=1, color="#4C72B0", alpha=0.7, label="training loss (per step)")
+    ax.plot(ck["tokens"], ck["loss"], "o-", color="#DD5555", label="held-out loss (checkpoints)")
+    for _, r in ck.iterrows():
+        ax.annotate(f"{int(r['iteration'])}", (r["tokens"], r["loss"]), textcoords="offset points",
+                    xytext=(0, 6), fontsize=7, ha="center")
+    ax.set_xscale("symlog", linthresh=max(per_it, 1.0))
+    ax.set_xlabel("tokens seen (symlog; labels: checkpoint iteration)")
+    ax.set_ylabel("cross-entropy (nats / token)")
+    title = "Toy world pre-training"
+    if build_seconds is not None:
+        title += f" (world built in {build_seconds / 60:.1f} min)"
+    ax.set_title(title)
+    ax.grid(alpha=0.25, which="both")
+    ax.legend(fontsize=8)
+    return _save(fig, out_dir, "world_loss")
+
+
 # --------------------------------------------------------------------------- driver
 def _middle_layer(layers: list[int]) -> int:
     layers = sorted(layers)
@@ -493,6 +528,11 @@ def make_all_figures(study_dir: str | Path, *, layers: str | list[int] = "middle
                 keep(fig_sizes(summary, out))
     else:
         log.warning("%s absent: skipping summary figures", summ_path)
+    steps_p, ck_p = tables / "world_loss.csv", tables / "world_checkpoints.csv"
+    if steps_p.exists() and ck_p.exists():
+        meta = read_json(tables / "world.json")
+        keep(fig_world_loss(pd.read_csv(steps_p), pd.read_csv(ck_p), out,
+                            meta.get("build_seconds") if isinstance(meta, dict) else None))
     for name, fn in (("lr_grid.csv", fig_lr_grid), ("intervention.csv", fig_intervention)):
         p = tables / name
         if p.exists():

@@ -96,7 +96,7 @@ def run_unit(ctx, unit, layers: list[int], out: Path, *, lr: float) -> None:
     from sae_bilingual.sae import save_sae
     from sae_bilingual.store import collect_activations
     from sae_bilingual.study import write_unit_summary
-    from sae_bilingual.train import evaluate_sae, train_saes
+    from sae_bilingual.train import ce_metrics_many, reconstruction_metrics, train_saes
 
     t0 = time.time()
     model = _load_model(ctx, unit)
@@ -115,15 +115,14 @@ def run_unit(ctx, unit, layers: list[int], out: Path, *, lr: float) -> None:
                                        device=ctx.recipe.device)
     clusters = token_clusters(ctx, unit, labels)
     ce_windows = _first_docs_per_lang(eval_windows, ctx.recipe.analysis.ce_docs_per_lang)
-    clean_ce = None  # the clean LM loss is the same for every layer: computed once
+    ce = ce_metrics_many(model, [saes[h] for h in hooks], ce_windows)  # one clean pass for all layers
     for layer, hook in zip(layers, hooks):
         t1 = time.time()
         ldir = unit.layer_dir(out, layer)
         ldir.mkdir(parents=True, exist_ok=True)
         sae = saes[hook]
         save_sae(sae, ldir / "sae")
-        metrics = evaluate_sae(sae, acts[hook], model=model, windows=ce_windows, clean_ce=clean_ce)
-        clean_ce = metrics.get("ce_loss_clean", clean_ce)
+        metrics = {**reconstruction_metrics(sae, acts[hook]), **ce[hook]}
         row = analyse_layer(ctx, unit, layer, sae, acts[hook], labels, clusters, ldir)
         row.update({k: float(v) for k, v in metrics.items() if np.isscalar(v)})
         row["seconds"] = round(t_train / len(layers) + time.time() - t1, 2)

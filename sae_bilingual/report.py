@@ -29,6 +29,7 @@ import pandas as pd
 
 from sae_bilingual.errors import DataError
 from sae_bilingual.io import atomic_write_text
+from sae_bilingual.manifest import read_json
 
 log = logging.getLogger(__name__)
 
@@ -142,20 +143,20 @@ def _caption(name: str) -> str:
     return ""
 
 
+def _figure_html(png: Path) -> str:
+    """One embedded figure (base64 PNG) with its caption and the SVG's name."""
+    b64 = base64.b64encode(png.read_bytes()).decode("ascii")
+    return (f'<figure id="fig-{_esc(png.stem)}"><img alt="{_esc(png.stem)}" src="data:image/png;base64,{b64}">'
+            f"<figcaption><b>{_esc(png.stem)}</b>. {_esc(_caption(png.stem))} "
+            f"(vector version: figures/{_esc(png.stem)}.svg)</figcaption></figure>")
+
+
 def _figures_section(study: Path) -> tuple[str, int]:
     pngs = sorted((study / "figures").glob("*.png"), key=lambda p: _figure_sort_key(p.stem))
-    pngs = [p for p in pngs if not p.name.startswith(".") and not p.name.startswith("lineage_")]
+    pngs = [p for p in pngs if not p.name.startswith((".", "lineage_", "world_"))]
     if not pngs:
         return _section("figures", "Figures", '<p class="meta">No figures (no summary table yet).</p>'), 0
-    items = []
-    for p in pngs:
-        b64 = base64.b64encode(p.read_bytes()).decode("ascii")
-        items.append(
-            f'<figure id="fig-{_esc(p.stem)}"><img alt="{_esc(p.stem)}" src="data:image/png;base64,{b64}">'
-            f"<figcaption><b>{_esc(p.stem)}</b>. {_esc(_caption(p.stem))} "
-            f"(vector version: figures/{_esc(p.stem)}.svg)</figcaption></figure>"
-        )
-    return _section("figures", "Figures", "\n".join(items)), len(pngs)
+    return _section("figures", "Figures", "\n".join(_figure_html(p) for p in pngs)), len(pngs)
 
 
 def _summary_section(study: Path) -> str:
@@ -184,6 +185,30 @@ def _csv_section(study: Path, name: str, sec_id: str, title: str) -> str:
     return _section(sec_id, title, _table_html(df))
 
 
+def _world_section(study: Path) -> str:
+    """The toy world the study ran on: build wall time, sizes, config and its loss curve."""
+    meta = read_json(study / "tables" / "world.json")
+    if not isinstance(meta, dict):
+        return ""
+    facts = {
+        "build wall time": f"{float(meta.get('build_seconds', float('nan'))):.1f} s "
+                           f"(corpus {float(meta.get('corpus_seconds', float('nan'))):.1f} s, "
+                           f"pre-training {float(meta.get('pretrain_seconds', float('nan'))):.1f} s)",
+        **{k: meta[k] for k in ("n_params", "vocab_size", "n_concepts", "tokens_per_iteration", "key") if k in meta},
+    }
+    parts = [_table_html(pd.DataFrame({"": list(facts), "value": [str(v) for v in facts.values()]}))]
+    png = study / "figures" / "world_loss.png"
+    if png.exists():
+        parts.append(_figure_html(png))
+    ck = study / "tables" / "world_checkpoints.csv"
+    if ck.exists():
+        parts.append("<p>Held-out loss of each saved checkpoint:</p>" + _table_html(pd.read_csv(ck)))
+    if isinstance(meta.get("config"), dict):
+        cfg = json.dumps(meta["config"], indent=1, ensure_ascii=False)
+        parts.append(f"<details><summary>world config</summary><pre>{_esc(cfg)}</pre></details>")
+    return _section("world", "Toy world", "\n".join(parts))
+
+
 _LINEAGE_RE = re.compile(r"^lineage_(.+)_L(\d+)\.csv$")
 
 
@@ -201,11 +226,7 @@ def _lineage_section(study: Path, max_features: int = 40) -> str:
         parts.append(f"<h3>{_esc(model)}, layer {layer}</h3>")
         png = study / "figures" / f"{p.stem}.png"
         if png.exists():
-            b64 = base64.b64encode(png.read_bytes()).decode("ascii")
-            parts.append(f'<figure id="fig-{_esc(p.stem)}"><img alt="{_esc(p.stem)}" '
-                         f'src="data:image/png;base64,{b64}"><figcaption><b>{_esc(p.stem)}</b>. '
-                         f"{_esc(_caption(p.stem))} (vector version: figures/{_esc(p.stem)}.svg)"
-                         "</figcaption></figure>")
+            parts.append(_figure_html(png))
         sj = study / "tables" / f"{p.stem}_summary.json"
         if sj.exists():
             try:
@@ -406,6 +427,7 @@ def write_report(study_dir: str | Path, *, make_figures: bool = True, max_saes: 
     sections = [
         ("recipe", "Recipe", _recipe_section(study)),
         ("run", "Run info", _manifest_section(study)),
+        ("world", "Toy world", _world_section(study)),
         ("figures", f"Figures ({n_figs})", figs),
         ("summary", "Summary tables", _summary_section(study)),
         ("lr-grid", "LR grid", _csv_section(study, "lr_grid.csv", "lr-grid", "LR grid")),

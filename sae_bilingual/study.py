@@ -346,6 +346,8 @@ def run_study(recipe: Recipe, *, dry_run: bool = False, progress: bool = True, f
     if dry_run:
         return plan.describe(recipe)
     out, manifest = prepare_output_dir(recipe, force=force)
+    if any(spec.family == "toy" for spec in recipe.models):
+        write_world_tables(ctx.world, out)
     from sae_bilingual import pipeline
 
     t0 = time.time()
@@ -386,6 +388,21 @@ def run_study(recipe: Recipe, *, dry_run: bool = False, progress: bool = True, f
     report = write_report(out, make_figures=False)
     log.info("study finished in %.1f s: %d SAEs, report %s", time.time() - t0, len(summary), report)
     return report
+
+
+def write_world_tables(world, out: Path) -> None:  # noqa: ANN001 (World: heavy import)
+    """The toy world's build facts and loss curve under ``tables/``, for the report.
+
+    world.json (config, timings, sizes), world_loss.csv (step, loss, lr per optimizer step),
+    world_checkpoints.csv (iteration, tokens, held-out loss of each saved checkpoint).
+    """
+    import pandas as pd
+
+    meta = {k: v for k, v in world.meta.items() if k not in ("loss_curve", "checkpoints")}
+    atomic_write_json(out / "tables" / "world.json", meta)
+    atomic_write_text(out / "tables" / "world_loss.csv", world.loss_curve.to_csv(index=False))
+    ck = pd.DataFrame(world.meta["checkpoints"])
+    atomic_write_text(out / "tables" / "world_checkpoints.csv", ck.to_csv(index=False))
 
 
 def export_all_neuronpedia(out: Path) -> list[Path]:

@@ -6,7 +6,7 @@ written, i.e. while the first unit loads/trains, and (2) as soon as a new layer'
 summary.json appears, i.e. while the rest of that unit is analysed; then to completion.
 Asserts that the run completes, that layers finished before the last run were not
 recomputed (their summary.json mtimes are unchanged), and that every result file equals
-the reference (``scripts/soak.py::compare_outputs``: tables without timing columns,
+the reference (``benchmarks/soak.py::compare_outputs``: tables without timing columns,
 features.parquet, codes/SAE safetensors bytes).
 
 A layer counts as finished when its summary.json exists, whatever the manifest says (the
@@ -34,7 +34,7 @@ TIMEOUT = 600
 
 
 def _soak():
-    spec = importlib.util.spec_from_file_location("soak", REPO / "scripts" / "soak.py")
+    spec = importlib.util.spec_from_file_location("soak", REPO / "benchmarks" / "soak.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod

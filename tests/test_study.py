@@ -43,8 +43,17 @@ def test_smoke_study_writes_every_artefact(smoke_study) -> None:
     for name in ("lr_grid.csv", "intervention.csv", "intervention.md"):
         assert (out / "tables" / name).is_file()
     pngs = {p.stem for p in (out / "figures").glob("*.png")}
-    assert {"heatmaps_toy", "span_toy", "lr_grid", "intervention"} <= pngs
+    assert {"heatmaps_toy", "span_toy", "lr_grid", "intervention", "world_loss"} <= pngs
     assert any(s.startswith("lang_dist_toy") for s in pngs)
+    # the toy world's build time and loss curve travel with the study (issue 4)
+    world = json.loads((out / "tables" / "world.json").read_text())
+    ck = pd.read_csv(out / "tables" / "world_checkpoints.csv")
+    steps = pd.read_csv(out / "tables" / "world_loss.csv")
+    assert world["build_seconds"] > 0 and world["config"]["steps"] == len(steps)
+    assert ck["iteration"].tolist() == sorted(ck["iteration"]) and ck["loss"].iloc[-1] < ck["loss"].iloc[0]
+    html = Path(report).read_text(encoding="utf-8")
+    world_html = html.split('<section id="world">')[1].split("</section>")[0]
+    assert f"{world['build_seconds']:.1f} s" in world_html and 'alt="world_loss"' in world_html
     assert len(list((out / "neuronpedia").glob("*.json"))) == len(summary)
 
 

@@ -12,8 +12,8 @@ the final tables are compared with the reference:
 
 Usage::
 
-    .venv/bin/python scripts/soak.py --n 20             # ~N x (study time) on a quiet machine
-    .venv/bin/python scripts/soak.py --n 5 --workdir /tmp/soak --keep
+    .venv/bin/python benchmarks/soak.py --n 20             # ~N x (study time) on a quiet machine
+    .venv/bin/python benchmarks/soak.py --n 5 --workdir /tmp/soak --keep
 
 Prints one line per kill and ``soak: N kills, outputs identical`` (exit 0) or the
 differences (exit 1).
