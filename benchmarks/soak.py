@@ -1,8 +1,8 @@
 """Soak test: kill a study at random moments, resume it, and check nothing changed.
 
-Runs the smoke study once cleanly (the reference), then N times starts the same study in
-a second output dir and SIGKILLs it after a random delay; each start resumes whatever the
-previous ones left. When a start finishes before its kill, that directory is compared
+Runs the smoke study once cleanly (the reference), then starts the same study in a second
+output dir and SIGKILLs it after a random delay, until N kills have been delivered; each
+start resumes whatever the previous ones left. When a start finishes before its kill, that directory is compared
 with the reference and a fresh one begins. At the end the study runs to completion and
 the final tables are compared with the reference:
 
@@ -15,7 +15,7 @@ Usage::
     .venv/bin/python benchmarks/soak.py --n 20             # ~N x (study time) on a quiet machine
     .venv/bin/python benchmarks/soak.py --n 5 --workdir /tmp/soak --keep
 
-Prints one line per kill and ``soak: N kills, outputs identical`` (exit 0) or the
+Prints one line per start and ``soak: N kills in S starts, outputs identical`` (exit 0) or the
 differences (exit 1).
 """
 
@@ -176,7 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     cycle = 0
     out = work / f"killed_{cycle}"
     shutil.rmtree(out, ignore_errors=True)
-    for i in range(1, args.n + 1):
+    kills = starts = 0
+    while kills < args.n and starts < 3 * args.n:  # N delivered SIGKILLs, not N attempts
+        starts += 1
+        i = kills + 1
         delay = rng.uniform(0.2, 1.0) * t_clean
         with open(log, "ab") as f:
             proc = subprocess.Popen(study_cmd(args.recipe, out), cwd=REPO, env=env, stdout=f, stderr=f)
@@ -187,15 +190,16 @@ def main(argv: list[str] | None = None) -> int:
                 proc.wait()
                 rc = None
         if rc is None:
+            kills += 1
             print(f"kill {i}/{args.n}: SIGKILL after {delay:.1f} s in {out.name}: {phase(out)}", flush=True)
             continue
         if rc != 0:
             failures.append(f"{out.name}: resumed run exited {rc} (see {log})")
-            print(f"kill {i}/{args.n}: run exited {rc} before the kill", flush=True)
+            print(f"start {starts}: run exited {rc} before the kill", flush=True)
             break
         diffs = compare_outputs(ref, out)
         failures += [f"{out.name}: {d}" for d in diffs]
-        print(f"kill {i}/{args.n}: {out.name} finished before its kill ({delay:.1f} s): "
+        print(f"start {starts}: {out.name} finished before its kill ({delay:.1f} s): "
               f"{'identical' if not diffs else f'{len(diffs)} differences'}; starting a fresh dir", flush=True)
         cycle += 1
         out = work / f"killed_{cycle}"
@@ -204,11 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     diffs = compare_outputs(ref, out)
     failures += [f"{out.name}: {d}" for d in diffs]
     if failures:
-        print(f"soak: {args.n} kills, {len(failures)} differences:")
+        print(f"soak: {kills} kills in {starts} starts, {len(failures)} differences:")
         for d in failures:
             print(f"  {d}")
     else:
-        print(f"soak: {args.n} kills, outputs identical")
+        print(f"soak: {kills} kills in {starts} starts, outputs identical")
     if not args.keep and args.workdir is None:
         shutil.rmtree(work, ignore_errors=True)
     return 1 if failures else 0
