@@ -297,7 +297,8 @@ def ce_metrics(model: Any, sae: PaperTopKSAE, windows: Any, *, batch_size: int =
     (CE_zero - CE_sae) / (CE_zero - CE_clean). For several SAEs of one model use
     :func:`ce_metrics_many` (one clean pass for all).
     """
-    return ce_metrics_many(model, [sae], windows, batch_size=batch_size, device=device)[_check_splice(model, sae)]
+    (metrics,) = ce_metrics_many(model, [sae], windows, batch_size=batch_size, device=device).values()
+    return metrics
 
 
 def evaluate_sae(sae: PaperTopKSAE, x_unit: torch.Tensor, model: Any = None, windows: Any = None,
