@@ -100,6 +100,10 @@ class SAESpec:
     """Save SAELens training checkpoints (optimizer state included) every N steps under
     units/<model>/<iter>/training (0: never). A killed unit is redone from the start, which is
     deterministic; resuming mid-training from these checkpoints is not implemented yet."""
+    warm_start: bool = False
+    """Initialise each checkpoint's SAE from the trained SAE of the same layer at the previous
+    analysed checkpoint (the first checkpoint starts cold). Units then run in checkpoint order,
+    so it needs executor: local."""
 
 
 @dataclass
@@ -196,6 +200,11 @@ class Recipe:
         if isinstance(self.sae.lr, float) and self.sae.lr <= 0:
             raise ConfigError(f"sae.lr must be > 0, got {self.sae.lr}")
         _positive(self.sae.batch_size, "sae.batch_size")
+        if self.sae.warm_start and self.executor != "local":
+            raise ConfigError(
+                f"sae.warm_start chains each checkpoint's SAEs to the previous checkpoint's, so the "
+                f"units of a model must run in order: use executor: local, not {self.executor!r}"
+            )
         if not 0 < self.analysis.act_threshold < 1:
             raise ConfigError("analysis.act_threshold must lie in (0, 1) (the paper: 0.7)")
         if not 0.5 <= self.analysis.lang_threshold < 1:

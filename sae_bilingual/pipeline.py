@@ -5,6 +5,7 @@ Kept apart from ``study.py`` (planning, resume, manifest) so each reads top to b
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -108,7 +109,8 @@ def run_unit(ctx, unit, layers: list[int], out: Path, *, lr: float) -> None:
     # SAELens training checkpoints (optimizer state included) when the recipe asks for them;
     # a killed unit is still redone from the start (deterministic), not resumed from these.
     ckpt_dir = unit.dir(out) / "training" if ctx.recipe.sae.checkpoint_every else None
-    saes = train_saes(store, hooks, cfg, metas, save_dir=ckpt_dir)
+    init = warm_start_saes(ctx, unit, layers, out) if ctx.recipe.sae.warm_start else None
+    saes = train_saes(store, hooks, cfg, metas, save_dir=ckpt_dir, init_from=init)
     t_train = time.time() - t0
     eval_windows = ctx.windows("eval", unit.model_index)
     acts, labels = collect_activations(model, eval_windows, hooks, batch_size=ctx.recipe.data.lm_batch_size,
@@ -125,8 +127,37 @@ def run_unit(ctx, unit, layers: list[int], out: Path, *, lr: float) -> None:
         metrics = {**reconstruction_metrics(sae, acts[hook]), **ce[hook]}
         row = analyse_layer(ctx, unit, layer, sae, acts[hook], labels, clusters, ldir)
         row.update({k: float(v) for k, v in metrics.items() if np.isscalar(v)})
+        md = sae.cfg.metadata
+        row.update({k: md[k] for k in ("warm_start", "train_loss_final", "train_loss_first_tenth",
+                                        "train_steps_to_final") if k in md})
         row["seconds"] = round(t_train / len(layers) + time.time() - t1, 2)
         write_unit_summary(ldir / "summary.json", row)
+
+
+def warm_start_saes(ctx, unit, layers: list[int], out: Path) -> dict[str, Any]:
+    """The previous analysed checkpoint's trained SAEs of ``layers`` ({hook: SAE}), or {} at the
+    first checkpoint. They are read from disk, so a resumed study warm-starts exactly as an
+    uninterrupted one."""
+    from sae_bilingual.errors import DataError
+    from sae_bilingual.sae import load_sae
+    from sae_bilingual.study import select_checkpoints
+
+    spec = ctx.recipe.models[unit.model_index]
+    earlier = [c for c in select_checkpoints(spec, ctx.family(unit.model_index).catalogue())
+               if c.iteration < unit.iteration]
+    if not earlier:
+        return {}
+    prev = dataclasses.replace(unit, iteration=earlier[-1].iteration, tokens=earlier[-1].tokens)
+    init = {}
+    for layer in layers:
+        path = prev.layer_dir(out, layer) / "sae"
+        if not (path / "cfg.json").exists():
+            raise DataError(f"sae.warm_start: {unit.id} layer {layer} starts from the SAE of {prev.id}, "
+                            f"but {path} does not exist; run the study's units in checkpoint order "
+                            "(executor: local), or turn warm_start off")
+        init[hook_for_layer(layer)] = load_sae(path, device=ctx.recipe.device)
+    log.info("warm start: %s from %s (%d layers)", unit.id, prev.id, len(init))
+    return init
 
 
 def input_embeddings(fam, ck) -> torch.Tensor:

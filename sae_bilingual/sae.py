@@ -369,9 +369,29 @@ class PaperTopKSAE(_PaperTopKMixin, SAE[PaperTopKSAEConfig]):
 
 
 class PaperTopKTrainingSAE(_PaperTopKMixin, TrainingSAE[PaperTopKTrainingSAEConfig]):
-    """Training class; ``training_forward_pass`` is the fast sparse step (cfg.fast)."""
+    """Training class; ``training_forward_pass`` is the fast sparse step (cfg.fast).
+
+    ``loss_history`` keeps every training step's loss (detached scalars, no sync per step):
+    how fast an SAE converges is what a warm start changes (see train.convergence).
+    """
 
     b_enc: nn.Parameter
+
+    def __init__(self, cfg: PaperTopKTrainingSAEConfig, use_error_term: bool = False):
+        super().__init__(cfg, use_error_term)
+        self.loss_history: list[torch.Tensor] = []
+
+    @torch.no_grad()
+    def init_from(self, sae: SAE) -> None:
+        """Start from another paper_topk SAE's weights (warm start): same shapes required."""
+        mine, theirs = self.state_dict(), sae.state_dict()
+        bad = {k: (tuple(v.shape), tuple(theirs[k].shape) if k in theirs else None)
+               for k, v in mine.items() if k not in theirs or theirs[k].shape != v.shape}
+        if bad:
+            raise ConfigError(f"cannot warm-start from an SAE of other shapes {bad} (name: (ours, theirs)); "
+                              "warm starts need the same d_in, d_sae and architecture")
+        for k, v in mine.items():
+            v.copy_(theirs[k].to(v))
 
     def initialize_weights(self) -> None:  # type: ignore[override]
         _PaperTopKMixin.initialize_weights(self)
@@ -426,6 +446,7 @@ class PaperTopKTrainingSAE(_PaperTopKMixin, TrainingSAE[PaperTopKTrainingSAEConf
                 torch.stack([rows, idx.reshape(-1)]), vals.detach().reshape(-1),
                 (B, self.cfg.d_sae), is_coalesced=False, check_invariants=False)
             pre = vals.detach()  # (B, K): the dense (B, n) pre-activations are not kept
+        self.loss_history.append(loss.detach())
         return TrainStepOutput(sae_in=u, sae_out=recon, feature_acts=feature_acts,
                                hidden_pre=pre, loss=loss, losses={"mse_loss": loss.detach()})
 

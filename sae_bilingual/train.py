@@ -121,13 +121,40 @@ def hook_seed(seed: int, hook: str) -> int:
     return (int(seed) * 1_000_003 + zlib.crc32(hook.encode("utf-8"))) % (2**63 - 1)
 
 
+def convergence(losses: Sequence[float], tolerance: float = 0.1) -> dict[str, float]:
+    """How fast a training run converged, from its per-step losses.
+
+    ``train_loss_final`` is the mean loss of the last tenth of the steps;
+    ``train_steps_to_final`` the first step whose running mean (window: a twentieth of the
+    run) is within ``tolerance`` (10 %) of it; ``train_loss_first_tenth`` the mean loss of
+    the first tenth. Why: a warm start should
+    show up as fewer steps to converge and a lower early loss.
+    """
+    import numpy as np
+
+    x = np.asarray(losses, dtype=np.float64)
+    if x.size == 0:
+        raise DataError("no training losses recorded")
+    tenth = max(1, x.size // 10)
+    final = float(x[-tenth:].mean())
+    w = max(1, x.size // 20)
+    running = np.convolve(x, np.ones(w) / w, mode="valid")  # running[i] = mean of x[i : i + w]
+    hit = np.flatnonzero(running <= (1 + tolerance) * final)
+    steps = int(hit[0] + w) if hit.size else int(x.size)
+    return {"train_loss_final": final, "train_loss_first_tenth": float(x[:tenth].mean()),
+            "train_steps_to_final": steps}
+
+
 def train_saes(store: Iterator[Mapping[str, torch.Tensor]], hooks: Sequence[str], cfg: SAETrainConfig,
                metadata_by_hook: Mapping[str, Mapping[str, Any]] | None = None,
-               save_dir: str | Path | None = None) -> dict[str, PaperTopKSAE]:
+               save_dir: str | Path | None = None,
+               init_from: Mapping[str, PaperTopKSAE] | None = None) -> dict[str, PaperTopKSAE]:
     """Train one paper TopK SAE per hook, in lockstep, through SAELens's MultiSAETrainer.
 
     ``store`` yields ``{hook: Tensor[batch_size, d]}`` (e.g. :class:`ActivationStore`).
-    Returns inference SAEs (decoder rows unit-norm); with ``save_dir`` each is saved in
+    ``init_from`` gives, per hook, an SAE to start from (warm start) instead of the paper's
+    initialisation. Returns inference SAEs (decoder rows unit-norm) whose metadata carries
+    ``warm_start`` and the run's :func:`convergence`; with ``save_dir`` each is saved in
     SAELens layout under ``save_dir/<hook>/``.
     """
     from sae_lens.config import LoggingConfig, SAETrainerConfig
@@ -157,7 +184,10 @@ def train_saes(store: Iterator[Mapping[str, torch.Tensor]], hooks: Sequence[str]
         scfg = PaperTopKTrainingSAEConfig(d_in=d_in, d_sae=cfg.d_sae or cfg.expansion * d_in, k=cfg.k,
                                           device=cfg.device, dtype=cfg.dtype, fast=cfg.fast, metadata=md)
         sae = PaperTopKTrainingSAE(scfg)
-        sae.init_b_pre(first[h][: cfg.geometric_median_sample].to(sae.device))
+        if init_from and h in init_from:
+            sae.init_from(init_from[h])
+        else:
+            sae.init_b_pre(first[h][: cfg.geometric_median_sample].to(sae.device))
         saes[h] = sae
 
     logger = LoggingConfig(log_to_wandb=False)
@@ -195,6 +225,9 @@ def train_saes(store: Iterator[Mapping[str, torch.Tensor]], hooks: Sequence[str]
         sae.normalize_decoder_()
         inf = to_inference(sae)
         inf.cfg.metadata.n_training_steps = steps
+        inf.cfg.metadata.warm_start = bool(init_from and h in init_from)
+        for key, value in convergence(torch.stack(sae.loss_history).float().tolist()).items():
+            inf.cfg.metadata[key] = value
         out[h] = inf
         if save_dir is not None:
             save_sae(inf, Path(save_dir) / _hook_dirname(h))

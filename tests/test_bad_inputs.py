@@ -718,3 +718,8 @@ def test_cli_bad_set_syntax(capsys):
 
     assert main(["study", "smoke", "--set", "sae.k", "--dry-run"]) == 2
     assert "FIELD=VALUE" in capsys.readouterr().err
+
+
+def test_warm_start_needs_the_local_executor():
+    with pytest.raises(ConfigError, match="warm_start.*executor: local"):
+        load_recipe(REPO / "recipes" / "smoke.yaml", {"sae.warm_start": True, "executor": "ray"})

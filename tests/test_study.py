@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from sae_bilingual.config import load_recipe
 from sae_bilingual.errors import ConfigError
@@ -96,3 +97,26 @@ def test_layer_out_of_range_fails_at_planning(world_cache) -> None:
     recipe = load_recipe(SMOKE, {"models": [{"family": "toy", "layers": [5]}]})
     with pytest.raises(LayerError, match="0..2"):
         plan_study(recipe)
+
+
+def test_warm_start_study_chains_checkpoints(smoke_study, tmp_path) -> None:
+    """sae.warm_start: each checkpoint's SAEs start from the previous checkpoint's (issue 12)."""
+    from safetensors.torch import load_file
+
+    cold_out, _ = smoke_study
+    out = tmp_path / "warm"
+    run_study(load_recipe(SMOKE, {"output_dir": str(out), "sae.warm_start": True}), progress=False)
+    warm = pd.read_csv(out / "tables" / "summary.csv").set_index(["iteration", "layer"])
+    cold = pd.read_csv(cold_out / "tables" / "summary.csv").set_index(["iteration", "layer"])
+    first = warm.index.get_level_values("iteration").min()
+    assert (warm["warm_start"] == (warm.index.get_level_values("iteration") > first)).all()
+    assert not cold["warm_start"].any()
+    # the first checkpoint trains cold: the same SAEs as the cold study, bit for bit
+    for ldir in sorted((out / "units" / "toy" / f"iter_{first:07d}").glob("L*")):
+        ref = cold_out / ldir.relative_to(out)
+        a, b = load_file(ldir / "sae" / "sae_weights.safetensors"), load_file(ref / "sae" / "sae_weights.safetensors")
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    # later checkpoints start from a trained SAE: their early loss is far below a cold start's
+    later = warm.index.get_level_values("iteration") > first
+    ratio = warm.loc[later, "train_loss_first_tenth"] / cold.loc[later, "train_loss_first_tenth"]
+    assert (ratio < 0.9).all(), ratio

@@ -101,3 +101,49 @@ def test_fused_adam_gives_the_per_tensor_update():
     assert out[True].W_enc.abs().sum() > 0
     for name in ("W_enc", "W_dec", "b_dec"):
         assert torch.allclose(getattr(out[True], name), getattr(out[False], name), atol=1e-5), name
+
+
+def test_convergence_hand_example():
+    from sae_bilingual.train import convergence
+
+    # last tenth = [1.0] -> final 1.0; window 1; first step within 10 % of it is index 5 -> 6 steps
+    c = convergence([10, 8, 6, 4, 2, 1.05, 1, 1, 1, 1])
+    assert c == {"train_loss_final": 1.0, "train_loss_first_tenth": 10.0, "train_steps_to_final": 6}
+    # 40 steps: tenth 4, window 2: running means 9, 7, 5, 3, 1.5, 1, ... -> index 5 + 2 = 7
+    c = convergence([10, 8, 6, 4, 2, 1] + [1] * 34)
+    assert c["train_steps_to_final"] == 6 + 1 and c["train_loss_first_tenth"] == 7.0
+
+
+def test_warm_start_begins_at_the_given_sae():
+    import dataclasses
+
+    model, w = _world()
+    hook = "blocks.0.hook_resid_post"
+    cfg = SAETrainConfig(k=4, expansion=2, lr=3e-3, batch_size=64, total_steps=30, warmup_steps=0)
+
+    def store():
+        return ActivationStore(model, w.subset(slice(0, 32)), [hook], batch_size=64, buffer_vectors=512)
+
+    cold = train_saes(store(), [hook], cfg)[hook]
+    assert cold.cfg.metadata.warm_start is False
+    # a vanishing LR leaves the warm-started SAE where it began: at the cold SAE's weights
+    warm = train_saes(store(), [hook], dataclasses.replace(cfg, lr=1e-12), init_from={hook: cold})[hook]
+    assert warm.cfg.metadata.warm_start is True
+    for name in ("W_enc", "W_dec", "b_dec"):
+        assert torch.allclose(getattr(warm, name), getattr(cold, name), atol=1e-6), name
+    # ... and it starts where the cold run ended: early loss near the cold run's final loss
+    assert warm.cfg.metadata.train_loss_first_tenth < 1.1 * cold.cfg.metadata.train_loss_final
+    assert cold.cfg.metadata.train_loss_first_tenth > cold.cfg.metadata.train_loss_final
+
+
+def test_warm_start_refuses_other_shapes():
+    from sae_bilingual.errors import ConfigError
+    from sae_bilingual.sae import new_paper_sae
+
+    model, w = _world()
+    hook = "blocks.0.hook_resid_post"
+    store = ActivationStore(model, w.subset(slice(0, 32)), [hook], batch_size=64, buffer_vectors=512)
+    other = new_paper_sae(32, k=4, d_sae=96)
+    with pytest.raises(ConfigError, match="d_sae"):
+        train_saes(store, [hook], SAETrainConfig(k=4, expansion=2, batch_size=64, total_steps=5),
+                   init_from={hook: other})
