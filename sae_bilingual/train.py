@@ -127,8 +127,8 @@ def convergence(losses: Sequence[float], tolerance: float = 0.1) -> dict[str, fl
     ``train_loss_final`` is the mean loss of the last tenth of the steps;
     ``train_steps_to_final`` the first step whose running mean (window: a twentieth of the
     run) is within ``tolerance`` (10 %) of it; ``train_loss_first_tenth`` the mean loss of
-    the first tenth. Why: a warm start should
-    show up as fewer steps to converge and a lower early loss.
+    the first tenth. Why: a warm start should show up as fewer steps to converge and a
+    lower early loss.
     """
     import numpy as np
 
