@@ -107,6 +107,20 @@ class SAESpec:
 
 
 @dataclass
+class EmbeddingModelSpec:
+    """A model named only for its input embedding matrix (semantic clusters)."""
+
+    family: str = "llm-jp-3-3.7b"
+    """A model family name, as in `models[].family`."""
+    source: str | None = None
+    """HF repo id, a local HF dir, or a local root of iter_NNNNNNN dirs (None: the family's Hub repo)."""
+    revision: str | None = None
+    """Hub revision when `source` is a repo id."""
+    checkpoint: Union[int, str] = "final"
+    """'final' or an iteration."""
+
+
+@dataclass
 class AnalysisSpec:
     """Feature labelling (PAPER.md, 'Feature analysis')."""
 
@@ -116,14 +130,24 @@ class AnalysisSpec:
     """A feature is language-specific when p(lang|i) exceeds this."""
     language_rule: Literal["document", "script"] = "document"
     cluster_threshold: float = 0.1
-    """Cosine similarity above which two tokens share a semantic cluster (the paper: 0.1)."""
+    """Cosine similarity above which two of a feature's tokens share a semantic cluster (the paper: 0.1)."""
     cluster_threshold_scaling: bool = False
-    """Scale the threshold by sqrt(3072 / d_model): the same number of standard deviations of
-    random-vector cosine as 0.1 is in the paper's 3,072-d embeddings (TOY-FINDINGS: 0.1 links
-    almost every token of a 128-d model into one cluster)."""
+    """Scale the threshold by sqrt(3072 / d_embedding): the same number of standard deviations
+    of random-vector cosine as 0.1 is in the paper's 3,072-d embeddings."""
     cluster_method: Literal["connected_components", "ground_truth"] = "connected_components"
-    embedding_source: Literal["self", "final"] = "final"
-    """Input embeddings for semantic clusters: the analysed checkpoint or the final one."""
+    """How semantic clusters are formed: components of the cosine graph (the paper), or the toy
+    world's ground-truth concepts."""
+    cluster_scope: Literal["feature", "global"] = "feature"
+    """'feature': feature i's clusters C_i are formed over its own active tokens only (the
+    paper); 'global': one clustering of every evaluation token shared by all features, which
+    chains unrelated tokens through tokens the feature never fired on (earlier versions; kept
+    for comparison, not the paper's)."""
+    embedding_source: Literal["self", "final", "model"] = "final"
+    """Input embeddings for semantic clusters: the analysed checkpoint, the final checkpoint of
+    the same model, or `embedding_model` (the paper: the 3.7B model's, for every size)."""
+    embedding_model: EmbeddingModelSpec | None = None
+    """The model whose input embeddings cluster tokens when embedding_source is 'model'. It must
+    share the analysed models' tokenizer (LLM-jp-3 sizes all do)."""
     span_rule: Literal["topk", "threshold"] = "topk"
     ce_docs_per_lang: int = 64
     """Evaluation documents per language for the CE-loss-recovered metric (three LM forwards
@@ -149,7 +173,11 @@ class InterventionSpec:
     draws: int = 5
     conditions: list[str] = field(default_factory=lambda: ["none", "en", "ja", "mixed"])
     scale: Literal["residual", "unit"] = "residual"
-    add_bias: bool = False
+    """'residual': the SAE encodes X_full / ||X_full|| and the decoded vector is multiplied back
+    by ||X_full|| before alpha (the SAE saw unit-norm vectors); 'unit': the literal unit-space sum."""
+    add_bias: bool = True
+    """The decoder D includes b_pre: D(z) = W_dec z + b_pre, the paper's decoder (true). False
+    drops b_pre (then an empty mask is an exact no-op); the report names the variant."""
     eval_docs_per_lang: int = 200
     translation_pairs: int = 50
     """Parallel test pairs translated per direction (after the few-shot examples)."""
@@ -207,6 +235,13 @@ class Recipe:
             )
         if not 0 < self.analysis.act_threshold < 1:
             raise ConfigError("analysis.act_threshold must lie in (0, 1) (the paper: 0.7)")
+        a = self.analysis
+        if (a.embedding_source == "model") != (a.embedding_model is not None):
+            raise ConfigError(
+                "analysis.embedding_model names the model whose embeddings cluster tokens and is used "
+                "exactly when analysis.embedding_source is 'model': set both, or neither "
+                f"(now embedding_source={a.embedding_source!r}, embedding_model={a.embedding_model!r})"
+            )
         if not 0.5 <= self.analysis.lang_threshold < 1:
             raise ConfigError("analysis.lang_threshold must lie in [0.5, 1) (the paper: 0.9)")
         if self.data.context < 2:
