@@ -43,8 +43,10 @@ class ModelSpec:
 class WorldSpec:
     """Overrides for the toy world's config (see sae_bilingual.world.WorldConfig)."""
 
-    preset: Literal["default", "tiny"] = "default"
-    """Starting point: 'default' (the study) or 'tiny' (tests)."""
+    preset: Literal["default", "tiny", "codeswitch", "disjoint"] = "default"
+    """Starting point: 'default' (the study), 'tiny' (tests), or a control: 'codeswitch'
+    (content words switch language: bilingual concepts certainly exist) or 'disjoint' (each
+    language has its own concepts: none can be bilingual). See world.PRESETS."""
     overrides: dict[str, Any] = field(default_factory=dict)
     """WorldConfig fields to change, e.g. {bilingual_share: 0.3, steps: 2000}."""
 

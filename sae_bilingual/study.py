@@ -137,9 +137,8 @@ class StudyContext:
             from sae_bilingual.world import WorldConfig, build_world
 
             spec = self.recipe.world
-            base = WorldConfig.tiny() if spec.preset == "tiny" else WorldConfig()
             try:
-                cfg = base.replace(**spec.overrides) if hasattr(base, "replace") else _replace(base, spec.overrides)
+                cfg = _replace(WorldConfig.from_preset(spec.preset), spec.overrides)
             except TypeError as e:
                 raise ConfigError(f"world.overrides: {e}") from e
             self._world = build_world(cfg, progress=self.progress)
