@@ -31,6 +31,7 @@ import yaml
 from sae_bilingual import __version__
 from sae_bilingual.errors import OutputError, SAEFileError
 from sae_bilingual.io import atomic_dir
+from sae_bilingual.models.public import PUBLIC_FAMILIES, hub_location
 from sae_bilingual.sae import ARCHITECTURE, export_stock_topk, load_sae
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,22 @@ def _row_provenance(e: ExportedSAE, md: dict[str, Any], languages: list[str]) ->
         "class_shares": {c: s.get(f"frac_{c}") for c in [*languages, "mixed"]},
         "ce_recovered": s.get("ce_recovered"),
     }
+    where = hub_location(str(prov["model_family"]), e.iteration)
+    if where is not None:  # a built-in public family: where the analysed checkpoint lives
+        prov["checkpoint_repo"], prov["checkpoint_revision"] = where
     return {k: (float(v) if hasattr(v, "item") else v) for k, v in prov.items()}
+
+
+def _model_id(model: str, md: dict[str, Any]) -> str:
+    """The Hub / TransformerLens name of the model for the yaml's ``model`` (else its output name)."""
+    src, family = str(md.get("model_source") or ""), str(md.get("model_family") or "")
+    if src.count("/") == 1 and not src.startswith((".", "/", "~")) and not Path(src).exists():
+        return src
+    if family in PUBLIC_FAMILIES:
+        return PUBLIC_FAMILIES[family].repo
+    if family.startswith("llm-jp-3-"):
+        return f"llm-jp/{family}"
+    return model
 
 
 def _release_yaml(by_model: dict[str, list[tuple[ExportedSAE, dict]]], release: str, repo_id: str,
@@ -166,7 +182,10 @@ def _card(doc: dict[str, Any], recipe: dict[str, Any], out: Path, languages: lis
         "is on held-out tokens of the same corpus; dead = no activation on them.", "",
         "## Reproduce", "",
         "- Models: " + "; ".join(f"`{m.get('name') or m.get('family')}` = family `{m.get('family')}`, source "
-                                 f"`{m.get('source') or 'default'}`" for m in models),
+                                 f"`{m.get('source') or 'default'}`" for m in models)
+        + f". Each SAE's checkpoint is `checkpoint_iteration` in `{RELEASE_FILE}` (with `checkpoint_repo` / "
+        "`checkpoint_revision` for sae-bilingual's built-in public families, whose revision names and "
+        "tokens per step are listed with their sources in sae-bilingual's docs/models.md).",
         f"- Data: corpus `{data.get('corpus')}`, languages {data.get('languages')}, first {data.get('context')} "
         f"tokens of each document (BOS dropped), {data.get('train_tokens_per_lang')} training and "
         f"{data.get('eval_tokens_per_lang')} evaluation tokens per language.",
@@ -207,8 +226,7 @@ def export_release(run_dir: str | Path, out: str | Path, *, release: str | None 
                 raise SAEFileError(f"{e.sae_dir} is a {sae.cfg.architecture()!r} SAE, not {ARCHITECTURE!r}")
             md = sae.cfg.metadata.to_dict()
             prov = _row_provenance(e, md, languages)
-            src = str(md.get("model_source") or e.model)
-            model_ids.setdefault(e.model, src if src.count("/") == 1 and not src.startswith((".", "/")) else e.model)
+            model_ids.setdefault(e.model, _model_id(e.model, md))
             for k, v in {"stock_form": STOCK_DIFFERENCE, "release": f"{release}-{e.model}", "sae_id": e.sae_id,
                          "fvu": prov["fvu"], "dead_share": prov["dead_share"],
                          "class_shares": prov["class_shares"]}.items():

@@ -177,6 +177,15 @@ def test_croissant_catalogue_matches_cards() -> None:
     assert cat.final.repo == "croissantllm/CroissantLLMBase" and cat.final.iteration == 190000
 
 
+def test_hub_location_of_a_step() -> None:
+    from sae_bilingual.models.public import hub_location
+
+    assert hub_location("pythia-160m", 1000) == ("EleutherAI/pythia-160m", "step1000")
+    assert hub_location("croissantllm", 55000) == ("croissantllm/base_55k", None)
+    assert hub_location("amber", 7) == ("LLM360/Amber", "ckpt_007")
+    assert hub_location("hf", 7) is None
+
+
 def test_amber_and_bloom_need_tokens_per_step() -> None:
     with pytest.raises(CheckpointError, match="tokens_per_step"):
         checkpoints_from_names(["global_step1000"], None)

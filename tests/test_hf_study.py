@@ -93,6 +93,7 @@ def test_hf_family_study_dry_run_then_one_unit_each(hf_roots, tmp_path: Path, mo
     # export: enabled in the recipe -> a release folder with one release per model
     release = yaml.safe_load((out / "release" / "pretrained_saes.yaml").read_text())
     assert sorted(release) == ["hf-tiny-tiny-llama", "hf-tiny-tiny-neox"]
+    assert release["hf-tiny-tiny-llama"]["model"] == "tiny-llama"  # a local root: no Hub name to give
     assert [s["id"] for s in release["hf-tiny-tiny-llama"]["saes"]] == ["iter_0000020/L01", "iter_0000020/L02"]
     assert (out / "release" / "tiny-neox/iter_0000100/L01/sae_weights.safetensors").exists()
 

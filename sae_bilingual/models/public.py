@@ -130,3 +130,15 @@ def register_public_families(register: Callable[..., None]) -> None:
     """Register every :data:`PUBLIC_FAMILIES` entry with ``register(name, factory, overwrite=True)``."""
     for spec in PUBLIC_FAMILIES.values():
         register(spec.name, public_factory(spec), overwrite=True)
+
+
+def hub_location(family: str, step: int) -> tuple[str, str | None] | None:
+    """(Hub repo, revision) of a built-in family's checkpoint when known offline, else None."""
+    spec = PUBLIC_FAMILIES.get(family)
+    if spec is None:
+        return None
+    if spec.repos:
+        return (spec.repos[step], None) if step in spec.repos else None
+    if step in spec.steps:
+        return spec.repo, spec.revision_format.format(step=step)
+    return spec.repo, None  # branch listed on the Hub; its name encodes the step

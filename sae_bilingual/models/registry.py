@@ -237,8 +237,9 @@ class HFLlamaFamily:
             else:  # local weights: never reach for the network behind the user's back
                 hint = f" or the Hub repo {self.hub_repo}" if self.hub_repo else ""
                 raise CheckpointError(
-                    f"no tokenizer files next to the {self.name!r} checkpoints ({where}); pass "
-                    f"tokenizer=<HF tokenizer dir | SentencePiece .model{hint}>"
+                    f"no tokenizer files next to the {self.name!r} checkpoints ({where}) nor in {where}/tokenizer/; "
+                    f"set models[].tokenizer in the recipe (tokenizer=... in Python) to an HF tokenizer dir, "
+                    f"a SentencePiece .model{hint}"
                 )
         self.__dict__["_tok"] = tok
         return tok
