@@ -25,10 +25,21 @@ from sae_bilingual.errors import ConfigError
 class ModelSpec:
     """One model family of the study and which of its checkpoints/layers to analyse."""
 
+    name: str | None = None
+    """Id of this model in outputs (units/<name>/...); default: the family's canonical name. Required when two entries would collide."""
     family: str = "toy"
-    """'toy' (the embedded world) or an LLM-jp size such as 'llm-jp-3-3.7b'."""
+    """'toy' (the embedded world), an LLM-jp size ('llm-jp-3-3.7b'), 'hf' (any checkpoints
+    TransformerLens converts; needs `source`) or a built-in public family ('pythia-160m',
+    'olmo-2-1b', 'croissantllm', ...; see docs/models.md)."""
     source: str | None = None
-    """HF repo id, a local HF dir, or a local root of iter_NNNNNNN dirs (None: toy world / Hub)."""
+    """HF repo id, a local HF dir, or a local root of checkpoint dirs (iter_NNNNNNN, stepN, ...)
+    (None: toy world / the family's Hub repo)."""
+    tokenizer: str | None = None
+    """Tokenizer dir, SentencePiece .model or Hub repo (None: next to the checkpoints, or
+    <root>/tokenizer/)."""
+    tokens_per_step: int | None = None
+    """Training tokens per optimizer step, for token counts when the checkpoints carry none
+    (a catalogue.json in the root wins)."""
     revision: str | None = None
     """Hub revision when `source` is a repo id."""
     checkpoints: Union[str, int, list[int]] = "all"
@@ -195,6 +206,19 @@ class InterventionSpec:
 
 
 @dataclass
+class ExportSpec:
+    """Write the study's SAEs as a SAELens release folder at the end (see `sae-bilingual export`)."""
+
+    enabled: bool = False
+    release: str | None = None
+    """Release name prefix (default: the recipe name); one release per model: <release>-<model>."""
+    repo_id: str | None = None
+    """Hub repo the folder will be uploaded to (written into pretrained_saes.yaml)."""
+    path: str | None = None
+    """Output folder (default: <output_dir>/release)."""
+
+
+@dataclass
 class Recipe:
     """A whole study: models x checkpoints x layers, data, SAE, analysis, intervention."""
 
@@ -210,6 +234,7 @@ class Recipe:
     sae: SAESpec = field(default_factory=SAESpec)
     analysis: AnalysisSpec = field(default_factory=AnalysisSpec)
     intervention: InterventionSpec = field(default_factory=InterventionSpec)
+    export: ExportSpec = field(default_factory=ExportSpec)
     wandb: bool = False
     expected_gpu_hours: float | None = None
     """Documentation only: what the recipe costs at full scale."""
@@ -257,6 +282,9 @@ class Recipe:
             _positive(getattr(self.data, name), f"data.{name}")
         if not self.models:
             raise ConfigError("models is empty: name at least one, e.g. [{family: toy}]")
+        for i, m in enumerate(self.models):
+            if m.tokens_per_step is not None:
+                _positive(m.tokens_per_step, f"models[{i}].tokens_per_step")
         if self.intervention.enabled and not 0 <= self.intervention.model < len(self.models):
             raise ConfigError(
                 f"intervention.model = {self.intervention.model} is not an index into models "

@@ -18,6 +18,7 @@ import torch
 from sae_bilingual import __version__
 from sae_bilingual.io import atomic_dir, atomic_write_json, atomic_write_text
 from sae_bilingual.layers import hook_for_layer
+from sae_bilingual.models.generic import is_paper_model
 from sae_bilingual.models.registry import get_family
 from sae_bilingual.semantic import (
     TokenGraph,
@@ -60,7 +61,8 @@ def _metadata(ctx, unit, layer: int) -> dict[str, Any]:
     spec = ctx.recipe.models[unit.model_index]
     data = ctx.recipe.data
     return {
-        "model_name": spec.family,
+        "model_name": unit.family,
+        "model_family": spec.family,
         "model_source": spec.source or ("toy-world" if spec.family == "toy" else spec.family),
         "checkpoint_iteration": unit.iteration,
         "checkpoint_tokens": unit.tokens,
@@ -290,10 +292,9 @@ def analyse_layer(ctx, unit, layer, sae, vectors, labels, clusters, ldir: Path) 
     browse = _browser_features(df, a.n_browser_features, languages)
     examples = top_examples(codes, None, browse, n_examples=a.n_examples, tokenizer=tok)
     atomic_write_json(ldir / "examples.json", examples)
-    spec = ctx.recipe.models[unit.model_index]
     fam = ctx.family(unit.model_index)
     row.update({
-        "model": spec.family, "size": spec.family, "iteration": unit.iteration, "tokens": unit.tokens,
+        "model": unit.family, "size": unit.family, "iteration": unit.iteration, "tokens": unit.tokens,
         "layer": layer, "hook": hook_for_layer(layer), "n_layers": fam.n_layers, "n_tokens": codes.n,
         "d_sae": sae.cfg.d_sae, "k": sae.cfg.k, "cluster_threshold": clusters.threshold,
         "cluster_scope": a.cluster_scope,
@@ -362,8 +363,8 @@ def run_intervention(ctx, plan, out: Path, progress: bool = True):
         analysed = sorted(u.iteration for u in plan.units if u.model_index == iv.model)
         mid = cat.select(iteration=analysed[len(analysed) // 2])
     layer = parse_layers(iv.layer, fam.n_layers)[0]
-    spec = ctx.recipe.models[iv.model]
-    ldir = Unit(iv.model, spec.family, final.iteration, final.tokens, [layer]).layer_dir(out, layer)
+    name = next(u.family for u in plan.units if u.model_index == iv.model)  # the model's output name
+    ldir = Unit(iv.model, name, final.iteration, final.tokens, [layer]).layer_dir(out, layer)
     sae = load_sae(ldir / "sae", device=ctx.recipe.device)
     features = pd.read_parquet(ldir / "features.parquet")
     dtype = _torch_dtype(ctx.recipe.dtype)
@@ -391,7 +392,7 @@ def run_intervention(ctx, plan, out: Path, progress: bool = True):
     draws["decoder"] = agg["decoder"] = variant
     md = [f"Injected: alpha * D(mask * E(X_full)) with {variant}.", "",
           "## Table 1", to_markdown(table1(agg)), "", "## Table 4 (PPL all, relative to none)", to_markdown(table4(agg))]
-    if spec.family.startswith("llm-jp"):
+    if is_paper_model(fam):  # the paper's numbers are for LLM-jp-3 3.7B only
         md += ["", "## Beside the paper", compare_with_paper(agg)]
     atomic_write_text(out / "tables" / "intervention_draws.csv", draws.to_csv(index=False))
     atomic_write_text(out / "tables" / "intervention.md", "\n".join(md) + "\n")

@@ -21,6 +21,7 @@ from typing import Any
 from sae_bilingual.config import Recipe, dump_recipe, recipe_to_dict
 from sae_bilingual.errors import ConfigError, OutputError
 from sae_bilingual.executors import UnitJob, get_executor
+from sae_bilingual.export import export_release
 from sae_bilingual.io import atomic_write_json, atomic_write_text, save_parquet
 from sae_bilingual.layers import hook_for_layer, parse_layers
 from sae_bilingual.manifest import SUMMARY_FILE, Manifest, read_json
@@ -110,7 +111,7 @@ def recipe_hash(recipe: Recipe) -> str:
     version adding a field (with a default) still resumes an old study.
     """
     d = _non_default(recipe_to_dict(recipe), recipe_to_dict(Recipe()))
-    for k in ("output_dir", "executor", "name", "expected_gpu_hours", "wandb"):
+    for k in ("output_dir", "executor", "name", "expected_gpu_hours", "wandb", "export"):
         d.pop(k, None)
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -153,7 +154,8 @@ class StudyContext:
             source = spec.source
             if spec.family == "toy" and source is None:
                 source = str(self.world.root)
-            extra = {"revision": spec.revision} if spec.revision else {}
+            extra = {k: getattr(spec, k) for k in ("revision", "tokenizer", "tokens_per_step", "name")
+                     if getattr(spec, k) is not None}
             self._families[index] = get_family(spec.family, source=source, **extra)
         return self._families[index]
 
@@ -260,7 +262,7 @@ def plan_study(recipe: Recipe, ctx: StudyContext | None = None) -> Plan:
     lr_unit = None
     for i, spec in enumerate(recipe.models):
         fam = ctx.family(i)
-        name = fam.name if spec.family != "toy" else "toy"  # canonical: 'llm-jp-3-1.8b', never 'llm-jp/...'
+        name = spec.name or (fam.name if spec.family != "toy" else "toy")  # canonical: never 'llm-jp/...'
         n_layers[name], d_model[name] = fam.n_layers, fam.d_model
         layers = parse_layers(spec.layers, fam.n_layers)
         catalogue = fam.catalogue()
@@ -345,8 +347,8 @@ def run_study(recipe: Recipe, *, dry_run: bool = False, progress: bool = True, f
     if dry_run:
         return plan.describe(recipe)
     out, manifest = prepare_output_dir(recipe, force=force)
-    if any(spec.family == "toy" for spec in recipe.models):
-        write_world_tables(ctx.world, out)
+    if recipe.data.corpus == "toy" or any(spec.family == "toy" and spec.source is None for spec in recipe.models):
+        write_world_tables(ctx.world, out)  # only when the world is used: a toy `source` needs none
     from sae_bilingual import pipeline
 
     t0 = time.time()
@@ -385,6 +387,9 @@ def run_study(recipe: Recipe, *, dry_run: bool = False, progress: bool = True, f
     make_all_figures(out)
     export_all_neuronpedia(out)
     report = write_report(out, make_figures=False)
+    if recipe.export.enabled:
+        export_release(out, recipe.export.path or out / "release", release=recipe.export.release,
+                       repo_id=recipe.export.repo_id)
     log.info("study finished in %.1f s: %d SAEs, report %s", time.time() - t0, len(summary), report)
     return report
 
