@@ -241,6 +241,9 @@ class Recipe:
     analysis: AnalysisSpec = field(default_factory=AnalysisSpec)
     intervention: InterventionSpec = field(default_factory=InterventionSpec)
     export: ExportSpec = field(default_factory=ExportSpec)
+    controls: list[Literal["codeswitch", "disjoint"]] = field(default_factory=list)
+    """Toy studies only: also run the study on these control worlds (under
+    <output_dir>/controls/<name>) and show their numbers beside the study's in the report."""
     wandb: bool = False
     expected_gpu_hours: float | None = None
     """Documentation only: what the recipe costs at full scale."""
@@ -289,6 +292,8 @@ class Recipe:
             )
         for name in ("train_tokens_per_lang", "eval_tokens_per_lang", "buffer_vectors", "lm_batch_size"):
             _positive(getattr(self.data, name), f"data.{name}")
+        if self.controls and self.data.corpus != "toy":
+            raise ConfigError("controls: control worlds exist only for the toy world (data.corpus: toy)")
         if not self.models:
             raise ConfigError("models is empty: name at least one, e.g. [{family: toy}]")
         for i, m in enumerate(self.models):

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sae_bilingual.config import Recipe, dump_recipe, recipe_to_dict
+from sae_bilingual.controls import control_recipe
 from sae_bilingual.errors import ConfigError, OutputError
 from sae_bilingual.executors import UnitJob, get_executor
 from sae_bilingual.export import export_release
@@ -377,6 +378,8 @@ def run_study(recipe: Recipe, *, dry_run: bool = False, progress: bool = True, f
         bar.set_postfix_str(result.unit_id)
     bar.close()
     summary = collect_summary(out)
+    for name in recipe.controls:  # the same units on a control world, beside the study (controls.py)
+        run_study(control_recipe(recipe, name, out), progress=progress, force=force)
     if recipe.intervention.enabled:
         pipeline.run_intervention(ctx, plan, out, progress=progress)
     from sae_bilingual.figures import make_all_figures
