@@ -262,7 +262,7 @@ def analyse_layer(ctx, unit, layer, sae, vectors, labels, clusters, ldir: Path) 
     spec = ctx.recipe.models[unit.model_index]
     fam = ctx.family(unit.model_index)
     row.update({
-        "model": spec.family, "size": spec.family, "iteration": unit.iteration, "tokens": unit.tokens,
+        "model": unit.family, "size": spec.family, "iteration": unit.iteration, "tokens": unit.tokens,
         "layer": layer, "hook": hook_for_layer(layer), "n_layers": fam.n_layers, "n_tokens": codes.n,
         "d_sae": sae.cfg.d_sae, "k": sae.cfg.k, "cluster_threshold": cluster_threshold(ctx, fam.d_model),
     })
@@ -331,7 +331,8 @@ def run_intervention(ctx, plan, out: Path, progress: bool = True):
         mid = cat.select(iteration=analysed[len(analysed) // 2])
     layer = parse_layers(iv.layer, fam.n_layers)[0]
     spec = ctx.recipe.models[iv.model]
-    ldir = Unit(iv.model, spec.family, final.iteration, final.tokens, [layer]).layer_dir(out, layer)
+    name = next(u.family for u in plan.units if u.model_index == iv.model)  # the model's output id
+    ldir = Unit(iv.model, name, final.iteration, final.tokens, [layer]).layer_dir(out, layer)
     sae = load_sae(ldir / "sae", device=ctx.recipe.device)
     features = pd.read_parquet(ldir / "features.parquet")
     dtype = _torch_dtype(ctx.recipe.dtype)
