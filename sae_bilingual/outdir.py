@@ -29,7 +29,7 @@ from typing import Any
 
 from sae_bilingual.config import Recipe, dump_recipe, recipe_to_dict
 from sae_bilingual.errors import ConfigError, OutputError
-from sae_bilingual.io import atomic_write_text, host_tag, is_temp_name, temp_owner
+from sae_bilingual.io import atomic_write_text, host_tag, is_temp_name, owner_tag, temp_owner
 from sae_bilingual.manifest import Manifest
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def make_output_dir(out: Path) -> Path:
     """Create ``out`` (and parents); a clear error when it cannot be written."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write_probe.{os.getpid()}"
+        probe = out / f".write_probe.{owner_tag()}.probe.tmp"
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
@@ -89,13 +89,10 @@ def output_lock(out: str | os.PathLike) -> Iterator[dict[str, Any]]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
             os.close(fd)
-            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise OutputError(f"cannot lock {path} ({e.strerror or e}); put output_dir on a "
-                                  "filesystem with file locks") from e
-            raise OutputError(
-                f"output folder {out} is in use by another sae-bilingual run: {_holder_text(read_lock(out))}. "
-                "Wait for it to finish (or stop it), or pass another --output-dir"
-            ) from None
+            if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                yield from _record_only_lock(out, path)  # a filesystem without flock
+                return
+            raise _in_use(out, read_lock(out)) from None
         try:
             same = os.fstat(fd).st_ino == os.stat(path).st_ino
         except FileNotFoundError:
@@ -117,6 +114,51 @@ def output_lock(out: str | os.PathLike) -> Iterator[dict[str, Any]]:
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)  # released cleanly: no holder (the file stays: see module doc)
         os.close(fd)
+
+
+def check_not_in_use(out: str | os.PathLike) -> None:
+    """Fail fast, before planning, when another run holds ``out`` (creates nothing)."""
+    path = Path(out) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # no lock file yet: nobody holds it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise _in_use(Path(out), read_lock(Path(out))) from None
+    finally:
+        os.close(fd)  # (releases the probe's lock, if it got it)
+
+
+def _in_use(out: Path, rec: dict[str, Any]) -> OutputError:
+    return OutputError(f"output folder {out} is in use by another sae-bilingual run: {_holder_text(rec)}. "
+                       "Wait for it to finish (or stop it), or pass another --output-dir")
+
+
+def _record_only_lock(out: Path, path: Path) -> Iterator[dict[str, Any]]:
+    """Fallback where flock is unsupported: the record alone, created with O_EXCL.
+
+    A record of a dead process on this host is stale and replaced; one of another host
+    cannot be checked and is honoured (delete the file if that run is gone).
+    """
+    log.warning("%s: the filesystem has no file locks; guarding the folder with a pid record only", out)
+    rec = read_lock(out)
+    if rec and (rec.get("host") != socket.gethostname() or _alive(int(rec.get("pid", -1)))):
+        raise _in_use(out, rec)
+    path.unlink(missing_ok=True)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        raise _in_use(out, read_lock(out)) from None
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    try:
+        os.write(fd, (json.dumps(record) + "\n").encode())
+        os.close(fd)
+        yield record
+    finally:
+        path.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- what is in the folder

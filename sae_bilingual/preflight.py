@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from sae_bilingual.errors import CheckpointError, ConfigError, OutputError
+from sae_bilingual.errors import CheckpointError, ConfigError, DataError, OutputError
 from sae_bilingual.recipe_checks import default_model_ids
 
 log = logging.getLogger(__name__)
@@ -121,6 +121,33 @@ def check_checkpoint_files(ctx: Any, model_index: int, iteration: int) -> None:
             check_safetensors(f)
 
 
+def check_pairs_files(recipe: Any) -> None:
+    """intervention.pairs_paths: readable UTF-8 files, line-aligned, enough pairs (else the
+    intervention would fail only after every unit had trained)."""
+    iv = recipe.intervention
+    if not (iv.enabled and iv.pairs_paths):
+        return
+    counts = {}
+    for lang, path in iv.pairs_paths.items():
+        p, field = Path(path), f"intervention.pairs_paths.{lang}"
+        if lang not in recipe.data.languages:
+            raise ConfigError(f"{field}: {lang!r} is not one of data.languages {recipe.data.languages}")
+        if not p.is_file():
+            what = "is a directory" if p.is_dir() else "does not exist"
+            raise DataError(f"{field}: {p} {what}; give a text file with one sentence a line")
+        try:
+            counts[lang] = len(p.read_text(encoding="utf-8").splitlines())
+        except UnicodeDecodeError as e:
+            raise DataError(f"{field}: {p} is not valid UTF-8 ({e.reason} at byte {e.start}); "
+                            "re-encode it as UTF-8") from None
+    if len(set(counts.values())) != 1:
+        raise DataError(f"intervention.pairs_paths are not line-aligned: {counts} lines; give parallel "
+                        "files with one sentence pair per line number")
+    if min(counts.values()) <= iv.few_shot:
+        raise DataError(f"intervention.pairs_paths hold {min(counts.values())} pairs, but few_shot = "
+                        f"{iv.few_shot} examples plus at least one test pair are needed")
+
+
 def preflight(recipe: Any, plan: Any, ctx: Any) -> None:
     """Run every pre-study check on a resolved plan; raises a SaeBilingualError subclass.
 
@@ -142,6 +169,7 @@ def preflight(recipe: Any, plan: Any, ctx: Any) -> None:
     for i, it in sorted(checkpoints):
         check_checkpoint_files(ctx, i, it)
     check_comet(recipe)
+    check_pairs_files(recipe)
     indices = sorted({u.model_index for u in plan.units}) or [0]
     for split in ("train", "eval"):
         for i in indices:

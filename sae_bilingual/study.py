@@ -27,6 +27,7 @@ from sae_bilingual.layers import hook_for_layer, parse_layers
 from sae_bilingual.manifest import SUMMARY_FILE
 from sae_bilingual.outdir import (  # noqa: F401  (prepare_output_dir, recipe_hash: public here too)
     check_no_symlinks,
+    check_not_in_use,
     check_output_dir,
     output_lock,
     prepare_output_dir,
@@ -297,6 +298,8 @@ def run_study(recipe: Recipe, *, dry_run: bool = False, progress: bool = True, f
 
     The output folder is checked (not a folder of unrelated files) and locked for the whole
     run: a second study on it fails naming this one."""
+    if not dry_run:
+        check_not_in_use(recipe.output_dir)  # in seconds, not after planning
     ctx = StudyContext(recipe, progress=progress)
     plan = plan_study(recipe, ctx)
     if dry_run:

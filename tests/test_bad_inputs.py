@@ -925,3 +925,15 @@ def test_recipe_naming_a_program_says_it_runs_it(tmp_path, caplog):
         assert word in msg, f"{word!r} not in the warning: {msg!r}"
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert "comet_python" in readme and "code" in readme.split("comet_python", 1)[1][:600]
+
+
+def test_translation_pair_files_checked_before_any_work(world, no_lm_no_sae, tmp_path):
+    """Read only at the intervention (after every unit trained) before; now in the preflight."""
+    en, ja = tmp_path / "test.en", tmp_path / "test.ja"
+    en.write_text("a cat .\nthe dog .\nhello .\n")
+    ja.write_text("猫 。\n犬 。\n")
+    err = refused(recipe(tmp_path / "s", **{"intervention.pairs_paths": {"en": str(en), "ja": str(ja)}}), DataError)
+    names_problem_and_fix(err, "line-aligned", "{'en': 3, 'ja': 2}", fix=("one sentence pair per line",))
+    err = refused(recipe(tmp_path / "s", **{"intervention.pairs_paths": {"en": str(en),
+                                                                       "ja": str(tmp_path / "nope.ja")}}), DataError)
+    names_problem_and_fix(err, "intervention.pairs_paths.ja", "does not exist")

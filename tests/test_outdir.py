@@ -263,3 +263,27 @@ def test_lock_file_alone_does_not_make_a_folder_foreign(tmp_path):
     with output_lock(out):
         pass
     check_output_dir(out, force=False)  # only our lock file: still usable
+
+
+def test_without_flock_a_pid_record_guards_the_folder(tmp_path, monkeypatch, dead_pid):
+    """Filesystems without flock (some NFS setups): an O_EXCL record of pid + host instead."""
+    import errno
+    import fcntl
+    import json
+
+    from sae_bilingual import outdir
+
+    def no_flock(*a, **k):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    out = tmp_path / "s"
+    out.mkdir()
+    (out / outdir.LOCK_NAME).write_text(json.dumps({"pid": dead_pid, "host": socket.gethostname(),
+                                                    "started": "earlier"}))
+    with outdir.output_lock(out):  # a dead holder's record is taken over
+        assert outdir.read_lock(out)["pid"] == os.getpid()
+        with pytest.raises(OutputError, match=f"pid {os.getpid()}"):
+            with outdir.output_lock(out):
+                pass
+    assert not (out / outdir.LOCK_NAME).exists()
