@@ -2,10 +2,12 @@
 
 A plugin for SAELens and TransformerLens: importing this package registers the paper's
 TopK SAE architecture ("paper_topk") with SAELens and the LLM-jp-3 model names with
-TransformerLens.
+TransformerLens (and the release folders in $SAE_BILINGUAL_RELEASES, see sae_bilingual.export).
 """
 
 from __future__ import annotations
+
+import os
 
 __version__ = "0.1.0"
 
@@ -16,6 +18,10 @@ def _register() -> None:
 
     register()
     register_with_transformer_lens()
+    if os.environ.get("SAE_BILINGUAL_RELEASES"):  # exported release folders for SAE.from_pretrained
+        from sae_bilingual.export import register_env_releases
+
+        register_env_releases()
 
 
 _register()

@@ -5,7 +5,9 @@ Definitions (PAPER.md, "Feature analysis"; decisions noted where the paper is si
 - ``max_act``: largest activation of the feature over the entries where the TopK selected it.
 - threshold = ``threshold_ratio`` (0.7) x max_act; an entry is *active* when its activation
   is STRICTLY greater (the original code's ``>``). The product is rounded to float32, the
-  dtype of the activations, so an activation equal to 0.7 x max is excluded.
+  dtype of the activations, so an activation equal to 0.7 x max is excluded; an activation
+  within float32 rounding of 0.7 x max may therefore be classed differently than by a
+  float64 computation (accepted: the codes are float32 too).
 - ``dead``: no active entry (never selected on the evaluation set, or only with
   activations <= 0). Dead features get cls "dead" and NaN metrics and are left out of the
   class proportions.
@@ -19,13 +21,16 @@ Definitions (PAPER.md, "Feature analysis"; decisions noted where the paper is si
 - cls: the language whose p(lang|i) > ``lang_threshold`` (0.9, strict), else "mixed"
   (any number of languages). ``mix``: the languages with p(lang|i) > ``mix_threshold``
   (0.1), joined with "+" in the order of ``languages`` (e.g. "en+xx"), "" for dead features.
-- H_tok = -sum_v f log f (natural log); H_sem = -sum_c p(c|i) log p(c|i) with
-  p(c|i) = sum_{v in c} f(v|i); R = 1 - H_sem / H_tok, R = 1 when H_tok = 0. Without
-  ``token_clusters`` H_sem and R are NaN.
+- H_tok = -sum_v f log f (natural log); H_sem = -sum_c p(c|i) log p(c|i) over C_i, the
+  semantic clusters OF FEATURE i: its own active tokens joined when their embedding cosine
+  exceeds the threshold (see :mod:`sae_bilingual.semantic`), p(c|i) = sum_{v in c} f(v|i);
+  R = 1 - H_sem / H_tok, R = 1 when H_tok = 0. Without ``token_clusters`` H_sem and R
+  are NaN.
 - spans: maximal runs of consecutive positions of ONE document in which the feature is
   selected by the TopK (``span_mode="topk"``, default) or active (``"threshold"``);
   ``span_mean`` = entries / runs, ``span_max`` = longest run. Codes may come in any order;
   they are sorted by (doc_id, position) here. (doc_id, position) pairs must be unique.
+  Dead features get NaN spans too.
 
 Everything is computed for all features at once with numpy / scipy.sparse: the
 (feature, row) pairs are counting-sorted into a CSR matrix once, and every per-feature
@@ -36,17 +41,17 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import scipy.sparse as sp
 
-from sae_bilingual.codes import Codes, encode_to_codes  # noqa: F401  (re-exported)
+from sae_bilingual.codes import Codes
 from sae_bilingual.errors import ConfigError, DataError
-from sae_bilingual.semantic import clusters_from_ground_truth, token_clusters_from_embeddings  # noqa: F401
+from sae_bilingual.semantic import TokenGraph, feature_token_components
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +103,7 @@ class AnalysisConfig:
 
 
 @dataclass
-class _FeatureMajor:
+class FeatureMajor:
     """Codes sorted by (doc_id, position), and their entries grouped by feature."""
 
     order: np.ndarray      # row order: sorted row r = original row order[r]
@@ -113,7 +118,7 @@ class _FeatureMajor:
     F: np.ndarray          # [nnz] feature of each entry (non-decreasing)
 
 
-def _feature_major(codes: Codes, n_latents: int) -> _FeatureMajor:
+def feature_major(codes: Codes, n_latents: int) -> FeatureMajor:
     m = codes.n
     if m and (codes.idx.min() < 0 or codes.idx.max() >= n_latents):
         raise DataError(
@@ -141,7 +146,7 @@ def _feature_major(codes: Codes, n_latents: int) -> _FeatureMajor:
     A = sp.csr_matrix((val.ravel(), (idx.ravel(), rows)), shape=(n_latents, max(m, 1)))
     indptr = A.indptr.astype(np.int64)
     F = np.repeat(np.arange(n_latents, dtype=np.int32), np.diff(indptr))
-    return _FeatureMajor(order, doc, pos, codes.token_id[order], codes.lang[order], newrun,
+    return FeatureMajor(order, doc, pos, codes.token_id[order], codes.lang[order], newrun,
                          indptr, A.indices, A.data.astype(np.float32, copy=False), F)
 
 
@@ -173,7 +178,7 @@ def _runs(F: np.ndarray, R: np.ndarray, newrun: np.ndarray, n: int) -> tuple[np.
     return span_mean, span_max
 
 
-def _entry_lang(fm: _FeatureMajor, cfg: AnalysisConfig) -> np.ndarray:
+def _entry_lang(fm: FeatureMajor, cfg: AnalysisConfig) -> np.ndarray:
     """Language index of every sorted row under cfg.lang_rule."""
     if cfg.lang_rule == "document":
         return fm.lang
@@ -197,7 +202,7 @@ def _entropy(group: np.ndarray, weight: np.ndarray, total: np.ndarray, n: int) -
     return np.bincount(group, weights=-p * np.log(p), minlength=n)
 
 
-def _active_pairs(fm: _FeatureMajor, n: int, cfg: AnalysisConfig):
+def _active_pairs(fm: FeatureMajor, n: int, cfg: AnalysisConfig):
     """Active entries and their (feature, token) aggregation."""
     n_fired = np.diff(fm.indptr)
     max_act = _segment_max(fm.V, fm.F, n)
@@ -214,10 +219,36 @@ def _active_pairs(fm: _FeatureMajor, n: int, cfg: AnalysisConfig):
                 pf=uniq // vocab, pt=uniq % vocab, w_pair=w_pair, vocab=vocab)
 
 
+def _semantic_entropy(pf: np.ndarray, pt: np.ndarray, w_pair: np.ndarray, total: np.ndarray, n: int,
+                      clusters: np.ndarray | TokenGraph) -> np.ndarray:
+    """H_sem per feature from its active (feature, token) pairs and their weights.
+
+    A :class:`TokenGraph` gives the paper's per-feature clusters (components of the
+    feature's own tokens); an array token id -> cluster id is a fixed partition (ground
+    truth, or the "global" scope).
+    """
+    if isinstance(clusters, TokenGraph):
+        group = feature_token_components(pf, pt, clusters)
+        w = np.bincount(group, weights=w_pair)
+        feat = np.zeros(w.size, dtype=np.int64)
+        feat[group] = pf  # every pair of a component belongs to the same feature
+        return _entropy(feat, w, total, n)
+    tc = np.asarray(clusters, dtype=np.int64)
+    if pt.size and tc.size <= int(pt.max()):
+        raise DataError(
+            f"token_clusters covers {tc.size} token ids but the codes hold id {int(pt.max())}; "
+            "build the clusters over the full vocabulary (one entry per token id)."
+        )
+    C = int(tc.max(initial=0)) + 1
+    uniq, inv = np.unique(pf * C + tc[pt], return_inverse=True)
+    w = np.bincount(inv.ravel(), weights=w_pair, minlength=uniq.size)
+    return _entropy(uniq // C, w, total, n)
+
+
 def active_token_matrix(codes: Codes, n_latents: int, cfg: AnalysisConfig = AnalysisConfig()) -> sp.csr_matrix:
     """Sparse [n_latents, vocab] weight of each token among each feature's active entries."""
     cfg.validate()
-    a = _active_pairs(_feature_major(codes, n_latents), n_latents, cfg)
+    a = _active_pairs(feature_major(codes, n_latents), n_latents, cfg)
     return sp.csr_matrix((a["w_pair"], (a["pf"], a["pt"])), shape=(n_latents, a["vocab"]))
 
 
@@ -225,19 +256,21 @@ def analyse_features(
     codes: Codes,
     n_latents: int,
     *,
-    token_clusters: np.ndarray | None = None,
+    token_clusters: np.ndarray | TokenGraph | None = None,
     cfg: AnalysisConfig = AnalysisConfig(),
 ) -> pd.DataFrame:
     """One row per feature (index ``feature``) with the contract's per-feature columns.
 
-    ``token_clusters``: cluster id per token id (from `token_clusters_from_embeddings` or
-    `clusters_from_ground_truth`); needed for H_sem and R.
+    ``token_clusters`` (needed for H_sem and R): a :class:`~sae_bilingual.semantic.TokenGraph`
+    of token similarities (`token_graph_from_embeddings`; the paper's per-feature clusters),
+    or a token id -> cluster id array (`clusters_from_ground_truth`, or the global
+    `token_clusters_from_embeddings`).
     """
     cfg.validate()
     n = int(n_latents)
     langs = tuple(codes.languages)
     L = len(langs)
-    fm = _feature_major(codes, n)
+    fm = feature_major(codes, n)
     a = _active_pairs(fm, n, cfg)
     Fa, Ra, wa, pf, pt, w_pair = a["Fa"], a["Ra"], a["wa"], a["pf"], a["pt"], a["w_pair"]
     n_active = np.bincount(Fa, minlength=n)
@@ -262,17 +295,7 @@ def analyse_features(
     H_tok = _entropy(pf, w_pair, safe_total, n)
     H_tok[dead] = np.nan
     if token_clusters is not None:
-        tc = np.asarray(token_clusters, dtype=np.int64)
-        if tc.size < a["vocab"]:
-            raise DataError(
-                f"token_clusters covers {tc.size} token ids but the codes hold id {a['vocab'] - 1}; "
-                "build the clusters over the full vocabulary (one entry per token id)."
-            )
-        cl = tc[pt]
-        C = int(tc.max(initial=0)) + 1
-        uniq2, inv2 = np.unique(pf * C + cl, return_inverse=True)
-        w2 = np.bincount(inv2.ravel(), weights=w_pair, minlength=uniq2.size)
-        H_sem = _entropy(uniq2 // C, w2, safe_total, n)
+        H_sem = _semantic_entropy(pf, pt, w_pair, safe_total, n, token_clusters)
         H_sem[dead] = np.nan
         with np.errstate(divide="ignore", invalid="ignore"):
             R = np.where(H_tok > 0, 1.0 - H_sem / np.where(H_tok > 0, H_tok, 1.0), 1.0)
@@ -287,6 +310,8 @@ def analyse_features(
         span_mean, span_max = _runs(fm.F, fm.R, fm.newrun, n)
     else:
         span_mean, span_max = _runs(Fa, Ra, fm.newrun, n)
+    span_mean[dead] = np.nan  # selected only with activations <= 0: dead, like every metric
+    span_max[dead] = np.nan
 
     # top tokens: most frequent (weight desc, then token id) per feature
     o = np.lexsort((pt, -w_pair, pf))
@@ -320,8 +345,6 @@ def analyse_features(
 
 def _list_column(offsets: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Object array of int lists from CSR-style offsets, without a Python loop over features."""
-    import pyarrow as pa
-
     arr = pa.ListArray.from_arrays(pa.array(offsets, type=pa.int64()), pa.array(values, type=pa.int64()))
     return arr.to_numpy(zero_copy_only=False)
 
@@ -375,122 +398,4 @@ def script_of_tokens(pieces: Sequence[str], languages: Sequence[str] = ("en", "j
             out[i] = -1
         else:
             out[i] = langs.index(other_lang)
-    return out
-
-
-# ---------------------------------------------------------------- examples
-
-_BYTE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
-
-
-def _utf8_len(b: int) -> int:
-    if b < 0x80:
-        return 1
-    if b >> 5 == 0b110:
-        return 2
-    if b >> 4 == 0b1110:
-        return 3
-    if b >> 3 == 0b11110:
-        return 4
-    return 1
-
-
-def display_tokens(ids: Sequence[int], tokenizer: Any) -> list[str]:
-    """One display string per token id; byte-fallback pieces (<0xE3><0x81><0x82>) of one
-    multibyte character are merged: the character is shown on the first piece, "" on the rest.
-
-    ``tokenizer``: a HF tokenizer (``convert_ids_to_tokens``) or a callable id -> piece.
-    """
-    ids = [int(i) for i in ids]
-    if hasattr(tokenizer, "convert_ids_to_tokens"):
-        pieces = list(tokenizer.convert_ids_to_tokens(ids))
-    else:
-        pieces = [tokenizer(i) for i in ids]
-    out = [""] * len(pieces)
-    i = 0
-    while i < len(pieces):  # display only (one example window), not a hot path
-        m = _BYTE.match(pieces[i] or "")
-        if m is None:
-            out[i] = (pieces[i] or "").replace("▁", " ")
-            i += 1
-            continue
-        need = _utf8_len(int(m.group(1), 16))
-        j, buf = i, bytearray()
-        while j < len(pieces) and len(buf) < need and (mj := _BYTE.match(pieces[j] or "")):
-            buf.append(int(mj.group(1), 16))
-            j += 1
-        out[i] = buf.decode("utf-8", errors="replace")
-        i = max(j, i + 1)
-    return out
-
-
-def top_examples(
-    codes: Codes,
-    token_windows: Any = None,
-    features: Sequence[int] | np.ndarray = (),
-    n_examples: int = 10,
-    context: int = 10,
-    *,
-    decode_token: Callable[[int], str] | None = None,
-    tokenizer: Any = None,
-    one_per_document: bool = True,
-) -> dict[str, list[dict[str, Any]]]:
-    """examples.json structure: for each feature its highest activations with context.
-
-    The context (``context`` tokens each side, inside the same document) and the per-token
-    activations of that feature come from the codes themselves (they cover every token of
-    the evaluation set), so ``token_windows`` is accepted for API symmetry and unused.
-    Tokens are shown with ``tokenizer`` (`display_tokens`) or ``decode_token`` (id -> str).
-    With ``one_per_document`` only the best position of each document is kept.
-    """
-    del token_windows
-    feats = np.unique(np.asarray(features, dtype=np.int64))
-    if feats.size == 0 or codes.n == 0:
-        return {}
-    n_latents = max(int(codes.idx.max()) + 1, int(feats.max()) + 1)
-    fm = _feature_major(codes, n_latents)
-    counts = np.diff(fm.indptr)[feats]
-    # entries of the requested features (vectorised segment gather)
-    seg_start = np.repeat(fm.indptr[feats], counts)
-    within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-    ent = seg_start + within
-    ef, er, ev = fm.F[ent].astype(np.int64), fm.R[ent].astype(np.int64), fm.V[ent]
-    o = np.lexsort((er, -ev, ef))
-    ef, er, ev = ef[o], er[o], ev[o]
-    if one_per_document:
-        d = fm.doc[er]
-        o2 = np.lexsort((np.arange(ef.size), d, ef))  # stable: best of each (feature, doc) first
-        firsts = np.r_[True, (ef[o2][1:] != ef[o2][:-1]) | (d[o2][1:] != d[o2][:-1])]
-        keep = np.sort(o2[firsts])
-        ef, er, ev = ef[keep], er[keep], ev[keep]
-    first = np.searchsorted(ef, ef, side="left")
-    keep = (np.arange(ef.size) - first) < n_examples
-    ef, er = ef[keep], er[keep]
-    # context windows [E, 2c+1] of sorted rows in the same document
-    offs = np.arange(-context, context + 1)
-    rows = er[:, None] + offs[None, :]
-    valid = (rows >= 0) & (rows < codes.n)
-    rows_c = np.clip(rows, 0, codes.n - 1)
-    valid &= fm.doc[rows_c] == fm.doc[er][:, None]
-    # per-token activation of the example's feature, from the codes (sorted-row order)
-    idx_s, val_s = codes.idx[fm.order], codes.val[fm.order]
-    hit = idx_s[rows_c] == ef[:, None, None]
-    acts = np.where(hit, val_s[rows_c], 0.0).sum(axis=2) * valid
-    out: dict[str, list[dict[str, Any]]] = {}
-    for e in range(ef.size):  # output formatting: one dict per example (<= n_examples x features)
-        w = valid[e]
-        ids = fm.tok[rows_c[e][w]]
-        if tokenizer is not None:
-            toks = display_tokens(ids, tokenizer)
-        elif decode_token is not None:
-            toks = [decode_token(int(t)) for t in ids]
-        else:
-            toks = [str(int(t)) for t in ids]
-        out.setdefault(str(int(ef[e])), []).append({
-            "tokens": toks,
-            "acts": [round(float(x), 4) for x in acts[e][w]],
-            "lang": codes.languages[int(fm.lang[er[e]])],
-            "doc_id": int(fm.doc[er[e]]),
-            "max_pos": int(np.flatnonzero(w).tolist().index(context)),
-        })
     return out

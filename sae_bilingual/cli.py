@@ -101,6 +101,14 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from sae_bilingual.export import export_release
+
+    out = export_release(args.run_dir, args.out, release=args.release, repo_id=args.repo_id)
+    print(f"release: {out}")
+    return 0
+
+
 def cmd_recipes(args: argparse.Namespace) -> int:
     for p in sorted(EMBEDDED_RECIPES.glob("*.yaml")):
         first = next((l for l in p.read_text(encoding="utf-8").splitlines() if l.startswith("#")), "#")
@@ -144,6 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--force", action="store_true",
                    help="write the SAE files into a folder holding other files (they are kept)")
     c.set_defaults(func=cmd_convert)
+
+    e = sub.add_parser("export", help="write a study's SAEs as a SAELens release folder (plain SAELens loads it)",
+                       description="One stock-topk SAE folder per SAE, pretrained_saes.yaml and a model card.")
+    e.add_argument("run_dir", help="the study's output dir")
+    e.add_argument("out", help="release folder to write (replaced if it is an earlier release)")
+    e.add_argument("--release", help="release name prefix (default: the recipe name); <release>-<model>")
+    e.add_argument("--repo-id", help="Hub repo the folder will be uploaded to (for pretrained_saes.yaml)")
+    e.set_defaults(func=cmd_export)
 
     ls = sub.add_parser("recipes", help="list the embedded recipes")
     ls.set_defaults(func=cmd_recipes)

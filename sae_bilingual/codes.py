@@ -3,8 +3,9 @@
 Feature analysis never needs the dense [M, n_latents] activation matrix: each vector
 selects only K features, so a `Codes` object ([M, K] indices + values, plus the label of
 every vector) is all the analysis reads. It is saved once per (checkpoint, layer) unit as
-``codes.safetensors`` (values in fp16 on disk) so that the analysis can be rerun with
-other options without re-encoding.
+``codes.safetensors`` (values in float32, exactly what the analysis read) so that the
+analysis can be rerun from disk with other options and give the same table. (fp16 would
+halve the file but move values across the 0.7 x max threshold.)
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from sae_bilingual.io import atomic_save_safetensors
 
 log = logging.getLogger(__name__)
 
-CODES_FORMAT_VERSION = "1"
+CODES_FORMAT_VERSION = "2"
+"""2: values stored as float32 (1: fp16, still readable)."""
 _LABEL_FIELDS = ("token_id", "lang", "doc_id", "position")
 
 
@@ -41,7 +43,7 @@ class Codes:
     idx: np.ndarray
     """int32 [M, K]: feature ids selected by the TopK for each vector."""
     val: np.ndarray
-    """float32 [M, K]: their activations (stored as fp16 on disk)."""
+    """float32 [M, K]: their activations (float32 on disk too)."""
     token_id: np.ndarray
     """int64 [M]: token id at that position."""
     lang: np.ndarray
@@ -100,13 +102,13 @@ class Codes:
         )
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write to safetensors atomically (values as fp16, languages in the metadata)."""
+        """Write to safetensors atomically (languages and provenance in the metadata)."""
         meta = {str(k): str(v) for k, v in self.metadata.items()}
         meta.update(format="sae_bilingual.codes", version=CODES_FORMAT_VERSION,
                     languages=json.dumps(list(self.languages)))
         tensors = {
             "idx": torch.from_numpy(self.idx),
-            "val": torch.from_numpy(self.val.astype(np.float16)),
+            "val": torch.from_numpy(self.val),
             **{name: torch.from_numpy(getattr(self, name)) for name in _LABEL_FIELDS},
         }
         return atomic_save_safetensors(tensors, path, metadata=meta)

@@ -29,9 +29,18 @@ class ModelSpec:
     name: str | None = None
     """Id of this model in outputs (units/<name>/...); default: the family's canonical name. Required when two entries would collide."""
     family: str = "toy"
-    """'toy' (the embedded world) or an LLM-jp size such as 'llm-jp-3-3.7b'."""
+    """'toy' (the embedded world), an LLM-jp size ('llm-jp-3-3.7b'), 'hf' (any checkpoints
+    TransformerLens converts; needs `source`) or a built-in public family ('pythia-160m',
+    'olmo-2-1b', 'croissantllm', ...; see docs/models.md)."""
     source: str | None = None
-    """HF repo id, a local HF dir, or a local root of iter_NNNNNNN dirs (None: toy world / Hub)."""
+    """HF repo id, a local HF dir, or a local root of checkpoint dirs (iter_NNNNNNN, stepN, ...)
+    (None: toy world / the family's Hub repo)."""
+    tokenizer: str | None = None
+    """Tokenizer dir, SentencePiece .model or Hub repo (None: next to the checkpoints, or
+    <root>/tokenizer/)."""
+    tokens_per_step: int | None = None
+    """Training tokens per optimizer step, for token counts when the checkpoints carry none
+    (a catalogue.json in the root wins)."""
     revision: str | None = None
     """Hub revision when `source` is a repo id."""
     checkpoints: Union[str, int, list[int]] = "all"
@@ -46,8 +55,10 @@ class ModelSpec:
 class WorldSpec:
     """Overrides for the toy world's config (see sae_bilingual.world.WorldConfig)."""
 
-    preset: Literal["default", "tiny"] = "default"
-    """Starting point: 'default' (the study) or 'tiny' (tests)."""
+    preset: Literal["default", "tiny", "codeswitch", "disjoint"] = "default"
+    """Starting point: 'default' (the study), 'tiny' (tests), or a control: 'codeswitch'
+    (content words switch language: bilingual concepts certainly exist) or 'disjoint' (each
+    language has its own concepts: none can be bilingual). See world.PRESETS."""
     overrides: dict[str, Any] = field(default_factory=dict)
     """WorldConfig fields to change, e.g. {bilingual_share: 0.3, steps: 2000}."""
 
@@ -110,6 +121,20 @@ class SAESpec:
 
 
 @dataclass
+class EmbeddingModelSpec:
+    """A model named only for its input embedding matrix (semantic clusters)."""
+
+    family: str = "llm-jp-3-3.7b"
+    """A model family name, as in `models[].family`."""
+    source: str | None = None
+    """HF repo id, a local HF dir, or a local root of iter_NNNNNNN dirs (None: the family's Hub repo)."""
+    revision: str | None = None
+    """Hub revision when `source` is a repo id."""
+    checkpoint: Union[int, str] = "final"
+    """'final' or an iteration."""
+
+
+@dataclass
 class AnalysisSpec:
     """Feature labelling (PAPER.md, 'Feature analysis')."""
 
@@ -119,14 +144,24 @@ class AnalysisSpec:
     """A feature is language-specific when p(lang|i) exceeds this."""
     language_rule: Literal["document", "script"] = "document"
     cluster_threshold: float = 0.1
-    """Cosine similarity above which two tokens share a semantic cluster (the paper: 0.1)."""
+    """Cosine similarity above which two of a feature's tokens share a semantic cluster (the paper: 0.1)."""
     cluster_threshold_scaling: bool = False
-    """Scale the threshold by sqrt(3072 / d_model): the same number of standard deviations of
-    random-vector cosine as 0.1 is in the paper's 3,072-d embeddings (TOY-FINDINGS: 0.1 links
-    almost every token of a 128-d model into one cluster)."""
+    """Scale the threshold by sqrt(3072 / d_embedding): the same number of standard deviations
+    of random-vector cosine as 0.1 is in the paper's 3,072-d embeddings."""
     cluster_method: Literal["connected_components", "ground_truth"] = "connected_components"
-    embedding_source: Literal["self", "final"] = "final"
-    """Input embeddings for semantic clusters: the analysed checkpoint or the final one."""
+    """How semantic clusters are formed: components of the cosine graph (the paper), or the toy
+    world's ground-truth concepts."""
+    cluster_scope: Literal["feature", "global"] = "feature"
+    """'feature': feature i's clusters C_i are formed over its own active tokens only (the
+    paper); 'global': one clustering of every evaluation token shared by all features, which
+    chains unrelated tokens through tokens the feature never fired on (earlier versions; kept
+    for comparison, not the paper's)."""
+    embedding_source: Literal["self", "final", "model"] = "final"
+    """Input embeddings for semantic clusters: the analysed checkpoint, the final checkpoint of
+    the same model, or `embedding_model` (the paper: the 3.7B model's, for every size)."""
+    embedding_model: EmbeddingModelSpec | None = None
+    """The model whose input embeddings cluster tokens when embedding_source is 'model'. It must
+    share the analysed models' tokenizer (LLM-jp-3 sizes all do)."""
     span_rule: Literal["topk", "threshold"] = "topk"
     ce_docs_per_lang: int = 64
     """Evaluation documents per language for the CE-loss-recovered metric (three LM forwards
@@ -152,7 +187,11 @@ class InterventionSpec:
     draws: int = 5
     conditions: list[str] = field(default_factory=lambda: ["none", "en", "ja", "mixed"])
     scale: Literal["residual", "unit"] = "residual"
-    add_bias: bool = False
+    """'residual': the SAE encodes X_full / ||X_full|| and the decoded vector is multiplied back
+    by ||X_full|| before alpha (the SAE saw unit-norm vectors); 'unit': the literal unit-space sum."""
+    add_bias: bool = True
+    """The decoder D includes b_pre: D(z) = W_dec z + b_pre, the paper's decoder (true). False
+    drops b_pre (then an empty mask is an exact no-op); the report names the variant."""
     eval_docs_per_lang: int = 200
     translation_pairs: int = 50
     """Parallel test pairs translated per direction (after the few-shot examples)."""
@@ -165,6 +204,19 @@ class InterventionSpec:
     max_new_tokens: int = 24
     comet_python: str | None = None
     comet_model: str | None = None
+
+
+@dataclass
+class ExportSpec:
+    """Write the study's SAEs as a SAELens release folder at the end (see `sae-bilingual export`)."""
+
+    enabled: bool = False
+    release: str | None = None
+    """Release name prefix (default: the recipe name); one release per model: <release>-<model>."""
+    repo_id: str | None = None
+    """Hub repo the folder will be uploaded to (written into pretrained_saes.yaml)."""
+    path: str | None = None
+    """Output folder (default: <output_dir>/release)."""
 
 
 @dataclass
@@ -183,6 +235,7 @@ class Recipe:
     sae: SAESpec = field(default_factory=SAESpec)
     analysis: AnalysisSpec = field(default_factory=AnalysisSpec)
     intervention: InterventionSpec = field(default_factory=InterventionSpec)
+    export: ExportSpec = field(default_factory=ExportSpec)
     wandb: bool = False
     expected_gpu_hours: float | None = None
     """Documentation only: what the recipe costs at full scale."""
@@ -210,6 +263,13 @@ class Recipe:
             )
         if not 0 < self.analysis.act_threshold < 1:
             raise ConfigError("analysis.act_threshold must lie in (0, 1) (the paper: 0.7)")
+        a = self.analysis
+        if (a.embedding_source == "model") != (a.embedding_model is not None):
+            raise ConfigError(
+                "analysis.embedding_model names the model whose embeddings cluster tokens and is used "
+                "exactly when analysis.embedding_source is 'model': set both, or neither "
+                f"(now embedding_source={a.embedding_source!r}, embedding_model={a.embedding_model!r})"
+            )
         if not 0.5 <= self.analysis.lang_threshold < 1:
             raise ConfigError("analysis.lang_threshold must lie in [0.5, 1) (the paper: 0.9)")
         if self.data.context < 2:
@@ -223,6 +283,9 @@ class Recipe:
             _positive(getattr(self.data, name), f"data.{name}")
         if not self.models:
             raise ConfigError("models is empty: name at least one, e.g. [{family: toy}]")
+        for i, m in enumerate(self.models):
+            if m.tokens_per_step is not None:
+                _positive(m.tokens_per_step, f"models[{i}].tokens_per_step")
         if self.intervention.enabled and not 0 <= self.intervention.model < len(self.models):
             raise ConfigError(
                 f"intervention.model = {self.intervention.model} is not an index into models "

@@ -1,6 +1,6 @@
 """Is the Hugging Face Hub reachable? Asked once, quickly, before a study needs it.
 
-Why: an LLM-jp model without ``source`` (or ``corpus: hf``) on a machine without the Hub
+Why: an LLM-jp (or other public) model without ``source`` (or ``corpus: hf``) on a machine without the Hub
 used to spend 24-47 s in the Hub client's retries and end in a traceback. The planner now
 asks here first: ``HF_HUB_OFFLINE`` (or a failed connection to the Hub endpoint within a
 few seconds) means offline, and the recipe is refused with "offline, pass a local source"
@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from sae_bilingual.errors import CheckpointError, DataError
+from sae_bilingual.models.public import PUBLIC_FAMILIES
 from sae_bilingual.recipe_checks import canonical_family
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,8 @@ def hub_models(recipe: Any) -> list[tuple[int, str]]:
             fam = canonical_family(spec.family)
             if fam.startswith("llm-jp-3-"):
                 out.append((i, f"llm-jp/{fam}"))
+            elif fam in PUBLIC_FAMILIES:
+                out.append((i, PUBLIC_FAMILIES[fam].repo))
         elif not Path(src).expanduser().exists() and _REPO_ID.fullmatch(src):
             out.append((i, src))
     return out
@@ -115,7 +118,7 @@ def hub_models(recipe: Any) -> list[tuple[int, str]]:
 def check_hub_access(recipe: Any) -> None:
     """Refuse, in seconds, a recipe that needs the Hub while it is offline.
 
-    Models: an LLM-jp family without ``source`` or a ``source`` that is a repo id (files
+    Models: an LLM-jp or public family without ``source`` or a ``source`` that is a repo id (files
     already in the Hub cache are fine with ``HF_HUB_OFFLINE=1``). Data: ``corpus: hf``
     with a dataset name that is not a local path (unless offline mode is on and the
     dataset is in the cache).

@@ -9,6 +9,7 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,14 @@ import torch
 from sae_bilingual import __version__
 from sae_bilingual.io import atomic_dir, atomic_write_json, atomic_write_text
 from sae_bilingual.layers import hook_for_layer
+from sae_bilingual.models.generic import is_paper_model
+from sae_bilingual.models.registry import get_family
+from sae_bilingual.semantic import (
+    TokenGraph,
+    clusters_from_ground_truth,
+    token_clusters_from_embeddings,
+    token_graph_from_embeddings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +61,8 @@ def _metadata(ctx, unit, layer: int) -> dict[str, Any]:
     spec = ctx.recipe.models[unit.model_index]
     data = ctx.recipe.data
     return {
-        "model_name": spec.family,
+        "model_name": unit.family,
+        "model_family": spec.family,
         "model_source": spec.source or ("toy-world" if spec.family == "toy" else spec.family),
         "checkpoint_iteration": unit.iteration,
         "checkpoint_tokens": unit.tokens,
@@ -174,41 +184,62 @@ def input_embeddings(fam, ck) -> torch.Tensor:
     return model.W_E.detach().float()
 
 
-def token_clusters(ctx, unit, labels) -> dict[str, np.ndarray]:
-    """Semantic clusters of the token ids that occur in the eval set.
-
-    'embeddings': connected components of cosine > threshold over the input embeddings of
-    the configured checkpoint (the paper: the final model). On the toy world we also return
-    the ground-truth concept clusters, which the paper never had.
-    """
-    from sae_bilingual.semantic import clusters_from_ground_truth, token_clusters_from_embeddings
-
+def _embedding_checkpoint(ctx, unit):
+    """(family, checkpoint) whose input embeddings cluster the tokens of ``unit``."""
     a = ctx.recipe.analysis
+    if a.embedding_source == "model":
+        em = a.embedding_model
+        fam = get_family(em.family, source=em.source, **({"revision": em.revision} if em.revision else {}))
+        cat = fam.catalogue()
+        return fam, cat.final if em.checkpoint == "final" else cat.select(iteration=int(em.checkpoint))
     fam = ctx.family(unit.model_index)
     cat = fam.catalogue()
-    ck = cat.final if a.embedding_source == "final" else cat.select(iteration=unit.iteration)
-    key = (unit.model_index, ck.iteration)
+    return fam, cat.final if a.embedding_source == "final" else cat.select(iteration=unit.iteration)
+
+
+@dataclass
+class SemanticClusters:
+    """What H_sem is computed from, for one unit."""
+
+    embeddings: TokenGraph | np.ndarray
+    """The cosine > threshold graph over the eval set's token ids (the analysis forms each
+    feature's clusters C_i from its own tokens, the paper), or with ``analysis.cluster_scope:
+    global`` one global clustering of those ids."""
+    threshold: float
+    """The cosine threshold in force."""
+    ground_truth: np.ndarray | None = None
+    """Toy world only: token id -> ground-truth concept (a partition the paper never had)."""
+
+
+def token_clusters(ctx, unit, labels) -> SemanticClusters:
+    """Semantic clusters of the token ids of the eval set, from the configured embeddings
+    (built once per embedding checkpoint and study)."""
+    a = ctx.recipe.analysis
+    fam, ck = _embedding_checkpoint(ctx, unit)
+    key = (fam.name, str(fam.source), ck.iteration)
     if key not in ctx.cluster_cache:
         emb = input_embeddings(fam, ck)
         token_ids = np.unique(labels.token_id.numpy())
-        ctx.cluster_cache[key] = token_clusters_from_embeddings(
-            emb, threshold=cluster_threshold(ctx, emb.shape[1]), method="connected_components", token_ids=token_ids
-        )
-    out = {"embeddings": ctx.cluster_cache[key]}
-    if ctx.recipe.data.corpus == "toy":
-        out["ground_truth"] = clusters_from_ground_truth(ctx.world.ground_truth["concept"])
-    return out
+        threshold = cluster_threshold(ctx, emb.shape[1])
+        if a.cluster_scope == "feature":
+            graph = token_graph_from_embeddings(emb, threshold=threshold, token_ids=token_ids)
+        else:
+            graph = token_clusters_from_embeddings(emb, threshold=threshold, token_ids=token_ids)
+        ctx.cluster_cache[key] = (graph, threshold)
+    graph, threshold = ctx.cluster_cache[key]
+    gt = clusters_from_ground_truth(ctx.world.ground_truth["concept"]) if ctx.recipe.data.corpus == "toy" else None
+    return SemanticClusters(graph, threshold, gt)
 
 
 PAPER_EMBEDDING_DIM = 3072
 """Width of the LLM-jp-3 3.7B input embeddings the paper clusters tokens with."""
 
 
-def cluster_threshold(ctx, d_model: int) -> float:
+def cluster_threshold(ctx, d_embedding: int) -> float:
     """The cosine threshold in force (optionally scaled to the embedding width)."""
     a = ctx.recipe.analysis
     if a.cluster_threshold_scaling:
-        return float(a.cluster_threshold * (PAPER_EMBEDDING_DIM / d_model) ** 0.5)
+        return float(a.cluster_threshold * (PAPER_EMBEDDING_DIM / d_embedding) ** 0.5)
     return float(a.cluster_threshold)
 
 
@@ -230,7 +261,8 @@ def analysis_config(ctx):
 
 def analyse_layer(ctx, unit, layer, sae, vectors, labels, clusters, ldir: Path) -> dict[str, Any]:
     """Codes -> per-feature table (+ examples) -> summary row for one SAE."""
-    from sae_bilingual.analysis import analyse_features, summarise, top_examples
+    from sae_bilingual.analysis import analyse_features, summarise
+    from sae_bilingual.examples import top_examples
     from sae_bilingual.codes import encode_to_codes
     from sae_bilingual.io import save_parquet
 
@@ -239,12 +271,13 @@ def analyse_layer(ctx, unit, layer, sae, vectors, labels, clusters, ldir: Path) 
     codes = encode_to_codes(sae, vectors, labels, languages=languages)
     codes.save(ldir / "codes.safetensors")
     acfg = analysis_config(ctx)
-    primary = "ground_truth" if a.cluster_method == "ground_truth" and "ground_truth" in clusters else "embeddings"
-    df = analyse_features(codes, sae.cfg.d_sae, token_clusters=clusters[primary], cfg=acfg)
+    gt = clusters.ground_truth
+    use_gt = a.cluster_method == "ground_truth" and gt is not None
+    df = analyse_features(codes, sae.cfg.d_sae, token_clusters=gt if use_gt else clusters.embeddings, cfg=acfg)
     row: dict[str, Any] = {}
-    if "ground_truth" in clusters:
-        if primary != "ground_truth":
-            gt_df = analyse_features(codes, sae.cfg.d_sae, token_clusters=clusters["ground_truth"], cfg=acfg)
+    if gt is not None:
+        if not use_gt:
+            gt_df = analyse_features(codes, sae.cfg.d_sae, token_clusters=gt, cfg=acfg)
             df["R_gt"] = gt_df["R"]
             row["mean_R_gt"] = float(gt_df.loc[~gt_df["dead"], "R"].mean())
         from sae_bilingual.ground_truth import score_ground_truth
@@ -259,12 +292,12 @@ def analyse_layer(ctx, unit, layer, sae, vectors, labels, clusters, ldir: Path) 
     browse = _browser_features(df, a.n_browser_features, languages)
     examples = top_examples(codes, None, browse, n_examples=a.n_examples, tokenizer=tok)
     atomic_write_json(ldir / "examples.json", examples)
-    spec = ctx.recipe.models[unit.model_index]
     fam = ctx.family(unit.model_index)
     row.update({
-        "model": unit.family, "size": spec.family, "iteration": unit.iteration, "tokens": unit.tokens,
+        "model": unit.family, "size": unit.family, "iteration": unit.iteration, "tokens": unit.tokens,
         "layer": layer, "hook": hook_for_layer(layer), "n_layers": fam.n_layers, "n_tokens": codes.n,
-        "d_sae": sae.cfg.d_sae, "k": sae.cfg.k, "cluster_threshold": cluster_threshold(ctx, fam.d_model),
+        "d_sae": sae.cfg.d_sae, "k": sae.cfg.k, "cluster_threshold": clusters.threshold,
+        "cluster_scope": a.cluster_scope,
     })
     row.update(summarise(df, languages))
     return row
@@ -330,8 +363,7 @@ def run_intervention(ctx, plan, out: Path, progress: bool = True):
         analysed = sorted(u.iteration for u in plan.units if u.model_index == iv.model)
         mid = cat.select(iteration=analysed[len(analysed) // 2])
     layer = parse_layers(iv.layer, fam.n_layers)[0]
-    spec = ctx.recipe.models[iv.model]
-    name = next(u.family for u in plan.units if u.model_index == iv.model)  # the model's output id
+    name = next(u.family for u in plan.units if u.model_index == iv.model)  # the model's output name
     ldir = Unit(iv.model, name, final.iteration, final.tokens, [layer]).layer_dir(out, layer)
     sae = load_sae(ldir / "sae", device=ctx.recipe.device)
     features = pd.read_parquet(ldir / "features.parquet")
@@ -356,13 +388,23 @@ def run_intervention(ctx, plan, out: Path, progress: bool = True):
     )
     draws["mid_iteration"], draws["final_iteration"], draws["layer"] = mid.iteration, final.iteration, layer
     agg = aggregate_table(draws)
-    md = ["## Table 1", to_markdown(table1(agg)), "", "## Table 4 (PPL all, relative to none)", to_markdown(table4(agg))]
-    if spec.family.startswith("llm-jp"):
+    variant = decoder_variant(iv.add_bias, iv.scale)
+    draws["decoder"] = agg["decoder"] = variant
+    md = [f"Injected: alpha * D(mask * E(X_full)) with {variant}.", "",
+          "## Table 1", to_markdown(table1(agg)), "", "## Table 4 (PPL all, relative to none)", to_markdown(table4(agg))]
+    if is_paper_model(fam):  # the paper's numbers are for LLM-jp-3 3.7B only
         md += ["", "## Beside the paper", compare_with_paper(agg)]
     atomic_write_text(out / "tables" / "intervention_draws.csv", draws.to_csv(index=False))
     atomic_write_text(out / "tables" / "intervention.md", "\n".join(md) + "\n")
     atomic_write_text(path, agg.to_csv(index=False))
     return agg
+
+
+def decoder_variant(add_bias: bool, scale: str) -> str:
+    """How the injected vector was decoded, in words for tables and the report."""
+    d = "D(z) = W_dec z + b_pre (the paper's decoder)" if add_bias else "D(z) = W_dec z without b_pre (not the paper's)"
+    s = "rescaled by ||X_full|| (residual scale)" if scale == "residual" else "left in unit-norm space"
+    return f"{d}, {s}"
 
 
 def _feasible_ms(features, iv, d_sae: int) -> list[int]:

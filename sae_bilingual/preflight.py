@@ -59,7 +59,7 @@ def check_comet(recipe: Any) -> None:
 
 def check_model_names(recipe: Any, family_names: list[str]) -> list[str]:
     """Each model's output id (``name`` or its family's name), unique and path-safe."""
-    ids = default_model_ids(recipe, family_names)
+    ids = [str(mid) for mid in default_model_ids(recipe, family_names)]  # (all known once loaded)
     for mid in ids:
         check_path_part(mid, "model")
     return ids

@@ -98,14 +98,15 @@ def canonical_family(family: str) -> str:
     return key[len("llm-jp/"):] if key.startswith("llm-jp/") else key
 
 
-def default_model_ids(recipe: Any, family_names: list[str] | None = None) -> list[str]:
+def default_model_ids(recipe: Any, family_names: list[str] | None = None) -> list[str | None]:
     """Each model entry's output id (``name``, else its family's canonical name).
 
     ``family_names``: the families' own names once loaded (the planner passes them); at
     load time the recipe spelling is canonicalised. Two entries with one id would write
-    the same units/<id>/ folders: refused, naming both entries.
+    the same units/<id>/ folders: refused, naming both entries. (At load time an unnamed
+    ``family: hf`` entry is left to the planner, which knows the id its source gives.)
     """
-    ids: list[str] = []
+    ids: list[str | None] = []
     seen: dict[str, int] = {}
     for i, spec in enumerate(recipe.models):
         if spec.name is not None and (not SAFE_NAME.fullmatch(spec.name) or ".." in spec.name):
@@ -113,8 +114,13 @@ def default_model_ids(recipe: Any, family_names: list[str] | None = None) -> lis
                               "letters, digits, '.', '_', '+', '-' only, e.g. name: toy-a")
         if spec.name is not None:
             mid = spec.name
+        elif family_names is not None:
+            mid = family_names[i]
+        elif canonical_family(spec.family) == "hf":
+            ids.append(None)  # its default id comes from its source (models.generic.default_name)
+            continue
         else:
-            mid = family_names[i] if family_names is not None else canonical_family(spec.family)
+            mid = canonical_family(spec.family)
         if mid in seen:
             j = seen[mid]
             raise ConfigError(

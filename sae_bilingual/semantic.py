@@ -1,22 +1,39 @@
-"""Token clusters for the semantic entropy H_sem.
+"""Semantic clusters for the semantic entropy H_sem (PAPER.md, "Feature analysis" 7).
 
-The paper groups "tokens whose cosine similarity exceeds 0.1" into clusters without
-naming the algorithm. Methods (named option ``method``):
+The paper embeds "the distinct activating tokens" of feature i with an input embedding
+matrix and groups "tokens whose cosine similarity exceeds 0.1" into C_i, "the set of
+semantic clusters for the i-th feature". So the clusters are formed PER FEATURE, over
+that feature's own active tokens only: two of its tokens must never be joined through a
+token the feature did not fire on (connected components are transitive, so a global
+clustering chains unrelated tokens together and at real vocabulary sizes one giant
+component swallows almost everything).
 
-- ``"connected_components"`` (default, the natural reading): clusters are the connected
-  components of the graph whose edges are token pairs with cosine > threshold.
-- ``"leader"``: a simple, stricter alternative. Tokens are visited in the order given;
-  each still-unassigned token becomes a leader and takes every unassigned token whose
-  cosine with *it* exceeds the threshold. Every member is then similar to its leader, so
-  chains of weak similarities no longer merge everything into one cluster.
+How (all features at once, no per-feature loop):
 
-The graph is built blockwise (never vocab x vocab dense); only the token ids passed in
-are clustered, every other id gets a singleton cluster.
+1. :func:`token_graph_from_embeddings` computes the global edge list ``cos(u, v) > t``
+   over the token ids that occur (blockwise, never vocab x vocab dense) -> a
+   :class:`TokenGraph`.
+2. :func:`feature_token_components` takes every active (feature, token) pair as a node,
+   joins (i, u)-(i, v) when u-v is an edge, and runs ONE
+   ``scipy.sparse.csgraph.connected_components`` over those nodes. An edge only ever joins
+   two nodes of the same feature, so each component is one cluster of C_i.
+
+A token -> cluster array (:func:`token_clusters_from_embeddings`, the "global" scope, or
+:func:`clusters_from_ground_truth` on the toy world) is a partition of the vocabulary; a
+partition restricted to a feature's tokens is still that partition, so arrays need no
+per-feature step. The global embedding scope is kept as a named, non-default option for
+comparison with earlier results.
+
+Methods for the embedding clusters (named option ``method``): ``"connected_components"``
+(default, the natural reading of "cosine above 0.1"); ``"leader"`` (global scope only):
+tokens visited in order, each unassigned token leads a cluster of the unassigned tokens
+similar to it.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,10 +46,27 @@ from sae_bilingual.errors import ConfigError, DataError
 log = logging.getLogger(__name__)
 
 CLUSTER_METHODS = ("connected_components", "leader")
+CLUSTER_SCOPES = ("feature", "global")
+"""'feature': C_i over feature i's own active tokens (the paper); 'global': one clustering
+of every evaluation token shared by all features (earlier versions of this project)."""
+
+_TRIPLES_PER_CHUNK = 1 << 23
+"""Candidate (pair, neighbour) expansions held at once in feature_token_components."""
 
 
 def _block_rows(n: int, budget: int = 1 << 22) -> int:
     return max(1, min(n, budget // max(n, 1)))
+
+
+def _checked_ids(E: Any, token_ids: Any) -> np.ndarray:
+    vocab = int(E.shape[0])
+    ids = np.arange(vocab) if token_ids is None else np.unique(np.asarray(token_ids, dtype=np.int64))
+    if ids.size and (ids[0] < 0 or ids[-1] >= vocab):
+        raise DataError(
+            f"token ids range {ids[0]}..{ids[-1]} falls outside the embedding matrix ({vocab} rows); "
+            "pass the embedding of a model that shares the tokenizer of the codes."
+        )
+    return ids
 
 
 def _normalised(E: Any, token_ids: np.ndarray) -> torch.Tensor:
@@ -42,24 +76,116 @@ def _normalised(E: Any, token_ids: np.ndarray) -> torch.Tensor:
     return X / X.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
-def _components(X: torch.Tensor, threshold: float) -> np.ndarray:
-    """Connected components of cos > threshold, merging labels block by block."""
+def _similar_pairs(X: torch.Tensor, threshold: float):
+    """Yield (i, j) row-index arrays of the pairs i < j with cos > threshold, block by block."""
     u = X.shape[0]
-    lab = np.arange(u)
-    n_lab = u
     b = _block_rows(u)
     for s in range(0, u, b):
         e = min(u, s + b)
-        sim = X[s:e] @ X[s:].T  # upper triangle only: pairs (i, j) with j >= i
+        sim = X[s:e] @ X[s:].T  # rows s..e-1 against rows s..u-1
         r, c = torch.nonzero(sim > threshold, as_tuple=True)
-        if r.numel() == 0:
-            continue
-        a = lab[r.numpy() + s]
-        bb = lab[c.numpy() + s]
-        keep = a != bb
+        i, j = r.numpy() + s, c.numpy() + s
+        keep = j > i
+        yield i[keep], j[keep]
+
+
+@dataclass(frozen=True)
+class TokenGraph:
+    """Undirected graph over token ids; an edge joins two tokens whose cosine > threshold.
+
+    CSR over the whole vocabulary holding each edge once, from the smaller id to the larger.
+    """
+
+    indptr: np.ndarray
+    """int64 [vocab + 1]"""
+    indices: np.ndarray
+    """int64 [n_edges]: the larger id of each edge"""
+    threshold: float
+
+    @property
+    def vocab(self) -> int:
+        return int(self.indptr.size - 1)
+
+    @property
+    def n_edges(self) -> int:
+        return int(self.indices.size)
+
+
+def token_graph_from_embeddings(E: Any, threshold: float = 0.1, token_ids: Any = None) -> TokenGraph:
+    """Edges cos > ``threshold`` among ``token_ids`` (default: all rows of ``E`` [vocab, d])."""
+    ids = _checked_ids(E, token_ids)
+    X = _normalised(E, ids)
+    rows, cols = [], []
+    for r, c in _similar_pairs(X, threshold):
+        rows.append(ids[r])
+        cols.append(ids[c])
+    r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    c = np.concatenate(cols) if cols else np.zeros(0, np.int64)
+    vocab = int(E.shape[0])
+    A = sp.csr_matrix((np.ones(r.size, np.int8), (r, c)), shape=(vocab, vocab))
+    A.sort_indices()
+    log.info("token graph: %d tokens, %d edges with cos > %g", ids.size, r.size, threshold)
+    return TokenGraph(A.indptr.astype(np.int64), A.indices.astype(np.int64), float(threshold))
+
+
+def feature_token_components(pair_feature: np.ndarray, pair_token: np.ndarray, graph: TokenGraph) -> np.ndarray:
+    """Cluster label of every (feature, token) pair: components of the feature's own tokens.
+
+    ``pair_feature``/``pair_token`` list the distinct active pairs sorted by
+    (feature, token) (as ``np.unique`` of ``feature * vocab + token`` returns them). Two
+    pairs share a label iff they belong to one feature and its active tokens connect them
+    through edges of ``graph``. Labels are 0..n_components-1.
+    """
+    P = int(pair_feature.size)
+    if P == 0:
+        return np.zeros(0, dtype=np.int64)
+    pf = np.asarray(pair_feature, dtype=np.int64)
+    pt = np.asarray(pair_token, dtype=np.int64)
+    if int(pt.max()) >= graph.vocab:
+        raise DataError(
+            f"token id {int(pt.max())} is outside the token graph ({graph.vocab} ids); build the graph "
+            "from an embedding matrix that covers the tokenizer of the codes."
+        )
+    key = pf * graph.vocab + pt
+    if P > 1 and np.any(np.diff(key) <= 0):
+        raise DataError("(feature, token) pairs must be distinct and sorted by (feature, token)")
+    deg = graph.indptr[pt + 1] - graph.indptr[pt]
+    ends = np.cumsum(deg)
+    src, dst = [], []
+    start = 0
+    while start < P:
+        # the largest chunk of pairs whose neighbour lists fit the triple budget (>= 1 pair)
+        base = ends[start - 1] if start else 0
+        stop = max(start + 1, int(np.searchsorted(ends, base + _TRIPLES_PER_CHUNK, side="right")))
+        p = np.arange(start, stop)
+        d = deg[p]
+        p_rep = np.repeat(p, d)
+        offs = np.arange(int(d.sum())) - np.repeat(np.cumsum(d) - d, d)
+        v = graph.indices[np.repeat(graph.indptr[pt[p]], d) + offs]
+        want = pf[p_rep] * graph.vocab + v
+        q = np.searchsorted(key, want)
+        hit = q < P
+        hit[hit] = key[q[hit]] == want[hit]
+        src.append(p_rep[hit])
+        dst.append(q[hit])
+        start = stop
+    s, t = np.concatenate(src), np.concatenate(dst)
+    A = sp.coo_matrix((np.ones(s.size, np.int8), (s, t)), shape=(P, P))
+    _, labels = connected_components(A, directed=False)
+    return labels.astype(np.int64)
+
+
+def _components(X: torch.Tensor, threshold: float) -> np.ndarray:
+    """Connected components of cos > threshold over all rows of X, merging labels block by
+    block so that the global edge list is never held at once."""
+    lab = np.arange(X.shape[0])
+    n_lab = lab.size
+    for i, j in _similar_pairs(X, threshold):
+        a, b = lab[i], lab[j]
+        keep = a != b
         if not keep.any():
             continue
-        g = sp.coo_matrix((np.ones(int(keep.sum()), np.int8), (a[keep], bb[keep])), shape=(n_lab, n_lab))
+        g = sp.coo_matrix((np.ones(int(keep.sum()), np.int8), (a[keep], b[keep])), shape=(n_lab, n_lab))
         n_lab, comp = connected_components(g, directed=False)
         lab = comp[lab]
     return lab
@@ -70,7 +196,6 @@ def _leader(X: torch.Tensor, threshold: float) -> np.ndarray:
     u = X.shape[0]
     lab = np.full(u, -1, dtype=np.int64)
     b = _block_rows(u)
-    # Adjacency rows are computed lazily per block of candidate leaders.
     n_clusters = 0
     for s in range(0, u, b):
         e = min(u, s + b)
@@ -91,30 +216,24 @@ def token_clusters_from_embeddings(
     method: str = "connected_components",
     token_ids: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Cluster id for every token id (row of the embedding matrix ``E`` [vocab, d]).
+    """GLOBAL clustering (scope "global"): a cluster id for every token id of ``E`` [vocab, d].
 
     Only ``token_ids`` (default: all rows) are clustered by cosine > ``threshold``; the
-    other ids get singleton clusters. Ids are compact: 0..n_clusters-1.
+    other ids get singleton clusters. Ids are compact: 0..n_clusters-1. The paper's
+    per-feature clusters come from :func:`token_graph_from_embeddings` instead.
     """
     if method not in CLUSTER_METHODS:
         raise ConfigError(f"unknown clustering method {method!r}; choose one of {CLUSTER_METHODS}.")
     vocab = int(E.shape[0])
-    if token_ids is None:
-        token_ids = np.arange(vocab)
-    token_ids = np.unique(np.asarray(token_ids, dtype=np.int64))
-    if token_ids.size and (token_ids[0] < 0 or token_ids[-1] >= vocab):
-        raise DataError(
-            f"token ids range {token_ids[0]}..{token_ids[-1]} falls outside the embedding "
-            f"matrix ({vocab} rows); pass the embedding of the model that produced the codes."
-        )
-    X = _normalised(E, token_ids)
+    ids = _checked_ids(E, token_ids)
+    X = _normalised(E, ids)
     lab = _components(X, threshold) if method == "connected_components" else _leader(X, threshold)
     out = np.full(vocab, -1, dtype=np.int64)
-    _, out[token_ids] = np.unique(lab, return_inverse=True)
+    _, out[ids] = np.unique(lab, return_inverse=True)
     rest = out < 0
     out[rest] = out.max(initial=-1) + 1 + np.arange(int(rest.sum()))
     log.info("clustered %d tokens into %d clusters (%s, cos > %g)",
-             token_ids.size, len(np.unique(out[token_ids])), method, threshold)
+             ids.size, len(np.unique(out[ids])), method, threshold)
     return out
 
 

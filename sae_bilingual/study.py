@@ -21,6 +21,7 @@ from sae_bilingual.artefacts import layer_finished as _summary_ok
 from sae_bilingual.config import Recipe, recipe_to_dict
 from sae_bilingual.errors import ConfigError
 from sae_bilingual.executors import UnitJob, get_executor
+from sae_bilingual.export import export_release
 from sae_bilingual.hub import check_hub_access
 from sae_bilingual.io import atomic_write_json, atomic_write_text
 from sae_bilingual.layers import hook_for_layer, parse_layers
@@ -129,9 +130,8 @@ class StudyContext:
             from sae_bilingual.world import WorldConfig, build_world
 
             spec = self.recipe.world
-            base = WorldConfig.tiny() if spec.preset == "tiny" else WorldConfig()
             try:
-                cfg = base.replace(**spec.overrides) if hasattr(base, "replace") else _replace(base, spec.overrides)
+                cfg = _replace(WorldConfig.from_preset(spec.preset), spec.overrides)
             except TypeError as e:
                 raise ConfigError(f"world.overrides: {e}") from e
             self._world = build_world(cfg, progress=self.progress)
@@ -146,7 +146,8 @@ class StudyContext:
             source = spec.source
             if spec.family == "toy" and source is None:
                 source = str(self.world.root)
-            extra = {"revision": spec.revision} if spec.revision else {}
+            extra = {k: getattr(spec, k) for k in ("revision", "tokenizer", "tokens_per_step", "name")
+                     if getattr(spec, k) is not None}
             self._families[index] = get_family(spec.family, source=source, **extra)
         return self._families[index]
 
@@ -314,8 +315,8 @@ def _run_locked(recipe: Recipe, ctx: StudyContext, plan: Plan, progress: bool, f
     from tqdm.auto import tqdm
 
     out, manifest = prepare_output_dir(recipe, force=force)
-    if any(spec.family == "toy" for spec in recipe.models):
-        write_world_tables(ctx.world, out)
+    if recipe.data.corpus == "toy" or any(spec.family == "toy" and spec.source is None for spec in recipe.models):
+        write_world_tables(ctx.world, out)  # only when the world is used: a toy `source` needs none
     from sae_bilingual import pipeline
 
     t0 = time.time()
@@ -354,6 +355,9 @@ def _run_locked(recipe: Recipe, ctx: StudyContext, plan: Plan, progress: bool, f
     make_all_figures(out)
     export_all_neuronpedia(out)
     report = write_report(out, make_figures=False)
+    if recipe.export.enabled:
+        export_release(out, recipe.export.path or out / "release", release=recipe.export.release,
+                       repo_id=recipe.export.repo_id)
     log.info("study finished in %.1f s: %d SAEs, report %s", time.time() - t0, len(summary), report)
     return report
 

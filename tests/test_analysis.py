@@ -8,14 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sae_bilingual.analysis import (
-    AnalysisConfig,
-    analyse_features,
-    display_tokens,
-    script_of_tokens,
-    summarise,
-    top_examples,
-)
+from sae_bilingual.analysis import AnalysisConfig, analyse_features, script_of_tokens, summarise
+from sae_bilingual.examples import display_tokens, top_examples
 from sae_bilingual.codes import Codes
 from sae_bilingual.errors import ConfigError, DataError
 
@@ -325,3 +319,17 @@ def test_token_clusters_blockwise_matches_dense(monkeypatch):
     assert n_ref > 3
     # same partition: pairs together in one iff together in the other
     np.testing.assert_array_equal(got[:, None] == got[None, :], ref[:, None] == ref[None, :])
+
+
+def test_dead_features_have_nan_metrics():
+    # feature 1 is selected by the TopK but only with activations <= 0: dead, every metric NaN
+    codes = Codes(idx=np.array([[0, 1], [0, 1], [2, 1]]), val=np.array([[1.0, 0.0], [2.0, -1.0], [1.0, 0.0]]),
+                  token_id=np.array([5, 6, 7]), lang=np.array([0, 0, 1]), doc_id=np.array([0, 0, 1]),
+                  position=np.array([1, 2, 1]), languages=("en", "ja"))
+    df = analyse_features(codes, 4, token_clusters=np.arange(10))
+    for f in (1, 3):  # 1: selected with activations <= 0; 3: never selected
+        row = df.loc[f]
+        assert row.dead and row.cls == "dead"
+        for col in ("H_tok", "H_sem", "R", "span_mean", "span_max", "p_en", "p_ja"):
+            assert np.isnan(row[col]), (f, col)
+    assert df.loc[0, "span_mean"] == 2.0 and df.loc[2, "span_max"] == 1.0

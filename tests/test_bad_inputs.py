@@ -887,11 +887,13 @@ def offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
-def test_llmjp_without_source_offline(world, no_lm_no_sae, tmp_path, offline):
-    rec = recipe(tmp_path / "s", models=[{"family": "llm-jp-3-150m", "checkpoints": "final", "layers": [1]}],
+@pytest.mark.parametrize("family,repo", [("llm-jp-3-150m", "llm-jp/llm-jp-3-150m"),
+                                         ("pythia-160m", "EleutherAI/pythia-160m")])
+def test_hub_model_without_source_offline(world, no_lm_no_sae, tmp_path, offline, family, repo):
+    rec = recipe(tmp_path / "s", models=[{"family": family, "checkpoints": "final", "layers": [1]}],
                  **{"intervention.enabled": False})
     err = refused(rec)
-    names_problem_and_fix(err, "offline", "llm-jp/llm-jp-3-150m", fix=("pass a local source",))
+    names_problem_and_fix(err, "offline", repo, fix=("pass a local source",))
 
 
 def test_hf_corpus_offline(world, no_lm_no_sae, tmp_path, offline):

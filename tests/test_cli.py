@@ -10,7 +10,7 @@ import torch
 from sae_bilingual.cli import build_parser, main
 
 REPO = Path(__file__).resolve().parents[1]
-TESTED = {"study", "world", "report", "convert", "recipes"}
+TESTED = {"study", "world", "report", "convert", "recipes", "export"}  # export: tests/test_export.py
 
 
 def test_every_subcommand_has_a_test():

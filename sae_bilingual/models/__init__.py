@@ -1,4 +1,4 @@
-"""Model loading: HF Llama -> HookedTransformer, LLM-jp-3 sizes, checkpoint catalogues, families."""
+"""Model loading: HF -> HookedTransformer, LLM-jp-3 sizes, public families, checkpoint catalogues."""
 
 from __future__ import annotations
 
@@ -27,18 +27,26 @@ from sae_bilingual.models.registry import (
     registered_families,
 )
 from sae_bilingual.models.tokenizer import load_tokenizer, sentencepiece_tokenizer
+from sae_bilingual.models.generic import HFFamily, hf_factory, is_paper_model  # noqa: E402 (after registry)
+from sae_bilingual.models.public import PUBLIC_FAMILIES, register_public_families
+
+register_family("hf", hf_factory, overwrite=True)
+register_public_families(register_family)
 
 __all__ = [
     "LLMJP_SIZES",
     "Checkpoint",
     "CheckpointCatalogue",
+    "HFFamily",
     "HFLlamaFamily",
     "LlmJpSpec",
+    "PUBLIC_FAMILIES",
     "ModelFamily",
     "get_family",
     "hooked_config_dict_from_hf",
     "hooked_config_from_hf",
     "hooked_from_hf_model",
+    "is_paper_model",
     "iter_dirname",
     "llmjp_llama_config",
     "llmjp_spec",

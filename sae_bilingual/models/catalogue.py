@@ -43,6 +43,10 @@ class Checkpoint:
     """Training tokens seen at this checkpoint."""
     path: Path | None = field(default=None, compare=False)
     """HF-format directory with the weights; None = the model's Hub repo (final checkpoint)."""
+    revision: str | None = field(default=None, compare=False)
+    """Hub revision (branch) holding this checkpoint, when the Hub repo keeps one per checkpoint."""
+    repo: str | None = field(default=None, compare=False)
+    """Hub repo of this checkpoint when it differs from the family's (one repo per checkpoint)."""
 
     @property
     def name(self) -> str:

@@ -57,8 +57,8 @@ def hooked_config_dict_from_hf(hf_config: Any, *, model_name: str | None = None)
     if archs[0] not in SUPPORTED_ARCHITECTURES and model_type != "llama":
         raise ConfigError(
             f"architecture {archs[0]!r} (model_type {model_type!r}) is not supported; "
-            f"sae-bilingual loads {', '.join(SUPPORTED_ARCHITECTURES)} checkpoints only. "
-            "Register a custom ModelFamily (sae_bilingual.models.register_family) for other models."
+            f"this Llama path loads {', '.join(SUPPORTED_ARCHITECTURES)} only; for other architectures use "
+            "family: hf in the recipe (sae_bilingual.models.convert_any.hooked_from_hf_any)."
         )
     if getattr(hf_config, "attention_bias", False) or getattr(hf_config, "mlp_bias", False):
         raise ConfigError(

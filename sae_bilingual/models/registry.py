@@ -1,8 +1,10 @@
 """Model families: a name -> how to list, load and tokenize its checkpoints.
 
-Every built-in family is an :class:`HFLlamaFamily`: LLM-jp-3 sizes (Hub repo, a single HF
-directory, or a local root of ``iter_NNNNNNN`` dirs) and the synthetic "toy" world (always a
-local root). The toy world goes through exactly the same code path as an LLM-jp local root.
+LLM-jp-3 sizes (Hub repo, a single HF directory, or a local root of ``iter_NNNNNNN`` dirs) and
+the synthetic "toy" world (always a local root) are :class:`HFLlamaFamily`; the toy world goes
+through exactly the same code path as an LLM-jp local root. ``hf`` (any TransformerLens-
+convertible model) and the public families (Pythia, OLMo, BLOOM, CroissantLLM, ...) are
+:class:`~sae_bilingual.models.generic.HFFamily`, registered by ``sae_bilingual.models``.
 Users add models with :func:`register_family`.
 """
 
@@ -235,8 +237,9 @@ class HFLlamaFamily:
             else:  # local weights: never reach for the network behind the user's back
                 hint = f" or the Hub repo {self.hub_repo}" if self.hub_repo else ""
                 raise CheckpointError(
-                    f"no tokenizer files next to the {self.name!r} checkpoints ({where}); pass "
-                    f"tokenizer=<HF tokenizer dir | SentencePiece .model{hint}>"
+                    f"no tokenizer files next to the {self.name!r} checkpoints ({where}) nor in {where}/tokenizer/; "
+                    f"set models[].tokenizer in the recipe (tokenizer=... in Python) to an HF tokenizer dir, "
+                    f"a SentencePiece .model{hint}"
                 )
         self.__dict__["_tok"] = tok
         return tok
@@ -266,11 +269,13 @@ def registered_families() -> list[str]:
     return sorted(_FACTORIES)
 
 
-def get_family(name: str, source: Any = None, **kwargs: Any) -> ModelFamily:
+def get_family(name: str, /, source: Any = None, **kwargs: Any) -> ModelFamily:
     """The model family called ``name`` (case-insensitive), reading checkpoints from ``source``.
 
     "llm-jp-3-<size>" (or "llm-jp/llm-jp-3-<size>"): source None = Hub, else repo id / HF dir
-    / root of iter dirs. "toy": source = the toy World's root (or the World itself).
+    / root of iter dirs. "toy": source = the toy World's root (or the World itself). "hf" and
+    the public families: see docs/models.md. ``kwargs``: the recipe's ``revision``,
+    ``tokenizer``, ``tokens_per_step`` and ``name`` (the model's id in outputs).
     """
     key = str(name).strip().lower()
     if key.startswith("llm-jp/"):
@@ -288,16 +293,24 @@ def get_family(name: str, source: Any = None, **kwargs: Any) -> ModelFamily:
 
 
 def _llmjp_factory(size: str) -> FamilyFactory:
-    def make(source: Any = None, revision: str | None = None, tokenizer: Any = None) -> ModelFamily:
+    def make(source: Any = None, revision: str | None = None, tokenizer: Any = None,
+             tokens_per_step: int | None = None, name: str | None = None) -> ModelFamily:
         from sae_bilingual.models.llmjp import llmjp_llama_config, llmjp_spec
 
         spec = llmjp_spec(size)
+        root = Path(str(source)).expanduser() if source is not None else None
+        if (tokens_per_step is None and root is not None and root.is_dir() and not (root / "config.json").exists()
+                and not (root / "catalogue.json").exists()):
+            log.warning("%s: token counts of the checkpoints in %s come from the LLM-jp-3 %s schedule (%d tokens "
+                        "per iteration). If they were trained with another batch, set models[].tokens_per_step, "
+                        "write %s/catalogue.json, or use family: hf", spec.name, root, size,
+                        spec.tokens_per_iteration, root)
         return HFLlamaFamily(
             name=spec.name,
             source=source,
             hub_repo=spec.repo_id,
             revision=revision,
-            tokens_per_iteration=spec.tokens_per_iteration,
+            tokens_per_iteration=tokens_per_step or spec.tokens_per_iteration,
             final_iteration=spec.final_iteration,
             tokenizer_source=tokenizer,
             default_config=llmjp_llama_config(size),
@@ -306,15 +319,15 @@ def _llmjp_factory(size: str) -> FamilyFactory:
     return make
 
 
-def _toy_factory(source: Any = None, tokenizer: Any = None, tokens_per_iteration: int | None = None) -> ModelFamily:
+def _toy_factory(source: Any = None, tokenizer: Any = None, tokens_per_iteration: int | None = None,
+                 tokens_per_step: int | None = None, name: str | None = None) -> ModelFamily:
     if source is None:
         raise CheckpointError(
             "the 'toy' family needs source=<World.root> (a dir of iter_NNNNNNN checkpoints); build "
             "it with sae_bilingual.world.build_world()"
         )
-    fam = HFLlamaFamily(
-        name="toy", source=source, tokenizer_source=tokenizer, tokens_per_iteration=tokens_per_iteration
-    )
+    fam = HFLlamaFamily(name="toy", source=source, tokenizer_source=tokenizer,
+                        tokens_per_iteration=tokens_per_step or tokens_per_iteration)
     root = Path(fam._source_kind(None)[1])
     if (root / "catalogue.json").exists() and fam.tokens_per_iteration is None:
         meta = json.loads((root / "catalogue.json").read_text())

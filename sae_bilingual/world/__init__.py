@@ -58,6 +58,12 @@ class WorldConfig:
     """Zipf exponent of concept frequency within a category (0 = uniform; higher = rarer tail)."""
     cast_reuse: float = 0.5
     """Probability a person/place slot reuses the document's small cast (topic recurrence)."""
+    codeswitch_rate: float = 0.0
+    """Probability that a content word of a training sentence is realised in another language's
+    form (the positive control: the two forms of a concept share contexts)."""
+    disjoint: bool = False
+    """Each language's documents talk about its own share of the concepts (the negative
+    control: no concept is bilingual). Needs bilingual_share = 0."""
     n_train_docs: int = 20000
     """Training documents (each <= context tokens, BOS first)."""
     n_eval_docs: int = 2000
@@ -99,6 +105,11 @@ class WorldConfig:
             raise ConfigError(f"languages={self.languages}: a bilingual world needs >= 2 languages, e.g. ('en', 'ja').")
         if not 0.0 <= self.bilingual_share <= 1.0:
             raise ConfigError(f"bilingual_share={self.bilingual_share} must be within [0, 1].")
+        if not 0.0 <= self.codeswitch_rate <= 1.0:
+            raise ConfigError(f"codeswitch_rate={self.codeswitch_rate} must be within [0, 1].")
+        if self.disjoint and self.bilingual_share > 0:
+            raise ConfigError("disjoint=True leaves nothing to translate: set bilingual_share to 0 "
+                              "(the 'disjoint' preset does)")
         if self.d_model % self.n_heads:
             raise ConfigError(f"d_model={self.d_model} must be a multiple of n_heads={self.n_heads}.")
         if self.context < 16:
@@ -110,18 +121,22 @@ class WorldConfig:
     @classmethod
     def tiny(cls, **overrides: Any) -> WorldConfig:
         """A world small enough for unit tests (tens of seconds on 2 shared cores)."""
-        base = dict(
-            n_concepts=90, n_train_docs=2000, n_eval_docs=200, n_translation_pairs=50,
-            d_model=64, n_layers=2, n_heads=2, d_mlp=256, steps=120, batch_size=16,
-            lr=1e-2, n_checkpoints=9,
-        )
-        base.update(overrides)
-        return cls(**base)
+        return cls.from_preset("tiny", **overrides)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> WorldConfig:
+        """A named preset (``PRESETS``) with ``overrides`` on top."""
+        if name not in PRESETS:
+            raise ConfigError(f"unknown world preset {name!r}; choose one of {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
 
     def key(self) -> str:
         """Stable hash of the fields that change the result (cache directory name)."""
         d = dataclasses.asdict(self)
         d.pop("threads")
+        for name, default in _KEY_IF_SET.items():  # worlds built before these fields keep their key
+            if d[name] == default:
+                d.pop(name)
         d["languages"] = list(self.languages)
         d["_version"] = WORLD_VERSION
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
@@ -133,8 +148,25 @@ class WorldConfig:
         return GeneratorConfig(
             seed=self.seed, n_concepts=self.n_concepts, languages=self.languages,
             bilingual_share=self.bilingual_share, max_doc_tokens=self.context, zipf=self.zipf,
-            cast_reuse=self.cast_reuse,
+            cast_reuse=self.cast_reuse, codeswitch_rate=self.codeswitch_rate, disjoint=self.disjoint,
         )
+
+
+_TINY = dict(n_concepts=90, n_train_docs=2000, n_eval_docs=200, n_translation_pairs=50, d_model=64, n_layers=2,
+             n_heads=2, d_mlp=256, steps=120, batch_size=16, lr=1e-2, n_checkpoints=9)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "tiny": _TINY,
+    "codeswitch": {"codeswitch_rate": 0.5},
+    "disjoint": {"disjoint": True, "bilingual_share": 0.0},
+}
+"""Named starting points: the study's world, the unit-test world, and the two controls
+(code-switched content words: bilingual concepts certainly exist; disjoint concept sets:
+they cannot)."""
+
+_KEY_IF_SET = {"codeswitch_rate": 0.0, "disjoint": False}
+"""Fields added after WORLD_VERSION 1: part of the cache key only when not at their default."""
 
 
 @dataclass

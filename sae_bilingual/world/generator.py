@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sae_bilingual.errors import ConfigError
+from sae_bilingual.world.variants import CodeSwitcher, disjoint_lexicons
 
 log = logging.getLogger(__name__)
 
@@ -924,6 +925,10 @@ class GeneratorConfig:
     """Zipf exponent of concept frequencies within a category (0 = uniform)."""
     cast_reuse: float = 0.5
     """Probability that a person/place slot reuses the document's cast (topic coherence)."""
+    codeswitch_rate: float = 0.0
+    """Probability that a content word is realised in another language's form (positive control)."""
+    disjoint: bool = False
+    """Each language talks about its own share of the concepts (negative control)."""
     frame_weights: dict[str, float] = field(
         default_factory=lambda: {
             "transitive": 0.35, "ditransitive": 0.1, "motion": 0.15,
@@ -1059,27 +1064,44 @@ class Document:
 
 
 def generate_documents(
-    lex: Lexicon, cfg: GeneratorConfig, n_docs: int, *, seed_offset: int = 0, bilingual_share: float | None = None
+    lex: Lexicon, cfg: GeneratorConfig, n_docs: int, *, seed_offset: int = 0, bilingual_share: float | None = None,
+    codeswitch_rate: float | None = None,
 ) -> list[Document]:
     """Generate ``n_docs`` documents, deterministic in (cfg.seed, seed_offset).
 
     Monolingual documents cycle through the languages; a ``bilingual_share`` of documents
     are translation pairs (the same frame realised in two languages, order alternating);
-    such a document is labelled with the language of its first sentence.
+    such a document is labelled with the language of its first sentence. With
+    ``codeswitch_rate`` > 0 content words switch language (world/variants.py); with
+    ``cfg.disjoint`` each language draws from its own concepts.
     """
     share = cfg.bilingual_share if bilingual_share is None else bilingual_share
+    rate = cfg.codeswitch_rate if codeswitch_rate is None else codeswitch_rate
     if not 0.0 <= share <= 1.0:
         raise ConfigError(f"bilingual_share={share} must be within [0, 1].")
+    if cfg.disjoint and share > 0:
+        raise ConfigError("disjoint concept sets leave nothing to translate: set bilingual_share to 0")
     rng = np.random.default_rng([cfg.seed, seed_offset])
-    sampler = FrameSampler(lex, cfg, rng)
     langs = list(cfg.languages)
+    if cfg.disjoint:
+        samplers = {lang: FrameSampler(sub, cfg, rng) for lang, sub in disjoint_lexicons(lex, langs).items()}
+    else:
+        shared = FrameSampler(lex, cfg, rng)
+        samplers = {lang: shared for lang in langs}
+    switcher = CodeSwitcher(lex, langs, rate) if rate > 0 else None
+
+    def realise(fr: Frame, lang: str, style: Style) -> tuple[list[Token], list[str]]:
+        sent = REALIZERS[lang](lex, fr, style)
+        return switcher.apply(sent, lang, rng) if switcher else (sent, [lang] * len(sent))
+
     budget = cfg.max_doc_tokens - 1  # BOS
     docs: list[Document] = []
     for i in range(n_docs):
+        first = langs[i % len(langs)]
+        sampler = samplers[first]
         sampler.new_doc()
         style = Style(polite=bool(rng.random() < 0.5))
         bilingual = len(langs) > 1 and rng.random() < share
-        first = langs[i % len(langs)]
         toks: list[str] = []
         cons: list[int] = []
         tl: list[str] = []
@@ -1089,26 +1111,26 @@ def generate_documents(
             order = [first, second]
             while True:
                 fr = sampler.frame()
-                pair = [(lang, REALIZERS[lang](lex, fr, style)) for lang in order]
-                n = sum(len(s) for _, s in pair)
+                pair = [realise(fr, lang, style) for lang in order]
+                n = sum(len(s) for s, _ in pair)
                 if len(toks) + n > budget:
                     break
-                for lang, sent in pair:
+                for sent, sl in pair:
                     toks += [t for t, _ in sent]
                     cons += [c for _, c in sent]
-                    tl += [lang] * len(sent)
+                    tl += sl
                 order = order[::-1]
         else:
             while True:
-                sent = REALIZERS[first](lex, sampler.frame(), style)
+                sent, sl = realise(sampler.frame(), first, style)
                 if len(toks) + len(sent) > budget:
                     break
                 toks += [t for t, _ in sent]
                 cons += [c for _, c in sent]
-                tl += [first] * len(sent)
+                tl += sl
         if not toks:  # one sentence longer than the budget: keep a truncated sentence
-            sent = REALIZERS[first](lex, sampler.frame(), style)[:budget]
-            toks, cons, tl = [t for t, _ in sent], [c for _, c in sent], [first] * len(sent)
+            sent, sl = realise(sampler.frame(), first, style)
+            toks, cons, tl = [t for t, _ in sent[:budget]], [c for _, c in sent[:budget]], sl[:budget]
         docs.append(Document(first, toks, cons, tl, bilingual))
     return docs
 
