@@ -62,6 +62,8 @@ def _check_numbers(recipe: Any) -> None:
 
 def _check_intervention(recipe: Any) -> None:
     iv = recipe.intervention
+    if not iv.enabled:  # (its defaults name en/ja conditions: irrelevant to an [en, fr] study without it)
+        return
     _at_least(iv.draws, 1, "intervention.draws", "5")
     if not iv.ms:
         raise ConfigError("intervention.ms is empty; list mask sizes, e.g. ms: [5000]")

@@ -939,3 +939,11 @@ def test_translation_pair_files_checked_before_any_work(world, no_lm_no_sae, tmp
     err = refused(recipe(tmp_path / "s", **{"intervention.pairs_paths": {"en": str(en),
                                                                        "ja": str(tmp_path / "nope.ja")}}), DataError)
     names_problem_and_fix(err, "intervention.pairs_paths.ja", "does not exist")
+
+
+def test_intervention_fields_are_not_checked_when_it_is_off():
+    """An [en, fr] study without the intervention keeps the default (en/ja) conditions."""
+    rec = recipe(Path("/tmp/x"), **{"data.languages": ["en", "fr"], "intervention.enabled": False})
+    assert rec.intervention.conditions == ["none", "en", "ja", "mixed"]
+    with pytest.raises(ConfigError, match="'ja' is not a condition"):
+        recipe(Path("/tmp/x"), **{"data.languages": ["en", "fr"]})
