@@ -114,6 +114,12 @@ class SAESpec:
     """Save SAELens training checkpoints (optimizer state included) every N steps under
     units/<model>/<iter>/training (0: never). A killed unit is redone from the start, which is
     deterministic; resuming mid-training from these checkpoints is not implemented yet."""
+    aux_k_coefficient: float = 0.0
+    """Weight of the auxiliary-K loss that trains latents dead for `dead_feature_window` steps
+    on the reconstruction error (Gao et al. 2024). A DEVIATION from the paper (which has no
+    auxiliary loss), off by default; the summary and report flag it when on."""
+    dead_feature_window: int = 1000
+    """Steps without firing after which a latent counts as dead for the auxiliary-K loss."""
     warm_start: bool = False
     """Initialise each checkpoint's SAE from the trained SAE of the same layer at the previous
     analysed checkpoint (the first checkpoint starts cold). Units then run in checkpoint order,
@@ -236,6 +242,9 @@ class Recipe:
     analysis: AnalysisSpec = field(default_factory=AnalysisSpec)
     intervention: InterventionSpec = field(default_factory=InterventionSpec)
     export: ExportSpec = field(default_factory=ExportSpec)
+    controls: list[Literal["codeswitch", "disjoint"]] = field(default_factory=list)
+    """Toy studies only: also run the study on these control worlds (under
+    <output_dir>/controls/<name>) and show their numbers beside the study's in the report."""
     wandb: bool = False
     expected_gpu_hours: float | None = None
     """Documentation only: what the recipe costs at full scale."""
@@ -256,6 +265,9 @@ class Recipe:
         if isinstance(self.sae.lr, float) and self.sae.lr <= 0:
             raise ConfigError(f"sae.lr must be > 0, got {self.sae.lr}")
         _positive(self.sae.batch_size, "sae.batch_size")
+        _positive(self.sae.dead_feature_window, "sae.dead_feature_window")
+        if not self.sae.aux_k_coefficient >= 0:  # also refuses NaN
+            raise ConfigError(f"sae.aux_k_coefficient must be >= 0 (0 = the paper), got {self.sae.aux_k_coefficient}")
         if self.sae.warm_start and self.executor != "local":
             raise ConfigError(
                 f"sae.warm_start chains each checkpoint's SAEs to the previous checkpoint's, so the "
@@ -281,6 +293,8 @@ class Recipe:
             )
         for name in ("train_tokens_per_lang", "eval_tokens_per_lang", "buffer_vectors", "lm_batch_size"):
             _positive(getattr(self.data, name), f"data.{name}")
+        if self.controls and self.data.corpus != "toy":
+            raise ConfigError("controls: control worlds exist only for the toy world (data.corpus: toy)")
         if not self.models:
             raise ConfigError("models is empty: name at least one, e.g. [{family: toy}]")
         for i, m in enumerate(self.models):

@@ -53,6 +53,8 @@ def train_config(ctx, lr: float, n_vectors: int):
         seed=ctx.recipe.seed,
         device=ctx.recipe.device,
         checkpoint_every=s.checkpoint_every,
+        aux_k_coefficient=s.aux_k_coefficient,
+        dead_feature_window=s.dead_feature_window,
         wandb=ctx.recipe.wandb,
     )
 
@@ -139,7 +141,7 @@ def run_unit(ctx, unit, layers: list[int], out: Path, *, lr: float) -> None:
         row.update({k: float(v) for k, v in metrics.items() if np.isscalar(v)})
         md = sae.cfg.metadata
         row.update({k: md[k] for k in ("warm_start", "train_loss_final", "train_loss_first_tenth",
-                                        "train_steps_to_final") if k in md})
+                                        "train_steps_to_final", "aux_k_coefficient") if k in md})
         row["seconds"] = round(t_train / len(layers) + time.time() - t1, 2)
         write_unit_summary(ldir / "summary.json", row)
 

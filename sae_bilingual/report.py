@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from sae_bilingual.controls import controls_table, world_label
 from sae_bilingual.errors import DataError
 from sae_bilingual.io import atomic_write_text
 from sae_bilingual.manifest import read_json
@@ -185,12 +186,25 @@ def _csv_section(study: Path, name: str, sec_id: str, title: str) -> str:
     return _section(sec_id, title, _table_html(df))
 
 
+def _controls_section(study: Path) -> str:
+    """The study beside its control worlds at the last checkpoint (recipe ``controls``)."""
+    table = controls_table(study)
+    if table.empty:
+        return ""
+    note = ("<p>Positive control (codeswitch): content words switch language, so bilingual concepts certainly "
+            "exist and Mixed features should fire on both forms of one concept (gt_mixed_precision high). "
+            "Negative control (disjoint): no concept occurs in two languages, so gt_mixed_precision must be "
+            "0 and its frac_mixed is the analysis's false-positive floor.</p>")
+    return _section("controls", "Controls", note + _table_html(table))
+
+
 def _world_section(study: Path) -> str:
     """The toy world the study ran on: build wall time, sizes, config and its loss curve."""
     meta = read_json(study / "tables" / "world.json")
     if not isinstance(meta, dict):
         return ""
     facts = {
+        "world": world_label(meta.get("config", {})),
         "build wall time": f"{float(meta.get('build_seconds', float('nan'))):.1f} s "
                            f"(corpus {float(meta.get('corpus_seconds', float('nan'))):.1f} s, "
                            f"pre-training {float(meta.get('pretrain_seconds', float('nan'))):.1f} s)",
@@ -403,6 +417,9 @@ def _browser(study: Path, max_saes: int, max_features: int, max_examples: int) -
             + f"; per SAE at most {max_features} features and {max_examples} examples per feature. "
             "Token background intensity is proportional to the activation (relative to the feature's "
             "maximum); the outlined token is the example's maximum. Click a column header to sort.</p>")
+    world = read_json(study / "tables" / "world.json")
+    if isinstance(world, dict):
+        note = f'<p class="note">Data: {_esc(world_label(world.get("config", {})))}.</p>' + note
     if not units:
         note = '<p class="meta">No analysed SAE units (units/*/*/*/features.parquet) yet.</p>'
     return note, _json_script(index, "fb-index") + "".join(scripts)
@@ -430,6 +447,7 @@ def write_report(study_dir: str | Path, *, make_figures: bool = True, max_saes: 
         ("world", "Toy world", _world_section(study)),
         ("figures", f"Figures ({n_figs})", figs),
         ("summary", "Summary tables", _summary_section(study)),
+        ("controls", "Controls", _controls_section(study)),
         ("lr-grid", "LR grid", _csv_section(study, "lr_grid.csv", "lr-grid", "LR grid")),
         ("intervention", "Intervention", _csv_section(study, "intervention.csv", "intervention", "Intervention")),
         ("lineage", "Lineage", _lineage_section(study)),

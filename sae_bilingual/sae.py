@@ -42,6 +42,7 @@ from sae_lens.saes.sae import (
 )
 from torch import nn
 
+from sae_bilingual.auxk import auxk_loss
 from sae_bilingual.errors import ConfigError, SAEFileError
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,8 @@ class PaperTopKTrainingSAEConfig(TrainingSAEConfig):
 
     decoder_init_norm: decoder rows start at this norm (paper: unit-norm rows, W_enc = W_dec^T).
     fast: use the sparse-decode / sparse-backward training step (else the dense reference).
+    aux_k_coefficient: weight of the auxiliary-K loss on dead latents (0 = the paper; see auxk.py).
+    aux_k: latents per row in the auxiliary loss (None: d_in // 2, as SAELens).
     """
 
     k: int = 32
@@ -103,6 +106,8 @@ class PaperTopKTrainingSAEConfig(TrainingSAEConfig):
     normalize_activations: str = "unit_norm"  # type: ignore[assignment]
     decoder_init_norm: float | None = 1.0
     fast: bool = True
+    aux_k_coefficient: float = 0.0
+    aux_k: int | None = None
 
     @classmethod
     def architecture(cls) -> str:
@@ -446,9 +451,15 @@ class PaperTopKTrainingSAE(_PaperTopKMixin, TrainingSAE[PaperTopKTrainingSAEConf
                 torch.stack([rows, idx.reshape(-1)]), vals.detach().reshape(-1),
                 (B, self.cfg.d_sae), is_coalesced=False, check_invariants=False)
             pre = vals.detach()  # (B, K): the dense (B, n) pre-activations are not kept
-        self.loss_history.append(loss.detach())
+        losses = {"mse_loss": loss.detach()}
+        if self.cfg.aux_k_coefficient > 0 and step_input.dead_neuron_mask is not None:
+            aux = auxk_loss(u - self.b_dec, u - recon, self.W_enc, self.W_dec, step_input.dead_neuron_mask,
+                            self.cfg.aux_k or self.cfg.d_in // 2)
+            losses["auxiliary_reconstruction_loss"] = aux.detach()
+            loss = loss + self.cfg.aux_k_coefficient * aux
+        self.loss_history.append(losses["mse_loss"])
         return TrainStepOutput(sae_in=u, sae_out=recon, feature_acts=feature_acts,
-                               hidden_pre=pre, loss=loss, losses={"mse_loss": loss.detach()})
+                               hidden_pre=pre, loss=loss, losses=losses)
 
     def process_state_dict_for_saving_inference(self, state_dict: dict[str, Any]) -> None:
         super().process_state_dict_for_saving_inference(state_dict)

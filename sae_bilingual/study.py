@@ -19,6 +19,7 @@ from typing import Any
 from sae_bilingual.artefacts import collect_summary, write_unit_summary  # noqa: F401  (public here too)
 from sae_bilingual.artefacts import layer_finished as _summary_ok
 from sae_bilingual.config import Recipe, recipe_to_dict
+from sae_bilingual.controls import control_recipe
 from sae_bilingual.errors import ConfigError
 from sae_bilingual.executors import UnitJob, get_executor
 from sae_bilingual.export import export_release
@@ -345,6 +346,8 @@ def _run_locked(recipe: Recipe, ctx: StudyContext, plan: Plan, progress: bool, f
         bar.set_postfix_str(result.unit_id)
     bar.close()
     summary = collect_summary(out)
+    for name in recipe.controls:  # the same units on a control world, beside the study (controls.py)
+        run_study(control_recipe(recipe, name, out), progress=progress, force=force)
     if recipe.intervention.enabled:
         pipeline.run_intervention(ctx, plan, out, progress=progress)
     from sae_bilingual.figures import make_all_figures

@@ -83,6 +83,8 @@ class SAETrainConfig:
     """save a SAELens checkpoint every this many steps (0 = never)"""
     dead_feature_window: int = 1000
     """steps without firing after which SAELens calls a latent dead"""
+    aux_k_coefficient: float = 0.0
+    """weight of the auxiliary-K loss on dead latents: a deviation from the paper (0 = off; auxk.py)"""
     extra: dict[str, Any] = field(default_factory=dict)
     """free-form provenance copied into each SAE's metadata"""
 
@@ -178,11 +180,12 @@ def train_saes(store: Iterator[Mapping[str, torch.Tensor]], hooks: Sequence[str]
     for h in hooks:
         torch.manual_seed(hook_seed(cfg.seed, h))  # independent of the other hooks trained now
         d_in = int(first[h].shape[-1])
-        md = make_metadata(hook_name=h, seed=cfg.seed, k=cfg.k, lr=cfg.lr,
+        md = make_metadata(hook_name=h, seed=cfg.seed, k=cfg.k, lr=cfg.lr, aux_k_coefficient=cfg.aux_k_coefficient,
                            training_tokens=steps * cfg.batch_size, **cfg.extra,
                            **dict((metadata_by_hook or {}).get(h, {})))
         scfg = PaperTopKTrainingSAEConfig(d_in=d_in, d_sae=cfg.d_sae or cfg.expansion * d_in, k=cfg.k,
-                                          device=cfg.device, dtype=cfg.dtype, fast=cfg.fast, metadata=md)
+                                          device=cfg.device, dtype=cfg.dtype, fast=cfg.fast,
+                                          aux_k_coefficient=cfg.aux_k_coefficient, metadata=md)
         sae = PaperTopKTrainingSAE(scfg)
         if init_from and h in init_from:
             sae.init_from(init_from[h])

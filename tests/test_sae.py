@@ -190,3 +190,43 @@ def test_fast_step_runs_under_bf16_autocast():
     out.loss.backward()
     assert abs(out.loss.item() - ref) < 0.05 * ref
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in t.parameters())
+
+
+def test_auxk_loss_matches_dense_reference():
+    """The auxiliary-K loss over the dead columns == SAELens-style dense masked top-k."""
+    from sae_bilingual.auxk import auxk_loss
+
+    g = torch.Generator().manual_seed(0)
+    B, d, n, k_aux = 16, 8, 40, 5
+    xc = torch.randn(B, d, generator=g, dtype=torch.float64)
+    resid = torch.randn(B, d, generator=g, dtype=torch.float64)
+    W_enc = torch.randn(d, n, generator=g, dtype=torch.float64, requires_grad=True)
+    W_dec = torch.randn(n, d, generator=g, dtype=torch.float64, requires_grad=True)
+    dead = torch.zeros(n, dtype=torch.bool)
+    dead[[1, 4, 7, 9, 20, 33]] = True
+    got = auxk_loss(xc, resid, W_enc, W_dec, dead, k_aux)
+    pre = torch.where(dead[None], xc @ W_enc, -torch.inf)
+    top = pre.topk(k_aux, dim=-1)
+    acts = torch.zeros_like(pre).scatter(-1, top.indices, top.values)
+    ref = min(6 / k_aux, 1.0) * ((acts @ W_dec) - resid).pow(2).sum(-1).mean()
+    assert torch.allclose(got, ref)
+    gw = torch.autograd.grad(got, [W_enc, W_dec])
+    rw = torch.autograd.grad(ref, [W_enc, W_dec])
+    assert all(torch.allclose(a, b) for a, b in zip(gw, rw))
+    assert gw[0][:, ~dead].abs().sum() == 0  # only dead latents learn from it
+    assert auxk_loss(xc, resid, W_enc, W_dec, torch.zeros(n, dtype=torch.bool), k_aux) == 0
+
+
+def test_auxk_off_by_default_and_on_in_the_training_step():
+    from sae_lens.saes.sae import TrainStepInput
+
+    sae = new_paper_sae(8, k=2, d_sae=16, training=True)
+    x = torch.randn(32, 8)
+    dead = torch.ones(16, dtype=torch.bool)
+    step = TrainStepInput(sae_in=x, coefficients={}, dead_neuron_mask=dead, n_training_steps=0, is_logging_step=False)
+    out = sae.training_forward_pass(step)
+    assert set(out.losses) == {"mse_loss"} and torch.equal(out.loss, out.losses["mse_loss"])
+    sae.cfg.aux_k_coefficient = 0.5
+    out = sae.training_forward_pass(step)
+    aux = out.losses["auxiliary_reconstruction_loss"]
+    assert aux > 0 and torch.allclose(out.loss, out.losses["mse_loss"] + 0.5 * aux)

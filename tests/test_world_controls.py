@@ -3,12 +3,14 @@ concept sets (none can exist) — their ground truth, and what the analysis find
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from sae_bilingual.config import load_recipe
+from sae_bilingual.controls import controls_table
 from sae_bilingual.errors import ConfigError
 from sae_bilingual.study import run_study
 from sae_bilingual.world import PRESETS, WorldConfig
@@ -67,23 +69,40 @@ def test_presets():
         WorldConfig(disjoint=True)
 
 
-def _control_study(tmp_path: Path, overrides: dict) -> pd.DataFrame:
+@pytest.fixture(scope="module")
+def controls_study(world_cache, tmp_path_factory) -> Path:
+    """The smoke recipe at its final checkpoint with both control worlds beside it."""
+    out = tmp_path_factory.mktemp("controls") / "study"
     recipe = load_recipe(SMOKE, {
-        "output_dir": str(tmp_path / "study"), "world.overrides": overrides,
+        "output_dir": str(out), "controls": ["codeswitch", "disjoint"],
         "models": [{"family": "toy", "checkpoints": "final", "layers": "all"}],
         "sae.lr": 0.005, "intervention.enabled": False,
     })
     run_study(recipe, progress=False)
-    return pd.read_csv(tmp_path / "study" / "tables" / "summary.csv")
+    return out
 
 
 @pytest.mark.slow
-def test_tiny_positive_control_finds_bilingual_concepts(world_cache, tmp_path):
-    s = _control_study(tmp_path, {"codeswitch_rate": 0.5})
+def test_tiny_positive_control_finds_bilingual_concepts(controls_study):
+    s = pd.read_csv(controls_study / "controls" / "codeswitch" / "tables" / "summary.csv")
     assert s["gt_n_bilingual_concept"].max() >= 1, s[["layer", "frac_mixed", "gt_n_mixed", "gt_n_bilingual_concept"]]
+    world = json.loads((controls_study / "controls" / "codeswitch" / "tables" / "world.json").read_text())
+    assert world["config"]["codeswitch_rate"] == PRESETS["codeswitch"]["codeswitch_rate"]
+    assert world["config"]["n_layers"] == WorldConfig.tiny().n_layers  # the study's tiny world, switched
 
 
 @pytest.mark.slow
-def test_tiny_negative_control_finds_none(world_cache, tmp_path):
-    s = _control_study(tmp_path, {"disjoint": True, "bilingual_share": 0.0})
+def test_tiny_negative_control_finds_none(controls_study):
+    s = pd.read_csv(controls_study / "controls" / "disjoint" / "tables" / "summary.csv")
     assert (s["gt_n_bilingual_concept"] == 0).all() and (s["gt_mixed_precision"].fillna(0) == 0).all()
+
+
+@pytest.mark.slow
+def test_report_shows_controls_beside_the_study(controls_study):
+    table = controls_table(controls_study)
+    assert sorted(table["world"].unique()) == ["codeswitch", "disjoint", "study"]
+    assert len(table) == 3 * WorldConfig.tiny().n_layers
+    html = (controls_study / "report.html").read_text(encoding="utf-8")
+    section = html.split('<section id="controls">')[1].split("</section>")[0]
+    assert "codeswitch" in section and "disjoint" in section and "gt_mixed_precision" in section
+    assert "toy world: default" in html  # the browser and world section name the world
