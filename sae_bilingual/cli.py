@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
 
-from sae_bilingual.errors import SaeBilingualError
+from sae_bilingual.errors import OutputError, SaeBilingualError
+from sae_bilingual.outdir import is_study_folder, output_lock
 
 EMBEDDED_RECIPES = Path(__file__).parent / "recipes"
 
@@ -26,16 +28,24 @@ def _parse_set(items: Sequence[str]) -> dict[str, object]:
 
 
 def resolve_recipe_path(name: str | None) -> Path:
-    """A recipe file path, or the name of an embedded recipe ('toy' by default)."""
+    """A recipe file path, or the bare name of an embedded recipe ('toy' by default).
+
+    Only a bare name (no '/', no .yaml/.yml) looks in the embedded recipes: a mistyped path
+    is an error, never silently the packaged recipe of the same file name.
+    """
     if name is None:
         name = "toy"
     p = Path(name)
     if p.is_file():
         return p
-    embedded = EMBEDDED_RECIPES / f"{p.stem}.yaml"
+    names = sorted(q.stem for q in EMBEDDED_RECIPES.glob("*.yaml"))
+    if p.exists() or "/" in name or os.sep in name or p.suffix.lower() in (".yaml", ".yml"):
+        what = "is not a file" if p.exists() else "does not exist"
+        raise SaeBilingualError(f"recipe file {name} {what}; check the path (a bare name such as "
+                                f"'smoke' picks an embedded recipe: {', '.join(names)})")
+    embedded = EMBEDDED_RECIPES / f"{name}.yaml"
     if embedded.is_file():
         return embedded
-    names = sorted(q.stem for q in EMBEDDED_RECIPES.glob("*.yaml"))
     raise SaeBilingualError(f"recipe {name!r} not found: give a YAML path or one of {', '.join(names)}")
 
 
@@ -71,17 +81,22 @@ def cmd_report(args: argparse.Namespace) -> int:
     from sae_bilingual.study import collect_summary, export_all_neuronpedia
 
     out = Path(args.study_dir)
-    collect_summary(out)
-    make_all_figures(out)
-    export_all_neuronpedia(out)
-    print(f"report: {write_report(out, make_figures=False)}")
+    if not out.is_dir():
+        raise OutputError(f"study folder {out} does not exist; pass the output_dir of a study")
+    if not is_study_folder(out):
+        raise OutputError(f"{out} is not a study folder (no manifest.json); pass the output_dir of a study")
+    with output_lock(out):  # not while a study writes there
+        collect_summary(out)
+        make_all_figures(out)
+        export_all_neuronpedia(out)
+        print(f"report: {write_report(out, make_figures=False)}")
     return 0
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from sae_bilingual.convert import convert_released_sae
+    from sae_bilingual.convert import convert_released
 
-    path = convert_released_sae(args.src, args.dst, hook_name=args.hook, model_name=args.model)
+    path = convert_released(args.src, args.dst, hook_name=args.hook, model_name=args.model, force=args.force)
     print(f"converted: {path}")
     return 0
 
@@ -134,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("dst", help="output SAELens SAE dir")
     c.add_argument("--hook", default="blocks.11.hook_resid_post", help="hook the SAE reads (1.8B layer 12)")
     c.add_argument("--model", default="llm-jp/llm-jp-3-1.8b")
+    c.add_argument("--force", action="store_true",
+                   help="write the SAE files into a folder holding other files (they are kept)")
     c.set_defaults(func=cmd_convert)
 
     e = sub.add_parser("export", help="write a study's SAEs as a SAELens release folder (plain SAELens loads it)",

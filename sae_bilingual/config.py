@@ -17,6 +17,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from sae_bilingual.errors import ConfigError
+from sae_bilingual.recipe_checks import check_recipe
 
 # --------------------------------------------------------------------------- schema
 
@@ -304,6 +305,7 @@ class Recipe:
                 f"intervention.model = {self.intervention.model} is not an index into models "
                 f"(0..{len(self.models) - 1})"
             )
+        check_recipe(self)  # counts, finite numbers, device, conditions, model ids
         return self
 
 
@@ -332,11 +334,29 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """``data[a][b][c] = value`` for ``a.b.c``; a number indexes a list (``models.0.layers``)."""
     keys = dotted.split(".")
-    cur = data
-    for key in keys[:-1]:
-        cur = cur.setdefault(key, {})
-    cur[keys[-1]] = value
+    cur: Any = data
+    for i, key in enumerate(keys):
+        here = ".".join(keys[: i + 1])
+        last = i == len(keys) - 1
+        if isinstance(cur, list):
+            if not key.isdigit() or int(key) >= len(cur):
+                raise ConfigError(f"--set {dotted}: {here} is not an index into the {len(cur)} entries of "
+                                  f"{'.'.join(keys[:i])} (use 0..{len(cur) - 1})")
+            key = int(key)
+        elif not isinstance(cur, dict):
+            raise ConfigError(f"--set {dotted}: {'.'.join(keys[:i])} is {cur!r}, not a mapping or list "
+                              "to set a field in")
+        elif not last and key not in cur:
+            if keys[i + 1].isdigit():
+                raise ConfigError(f"--set {dotted}: the recipe has no {here} list to index; write "
+                                  f"{here} in the recipe first")
+            cur[key] = {}
+        if last:
+            cur[key] = value
+        else:
+            cur = cur[key]
 
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:

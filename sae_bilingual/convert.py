@@ -21,12 +21,14 @@ import json
 import logging
 import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from sae_bilingual.errors import SAEFileError
+from sae_bilingual.errors import OutputError, SAEFileError
+from sae_bilingual.io import atomic_write_bytes
 from sae_bilingual.sae import PaperTopKSAE, PaperTopKSAEConfig, make_metadata, save_sae
 
 log = logging.getLogger(__name__)
@@ -114,9 +116,46 @@ def released_to_sae(path: str | os.PathLike, *, k: int | None = None, hook_name:
     return sae
 
 
-def convert_released(src: str | os.PathLike, dst: str | os.PathLike, **kw: Any) -> Path:
-    """Convert a released SAE (file or dir) into a SAELens dir loadable by ``SAE.load_from_disk``."""
-    return save_sae(released_to_sae(src, **kw), dst)
+SAE_FILES = ("cfg.json", "sae_weights.safetensors")
+
+
+def _check_destination(src: Path, dst: Path, force: bool) -> bool:
+    """Whether ``dst`` already holds files (then only the SAE files are written into it).
+
+    Refused unless ``force``: a destination that holds the source (converting in place) or
+    other files without being an SAE folder. A file as destination is always refused.
+    """
+    if dst.exists() and not dst.is_dir():
+        raise OutputError(f"convert destination {dst} is a file; give a folder for the SAELens SAE")
+    if not dst.exists() or not any(dst.iterdir()):
+        return False
+    holds_source = dst.resolve() == src.resolve() or dst.resolve() in src.resolve().parents
+    is_sae = all((dst / f).is_file() for f in SAE_FILES)
+    if not force and (holds_source or not is_sae):
+        why = ("it holds the source" if holds_source
+               else f"it is not empty and not an SAE folder (no {' + '.join(SAE_FILES)})")
+        raise OutputError(f"convert destination {dst}: {why}. Give another destination, or pass --force "
+                          f"(force=True) to write {' and '.join(SAE_FILES)} into it; nothing else there is touched")
+    return True
+
+
+def convert_released(src: str | os.PathLike, dst: str | os.PathLike, *, force: bool = False, **kw: Any) -> Path:
+    """Convert a released SAE (file or dir) into a SAELens dir loadable by ``SAE.load_from_disk``.
+
+    A new or empty ``dst`` is written whole (atomically). Into an existing SAE folder (or,
+    with ``force``, any folder) only cfg.json and sae_weights.safetensors are written,
+    each atomically: files the conversion did not write, the source included, stay.
+    """
+    src, dst = Path(src), Path(dst)
+    beside_others = _check_destination(src, dst, force)
+    sae = released_to_sae(src, **kw)
+    if not beside_others:
+        return save_sae(sae, dst)
+    with tempfile.TemporaryDirectory() as tmp:
+        written = save_sae(sae, Path(tmp) / "sae")
+        for name in SAE_FILES:
+            atomic_write_bytes(dst / name, (written / name).read_bytes())
+    return dst
 
 
 # --------------------------------------------------------------------------- pretrained directory

@@ -7,10 +7,11 @@ Budgets here count non-BOS tokens, i.e. exactly the vectors the store will produ
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 
 from sae_bilingual.errors import DataError
+from sae_bilingual.hub import offline_by_env, offline_message
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +122,7 @@ def make_windows(dataset: Any, tokenizer: Any = None, *, context: int = 64,
         if tokenizer is None:
             raise DataError("tokenizing `text` needs a tokenizer; pass tokenizer=...")
         bos = _bos_id(tokenizer)
-        texts = list(dataset["text"])
-        enc = tokenizer(texts, add_special_tokens=True, truncation=True, max_length=context)["input_ids"]
+        enc = tokenize_prefixes(tokenizer, list(dataset["text"]), context)
         ids_list = [([bos] + list(e))[:context] if (not e or e[0] != bos) else list(e)[:context]
                     for e in enc]
     if bos is None:
@@ -189,18 +190,95 @@ def make_windows(dataset: Any, tokenizer: Any = None, *, context: int = 64,
     return w
 
 
+def tokenize_prefixes(tokenizer: Any, texts: Sequence[str], context: int) -> list[list[int]]:
+    """Token ids of each text's beginning: at least ``context`` tokens where the text has them.
+
+    Why: a window keeps only the first ``context`` tokens, but tokenisers process the whole
+    text before truncating (a 40 MB line took 38 s and 6 GB). So each text is cut to a
+    prefix of ``8 x context`` characters, grown 4x at a time while it yields fewer than
+    ``context`` + a margin of tokens; the margin keeps the cut's last, possibly split word
+    out of the window, so the first ``context`` ids equal those of the whole text.
+    """
+    need = context + max(8, context // 4)
+    out: list[list[int]] = [[] for _ in texts]
+    todo, chars = list(range(len(texts))), 8 * context
+    while todo:
+        enc = tokenizer([texts[i][:chars] for i in todo], add_special_tokens=True, truncation=True,
+                        max_length=need)["input_ids"]
+        again = []
+        for i, ids in zip(todo, enc):
+            if len(texts[i]) <= chars or len(ids) >= need:
+                out[i] = list(ids)
+            else:
+                again.append(i)
+        todo, chars = again, chars * 4
+    return out
+
+
 def _dataset(rows: dict[str, list]) -> Any:
     from datasets import Dataset
 
     return Dataset.from_dict(rows)
 
 
-def load_text_corpus(paths_by_lang: Mapping[str, str | os.PathLike] | Sequence[str | os.PathLike]) -> Any:
+MAX_DOC_CHARS = 1 << 16
+"""Characters kept per document by default: far more than a 64-token window needs."""
+
+
+def doc_chars_for(context: int) -> int:
+    """Characters worth keeping per document for windows of ``context`` tokens."""
+    return max(MAX_DOC_CHARS, 256 * int(context))
+
+
+def _read_lines(p: Path, max_chars: int | None) -> Iterator[tuple[int, str]]:
+    """(line number, text) of a UTF-8 file; of a longer line only the first ``max_chars``
+    characters are kept, the rest is skipped in bounded chunks without being stored."""
+    limit = -1 if max_chars is None else 4 * max_chars + 4  # bytes: UTF-8 needs <= 4 per character
+    with open(p, "rb") as f:
+        ln = 0
+        while chunk := f.readline(limit):
+            ln += 1
+            cut = not chunk.endswith(b"\n") and len(chunk) == limit
+            while cut and (rest := f.readline(1 << 20)) and not rest.endswith(b"\n"):
+                pass  # the part of a huge line no window reaches
+            if b"\x00" in chunk:
+                raise DataError(f"{p}:{ln} contains NUL bytes: a binary file, not text; the corpus needs "
+                                "UTF-8 text files (one document a line) or .jsonl")
+            try:  # (a character split by the cut is dropped, not an error)
+                text = codecs.getincrementaldecoder("utf-8")("strict").decode(chunk, final=not cut)
+            except UnicodeDecodeError as e:
+                raise DataError(f"{p}:{ln} is not valid UTF-8 ({e.reason} at byte {e.start} of the line); "
+                                "re-encode the file as UTF-8 (e.g. iconv -f <encoding> -t UTF-8)") from None
+            text = text.rstrip("\n").rstrip("\r")
+            yield ln, text if max_chars is None else text[:max_chars]
+
+
+def _jsonl_record(p: Path, ln: int, line: str, lang: str | None) -> tuple[str, str]:
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{p}:{ln} is not valid JSON ({e.msg}); JSONL needs one object per line") from e
+    if not isinstance(rec, dict):
+        raise DataError(f"{p}:{ln} is a JSON {type(rec).__name__}, not an object; JSONL needs one object "
+                        'per line, e.g. {"text": "...", "lang": "en"}')
+    if "text" not in rec:
+        raise DataError(f"{p}:{ln} has no `text` field")
+    code = rec.get("lang", lang)
+    if code is None:
+        raise DataError(f"{p}:{ln} has no `lang` field; add it or pass {{lang: path}}")
+    return str(rec["text"]), str(code)
+
+
+def load_text_corpus(paths_by_lang: Mapping[str, str | os.PathLike] | Sequence[str | os.PathLike],
+                     max_chars: int = MAX_DOC_CHARS) -> Any:
     """Local corpus -> Dataset(text, lang, doc_id).
 
     ``{"en": "en.txt", "ja": "ja.txt"}``: one document per line (blank lines skipped), or a
     ``.jsonl`` file per language with a ``text`` field. A list of ``.jsonl`` paths: each line
-    needs ``text`` and ``lang`` fields.
+    needs ``text`` and ``lang`` fields. Each document keeps its first ``max_chars``
+    characters (a plain-text line is never read whole; a JSONL line is parsed, then cut).
+    Bad files (missing, a directory, binary, not UTF-8, a JSONL line that is not an object)
+    raise DataError naming the file and line.
     """
     texts: list[str] = []
     langs: list[str] = []
@@ -209,38 +287,30 @@ def load_text_corpus(paths_by_lang: Mapping[str, str | os.PathLike] | Sequence[s
         p = Path(path)
         if not p.exists():
             raise DataError(f"corpus file {p} does not exist")
-        with open(p, encoding="utf-8") as f:
-            for ln, line in enumerate(f, 1):
-                line = line.rstrip("\n")
-                if not line.strip():
-                    continue
-                if p.suffix in (".jsonl", ".json"):
-                    try:
-                        rec = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise DataError(f"{p}:{ln} is not valid JSON ({e.msg}); JSONL needs one object per line") from e
-                    if "text" not in rec:
-                        raise DataError(f"{p}:{ln} has no `text` field")
-                    code = rec.get("lang", lang)
-                    if code is None:
-                        raise DataError(f"{p}:{ln} has no `lang` field; add it or pass {{lang: path}}")
-                    texts.append(str(rec["text"]))
-                    langs.append(str(code))
-                else:
-                    if lang is None:
-                        raise DataError(f"{p} is plain text: pass it as {{'<lang>': '{p}'}} so documents get a language")
-                    texts.append(line)
-                    langs.append(str(lang))
+        if p.is_dir():
+            raise DataError(f"corpus path {p} is a directory; give a file (one document a line, or .jsonl)")
+        jsonl = p.suffix in (".jsonl", ".json")
+        if not jsonl and lang is None:
+            raise DataError(f"{p} is plain text: pass it as {{'<lang>': '{p}'}} so documents get a language")
+        # a JSONL line must be parsed whole; a text line keeps only what a document needs
+        for ln, line in _read_lines(p, None if jsonl else max_chars):
+            if not line.strip():
+                continue
+            text, code = _jsonl_record(p, ln, line, lang) if jsonl else (line, str(lang))
+            texts.append(text[:max_chars])
+            langs.append(code)
     if not texts:
         raise DataError("the corpus files hold no documents")
     return _dataset({"text": texts, "lang": langs, "doc_id": list(range(len(texts)))})
 
 
 def from_hf_dataset(name_or_path: str, split: str = "train", text_field: str = "text",
-                    lang_field: str | None = "lang", lang: str | None = None, **load_kwargs: Any) -> Any:
+                    lang_field: str | None = "lang", lang: str | None = None,
+                    max_chars: int = MAX_DOC_CHARS, **load_kwargs: Any) -> Any:
     """An HF dataset (hub name or local dir/file) -> Dataset(text, lang, doc_id).
 
-    Give ``lang_field`` (a column with language codes) or a constant ``lang`` for the whole split.
+    Give ``lang_field`` (a column with language codes) or a constant ``lang`` for the whole
+    split. Each document keeps its first ``max_chars`` characters.
     """
     import datasets
 
@@ -250,10 +320,19 @@ def from_hf_dataset(name_or_path: str, split: str = "train", text_field: str = "
         if isinstance(ds, datasets.DatasetDict):
             ds = ds[split]
     else:
-        ds = datasets.load_dataset(name_or_path, split=split, **load_kwargs)
+        try:
+            ds = datasets.load_dataset(name_or_path, split=split, **load_kwargs)
+        except Exception as e:
+            env = offline_by_env("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+            if env is None or p.exists():
+                raise
+            raise DataError(offline_message(f"data.hf_name {name_or_path!r}", "a dataset dir saved with "
+                                            "save_to_disk or a data file, or corpus: text",
+                                            f"{env} is set and the dataset is not in the cache: "
+                                            f"{type(e).__name__}")) from e
     if text_field not in ds.column_names:
         raise DataError(f"{name_or_path} has no column {text_field!r}; columns: {ds.column_names}")
-    texts = list(ds[text_field])
+    texts = [str(t)[:max_chars] for t in ds[text_field]]
     if lang is not None:
         langs = [lang] * len(texts)
     elif lang_field and lang_field in ds.column_names:

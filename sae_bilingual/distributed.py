@@ -26,6 +26,7 @@ skips them (resume), so a study may run its biggest units here and the rest on a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -35,7 +36,18 @@ from typing import Any
 
 import torch
 
+from sae_bilingual import pipeline
 from sae_bilingual.errors import ConfigError, SaeBilingualError
+from sae_bilingual.manifest import Manifest
+from sae_bilingual.study import (
+    StudyContext,
+    _summary_ok,
+    check_output_dir,
+    output_lock,
+    plan_study,
+    prepare_output_dir,
+    recipe_hash,
+)
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +96,6 @@ def run_unit_distributed(recipe: Any, unit_id: str, *, rank: int = 0, world_size
     Returns the layers this rank trained. Rank 0 prepares the output dir, runs the LR grid
     when the recipe asks for one, and marks the unit's layers in the manifest at the end.
     """
-    from sae_bilingual import pipeline
-    from sae_bilingual.manifest import Manifest
-    from sae_bilingual.study import StudyContext, _summary_ok, plan_study, prepare_output_dir, recipe_hash
-
     ctx = StudyContext(recipe, progress=progress and rank == 0)
     plan = plan_study(recipe, ctx)
     units = {u.id: u for u in plan.units}
@@ -95,9 +103,20 @@ def run_unit_distributed(recipe: Any, unit_id: str, *, rank: int = 0, world_size
         raise ConfigError(f"--unit {unit_id!r} is not in this recipe's plan; choose one of: {', '.join(units)}")
     unit = units[unit_id]
     out = Path(recipe.output_dir)
+    with contextlib.ExitStack() as held:
+        return _run_unit_ranks(recipe, ctx, plan, unit, out, held, rank=rank, world_size=world_size,
+                               progress=progress, force=force)
+
+
+def _run_unit_ranks(recipe: Any, ctx: Any, plan: Any, unit: Any, out: Path, held: contextlib.ExitStack, *,
+                    rank: int, world_size: int, progress: bool, force: bool) -> list[int]:
+    """run_unit_distributed after planning; rank 0 holds the output folder's lock in ``held``."""
+    unit_id = unit.id
     plan_msg: dict[str, Any] | None = None
     if rank == 0:
         try:
+            check_output_dir(out, force)
+            held.enter_context(output_lock(out))  # one writer per folder: a study or this unit
             out, manifest = prepare_output_dir(recipe, force=force)
             lr = recipe.sae.lr
             if plan.lr_grid is not None:

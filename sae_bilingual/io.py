@@ -2,20 +2,70 @@
 
 A crash (SIGKILL, power loss, full disk) leaves either the old file or the new one,
 never half of one, so a resumed study can trust whatever it finds on disk.
+
+Temporary names carry their owner (``.<name>.<pid>@<host>.<random>.tmp``) so that a run
+cleaning up crash leftovers deletes only those of dead processes (:func:`temp_owner`), and
+a temporary folder that vanishes mid-write (another process deleted it) is never silently
+recreated: the write fails instead of swapping a half result into place.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from sae_bilingual.errors import OutputError
+
+
+TEMP_OWNER = re.compile(r"\.(\d+)@([A-Za-z0-9_-]+)\.[^./]+\.tmp$")
+"""Owner part of a temporary name: ``.<name>.<pid>@<host>.<random>.tmp``."""
+
+
+@functools.lru_cache(maxsize=1)
+def host_tag() -> str:
+    """This machine's name as it appears in temporary names (letters, digits, '-', '_')."""
+    return re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname()) or "host"
+
+
+def owner_tag() -> str:
+    """``<pid>@<host>`` of this process (read at each call: workers fork)."""
+    return f"{os.getpid()}@{host_tag()}"
+
+
+def temp_owner(name: str) -> tuple[int, str] | None:
+    """(pid, host) of a temporary file/dir name written by this module, else None."""
+    m = TEMP_OWNER.search(name)
+    return (int(m.group(1)), m.group(2)) if m else None
+
+
+def is_temp_name(name: str) -> bool:
+    """Names of temporary files/dirs (``.<name>.<...>.tmp``)."""
+    return name.startswith(".") and name.endswith(".tmp")
+
+
+def _vanished(path: Path) -> OutputError:
+    return OutputError(
+        f"the temporary folder {path} vanished mid-write (another process deleted it?); nothing was "
+        "put in place. Make sure only one study uses this output folder, then rerun: finished work is kept."
+    )
+
+
+def _make_parent(path: Path) -> None:
+    """Create the missing folders above ``path``, but never a temporary folder that vanished."""
+    missing = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+    gone = [p for p in missing if is_temp_name(p.name)]
+    if gone:
+        raise _vanished(gone[-1])
+    path.parent.mkdir(parents=True, exist_ok=True)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -39,8 +89,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (temp file in the same dir + rename)."""
     path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        _make_parent(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{owner_tag()}.", suffix=".tmp", dir=path.parent)
+    except FileNotFoundError as e:  # the parent existed a moment ago
+        if any(is_temp_name(p.name) for p in (path.parent, *path.parent.parents)):
+            raise _vanished(path.parent) from e
+        raise OutputError(f"cannot write {path}: {e.strerror or e}. Choose a writable output directory "
+                          "(recipe field `output_dir` or --output-dir).") from e
     except OSError as e:
         raise OutputError(
             f"cannot write {path}: {e.strerror or e}. Choose a writable output directory "
@@ -112,25 +167,40 @@ def save_parquet(df: Any, path: str | os.PathLike) -> Path:
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Build a directory in a temporary sibling and move it into place on success.
 
-    An existing ``path`` is replaced only after the new one is complete.
+    An existing ``path`` is replaced only after the new one is complete, by renames inside
+    its parent folder. A symlink at ``path`` is refused (replacing it would act on the
+    link's target), and so is a temporary folder that another process deleted or replaced.
     """
     path = Path(path)
+    if path.is_symlink():
+        raise OutputError(f"{path} is a symlink; refusing to replace it (it could point outside the "
+                          "output folder). Remove the link, then rerun.")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        _make_parent(path)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{owner_tag()}.", suffix=".tmp", dir=path.parent))
         os.chmod(tmp, 0o777 & ~_umask())
+        marker = tmp / _MARKER
+        marker.write_text(owner_tag())
+        ident = _identity(marker)
+    except OutputError:
+        raise
     except OSError as e:
         raise OutputError(
             f"cannot create {path}: {e.strerror or e}. Choose a writable output directory."
         ) from e
     try:
         yield tmp
+        if _identity(marker) != ident:  # (a folder's own inode can be reused by a new one)
+            raise _vanished(tmp)
+        marker.unlink()
         for child in tmp.rglob("*"):
             if child.is_file():
                 with open(child, "rb") as f:
                     os.fsync(f.fileno())
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
+        if path.exists() or path.is_symlink():
+            if path.is_symlink():
+                raise OutputError(f"{path} became a symlink while it was being rebuilt; refusing to replace it")
+            old = path.with_name(f".{path.name}.{owner_tag()}.old.tmp")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
             os.replace(tmp, path)
@@ -139,5 +209,18 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # ours, or a stand-in under our unique name
         raise
+
+
+_MARKER = ".atomic_dir_owner"
+"""File inside a folder being built: proves at the end that the folder is still ours."""
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of ``path`` itself, None when it is gone."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)

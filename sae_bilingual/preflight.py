@@ -9,11 +9,16 @@ directory is touched, with one error naming the problem and the fix.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+from pathlib import Path
 from typing import Any
 
-from sae_bilingual.errors import ConfigError, OutputError
+import torch
+
+from sae_bilingual.errors import CheckpointError, ConfigError, DataError, OutputError
+from sae_bilingual.recipe_checks import default_model_ids
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +57,97 @@ def check_comet(recipe: Any) -> None:
         comet_model_path(iv.comet_model)
 
 
+def check_model_names(recipe: Any, family_names: list[str]) -> list[str]:
+    """Each model's output id (``name`` or its family's name), unique and path-safe."""
+    ids = [str(mid) for mid in default_model_ids(recipe, family_names)]  # (all known once loaded)
+    for mid in ids:
+        check_path_part(mid, "model")
+    return ids
+
+
+def check_device(device: str) -> None:
+    """The recipe's device exists on this machine (cuda needs a visible GPU)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ConfigError(f"device {device!r} is not a torch device ({e}); use cpu, cuda, cuda:N or mps") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r}: no GPU is visible to torch (torch.cuda.is_available() is "
+                              "False); use device: cpu, or run where a GPU and a CUDA build of torch are")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise ConfigError(f"device {device!r}: this machine has {n} GPU(s) (cuda:0..cuda:{n - 1})")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {device!r}: MPS is not available here; use device: cpu")
+
+
+def check_context(recipe: Any, fam: Any, model: str) -> None:
+    """data.context fits the model's position embeddings (else a tensor-size error mid-run)."""
+    n_ctx = getattr(fam.hf_config, "max_position_embeddings", None)
+    if n_ctx is not None and recipe.data.context > int(n_ctx):
+        raise ConfigError(
+            f"data.context = {recipe.data.context} is longer than the context window of {model} "
+            f"(n_ctx = max_position_embeddings = {n_ctx}); lower data.context to at most {n_ctx}"
+        )
+
+
+def check_safetensors(path: Path) -> None:
+    """A safetensors file is complete: its header parses and the data ends where it says.
+
+    Only the header is read, so checking every checkpoint of a study costs milliseconds.
+    """
+    fix = "download or copy the checkpoint again"
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if size < 8 or n > size - 8:
+                raise ValueError(f"header of {n} bytes in a {size}-byte file")
+            header = json.loads(f.read(n).decode("utf-8"))
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+        raise CheckpointError(f"{path} is truncated or corrupt ({e}); {fix}") from e
+    if size != 8 + n + end:
+        raise CheckpointError(f"{path} is truncated or corrupt: {size} bytes on disk, the header says "
+                              f"{8 + n + end}; {fix}")
+
+
+def check_checkpoint_files(ctx: Any, model_index: int, iteration: int) -> None:
+    """Every safetensors file of one local checkpoint is complete."""
+    ck = ctx.family(model_index).catalogue().select(iteration=iteration)
+    if ck.path is not None:
+        for f in sorted(Path(ck.path).glob("*.safetensors")):
+            check_safetensors(f)
+
+
+def check_pairs_files(recipe: Any) -> None:
+    """intervention.pairs_paths: readable UTF-8 files, line-aligned, enough pairs (else the
+    intervention would fail only after every unit had trained)."""
+    iv = recipe.intervention
+    if not (iv.enabled and iv.pairs_paths):
+        return
+    counts = {}
+    for lang, path in iv.pairs_paths.items():
+        p, field = Path(path), f"intervention.pairs_paths.{lang}"
+        if lang not in recipe.data.languages:
+            raise ConfigError(f"{field}: {lang!r} is not one of data.languages {recipe.data.languages}")
+        if not p.is_file():
+            what = "is a directory" if p.is_dir() else "does not exist"
+            raise DataError(f"{field}: {p} {what}; give a text file with one sentence a line")
+        try:
+            counts[lang] = len(p.read_text(encoding="utf-8").splitlines())
+        except UnicodeDecodeError as e:
+            raise DataError(f"{field}: {p} is not valid UTF-8 ({e.reason} at byte {e.start}); "
+                            "re-encode it as UTF-8") from None
+    if len(set(counts.values())) != 1:
+        raise DataError(f"intervention.pairs_paths are not line-aligned: {counts} lines; give parallel "
+                        "files with one sentence pair per line number")
+    if min(counts.values()) <= iv.few_shot:
+        raise DataError(f"intervention.pairs_paths hold {min(counts.values())} pairs, but few_shot = "
+                        f"{iv.few_shot} examples plus at least one test pair are needed")
+
+
 def preflight(recipe: Any, plan: Any, ctx: Any) -> None:
     """Run every pre-study check on a resolved plan; raises a SaeBilingualError subclass.
 
@@ -60,12 +156,20 @@ def preflight(recipe: Any, plan: Any, ctx: Any) -> None:
     """
     from sae_bilingual.store import check_token_ids
 
+    check_device(recipe.device)
     for unit in plan.units:
         check_path_part(unit.family)
     for i, spec in enumerate(recipe.models):
         fam = ctx.family(i)
         check_k_below_n(recipe, fam.d_model, spec.family)
+        check_context(recipe, fam, spec.family)
+    checkpoints = {(u.model_index, u.iteration) for u in plan.units}
+    if recipe.intervention.enabled and recipe.intervention.mid_checkpoint is not None:
+        checkpoints.add((recipe.intervention.model, recipe.intervention.mid_checkpoint))
+    for i, it in sorted(checkpoints):
+        check_checkpoint_files(ctx, i, it)
     check_comet(recipe)
+    check_pairs_files(recipe)
     indices = sorted({u.model_index for u in plan.units}) or [0]
     for split in ("train", "eval"):
         for i in indices:

@@ -581,7 +581,7 @@ def load_sae(path: str | Path, device: str = "cpu", dtype: str | None = None) ->
     except Exception as e:  # safetensors raises its own (non-OSError) types on bad headers
         raise SAEFileError(f"{weights} is corrupt or truncated ({e}); {_FIX}") from e
     try:
-        return SAE.load_from_disk(p, device=device, dtype=dtype)
+        sae = SAE.load_from_disk(p, device=device, dtype=dtype)
     except SAEFileError:
         raise
     except ConfigError as e:
@@ -591,6 +591,12 @@ def load_sae(path: str | Path, device: str = "cpu", dtype: str | None = None) ->
             f"cannot load the SAE in {p} ({type(e).__name__}: {e}); tensors in {weights.name}: "
             f"{sorted(names)}. The weights do not fit cfg.json or the file is damaged; {_FIX}"
         ) from e
+    for name, t in sae.state_dict().items():
+        bad = int((~torch.isfinite(t)).sum()) if t.is_floating_point() else 0
+        if bad:  # a diverged training run: every code and reconstruction would be NaN
+            raise SAEFileError(f"{weights}: tensor {name} holds {bad} NaN/inf values of {t.numel()}; the SAE "
+                               f"is unusable (training diverged?); {_FIX}")
+    return sae
 
 
 @torch.no_grad()

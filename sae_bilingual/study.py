@@ -10,29 +10,43 @@ deterministic from the seed, so the result is the same).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sae_bilingual.config import Recipe, dump_recipe, recipe_to_dict
+from sae_bilingual.artefacts import collect_summary, write_unit_summary  # noqa: F401  (public here too)
+from sae_bilingual.artefacts import layer_finished as _summary_ok
+from sae_bilingual.config import Recipe, recipe_to_dict
 from sae_bilingual.controls import control_recipe
-from sae_bilingual.errors import ConfigError, OutputError
+from sae_bilingual.errors import ConfigError
 from sae_bilingual.executors import UnitJob, get_executor
 from sae_bilingual.export import export_release
-from sae_bilingual.io import atomic_write_json, atomic_write_text, save_parquet
+from sae_bilingual.hub import check_hub_access
+from sae_bilingual.io import atomic_write_json, atomic_write_text
 from sae_bilingual.layers import hook_for_layer, parse_layers
-from sae_bilingual.manifest import SUMMARY_FILE, Manifest, read_json
+from sae_bilingual.manifest import SUMMARY_FILE
+from sae_bilingual.outdir import (  # noqa: F401  (prepare_output_dir, recipe_hash: public here too)
+    check_no_symlinks,
+    check_not_in_use,
+    check_output_dir,
+    output_lock,
+    prepare_output_dir,
+    recipe_hash,
+)
+from sae_bilingual.preflight import check_model_names, check_path_part, preflight
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Unit:
-    """One (model, checkpoint) and the paper layers to analyse there."""
+    """One (model, checkpoint) and the paper layers to analyse there.
+
+    ``family`` is the model's id in outputs: its recipe ``name``, by default the family's
+    canonical name (units/<family>/iter_NNNNNNN/L<layer>).
+    """
 
     model_index: int
     family: str
@@ -45,12 +59,12 @@ class Unit:
         return f"{self.family}/iter_{self.iteration:07d}"
 
     def dir(self, out: Path) -> Path:
-        from sae_bilingual.preflight import check_path_part
-
-        return out / "units" / check_path_part(self.family) / f"iter_{self.iteration:07d}"
+        """The unit's folder; refuses a name escaping ``out`` or a symlink on the way."""
+        out = Path(out)
+        return check_no_symlinks(out, out / "units" / check_path_part(self.family) / f"iter_{self.iteration:07d}")
 
     def layer_dir(self, out: Path, layer: int) -> Path:
-        return self.dir(out) / f"L{layer:02d}"
+        return check_no_symlinks(Path(out), self.dir(out) / f"L{layer:02d}")
 
 
 @dataclass
@@ -93,28 +107,6 @@ def _fmt_layers(layers: list[int]) -> str:
     if len(layers) > 2 and layers == list(range(layers[0], layers[-1] + 1)):
         return f"{layers[0]}-{layers[-1]}"
     return ",".join(map(str, layers))
-
-
-def _non_default(d: Any, default: Any) -> Any:
-    """The parts of ``d`` that differ from ``default`` (so new fields keep old hashes)."""
-    if isinstance(d, dict) and isinstance(default, dict):
-        out = {k: _non_default(v, default.get(k)) for k, v in d.items() if k not in default or v != default[k]}
-        return out
-    if isinstance(d, list) and isinstance(default, list) and d and isinstance(d[0], dict) and default:
-        return [_non_default(x, default[0]) for x in d]
-    return d
-
-
-def recipe_hash(recipe: Recipe) -> str:
-    """Hash of the fields that change results and differ from the defaults.
-
-    Output dir, executor, name and docs are left out; so are defaults, so that a later
-    version adding a field (with a default) still resumes an old study.
-    """
-    d = _non_default(recipe_to_dict(recipe), recipe_to_dict(Recipe()))
-    for k in ("output_dir", "executor", "name", "expected_gpu_hours", "wandb", "export"):
-        d.pop(k, None)
-    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------- planning
@@ -176,14 +168,16 @@ class StudyContext:
         if data.corpus == "text":
             if not data.paths:
                 raise ConfigError("data.paths: corpus 'text' needs {language: file} paths")
-            train = corpus.load_text_corpus(data.paths)
+            chars = corpus.doc_chars_for(data.context)
+            train = corpus.load_text_corpus(data.paths, max_chars=chars)
             if data.eval_paths:
-                return DatasetDict(train=train, eval=corpus.load_text_corpus(data.eval_paths))
+                return DatasetDict(train=train, eval=corpus.load_text_corpus(data.eval_paths, max_chars=chars))
         else:
             if not data.hf_name:
                 raise ConfigError("data.hf_name: corpus 'hf' needs a dataset name or local path")
             train = corpus.from_hf_dataset(
-                data.hf_name, split=data.hf_split, text_field=data.hf_text_field, lang_field=data.hf_lang_field
+                data.hf_name, split=data.hf_split, text_field=data.hf_text_field, lang_field=data.hf_lang_field,
+                max_chars=corpus.doc_chars_for(data.context),
             )
         # hold out documents for evaluation in proportion to the token budgets
         share = data.eval_tokens_per_lang / (data.train_tokens_per_lang + data.eval_tokens_per_lang)
@@ -257,13 +251,15 @@ def _unique(cks: list) -> list:
 def plan_study(recipe: Recipe, ctx: StudyContext | None = None) -> Plan:
     """Resolve checkpoints and layers for every model: fails fast on bad names or ranges."""
     ctx = ctx or StudyContext(recipe)
+    check_hub_access(recipe)  # before any family or corpus reaches for the network
     units: list[Unit] = []
     n_layers: dict[str, int] = {}
     d_model: dict[str, int] = {}
     lr_unit = None
+    names = check_model_names(recipe, [ctx.family(i).name for i in range(len(recipe.models))])
     for i, spec in enumerate(recipe.models):
         fam = ctx.family(i)
-        name = spec.name or (fam.name if spec.family != "toy" else "toy")  # canonical: never 'llm-jp/...'
+        name = names[i]
         n_layers[name], d_model[name] = fam.n_layers, fam.d_model
         layers = parse_layers(spec.layers, fam.n_layers)
         catalogue = fam.catalogue()
@@ -292,8 +288,6 @@ def plan_study(recipe: Recipe, ctx: StudyContext | None = None) -> Plan:
         if iv.mid_checkpoint is not None:
             fam.catalogue().select(iteration=iv.mid_checkpoint)  # raises naming the choices
         plan.notes.append(f"intervention at layer {layer[0]} ({hook_for_layer(layer[0])})")
-    from sae_bilingual.preflight import preflight
-
     preflight(recipe, plan, ctx)
     return plan
 
@@ -301,52 +295,26 @@ def plan_study(recipe: Recipe, ctx: StudyContext | None = None) -> Plan:
 # --------------------------------------------------------------------------- running
 
 
-def prepare_output_dir(recipe: Recipe, force: bool = False) -> tuple[Path, Manifest]:
-    """Create/validate the output dir; refuse to mix two different studies in one dir."""
-    out = Path(recipe.output_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write_probe"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise OutputError(
-            f"output_dir {out} is not writable ({e.strerror or e}); set `output_dir` in the recipe "
-            "or pass --output-dir to a directory you can write"
-        ) from e
-    _remove_crash_leftovers(out)
-    h = recipe_hash(recipe)
-    manifest = Manifest.open(out, h)
-    if manifest.recipe_hash != h and manifest.units and not force:
-        raise ConfigError(
-            f"{out} holds results of a different recipe (hash {manifest.recipe_hash}, this one {h}); "
-            "use another output_dir, or pass --force to mix them"
-        )
-    manifest.recipe_hash = h
-    atomic_write_text(out / "recipe.yaml", dump_recipe(recipe))
-    manifest.save()
-    return out, manifest
-
-
-def _remove_crash_leftovers(out: Path) -> None:
-    """Temp files/dirs of writes a crash interrupted (``.<name>.*.tmp``): never read, safe to drop."""
-    import shutil
-
-    for p in out.rglob(".*.tmp"):
-        if p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            p.unlink(missing_ok=True)
-
-
 def run_study(recipe: Recipe, *, dry_run: bool = False, progress: bool = True, force: bool = False) -> Path | str:
-    """Run (or resume) a whole study; returns the report path (or the plan text on dry run)."""
-    from tqdm.auto import tqdm
+    """Run (or resume) a whole study; returns the report path (or the plan text on dry run).
 
+    The output folder is checked (not a folder of unrelated files) and locked for the whole
+    run: a second study on it fails naming this one."""
+    if not dry_run:
+        check_not_in_use(recipe.output_dir)  # in seconds, not after planning
     ctx = StudyContext(recipe, progress=progress)
     plan = plan_study(recipe, ctx)
     if dry_run:
         return plan.describe(recipe)
+    check_output_dir(recipe.output_dir, force)  # before the lock file is created there
+    with output_lock(recipe.output_dir):
+        return _run_locked(recipe, ctx, plan, progress, force)
+
+
+def _run_locked(recipe: Recipe, ctx: StudyContext, plan: Plan, progress: bool, force: bool) -> Path:
+    """The study, with the output folder held by this process."""
+    from tqdm.auto import tqdm
+
     out, manifest = prepare_output_dir(recipe, force=force)
     if recipe.data.corpus == "toy" or any(spec.family == "toy" and spec.source is None for spec in recipe.models):
         write_world_tables(ctx.world, out)  # only when the world is used: a toy `source` needs none
@@ -426,25 +394,3 @@ def export_all_neuronpedia(out: Path) -> list[Path]:
             export_neuronpedia(ldir, dst, model_id=f"{family}@{it}", sae_id=f"{layer}-paper_topk")
         paths.append(dst)
     return paths
-
-
-def _summary_ok(unit: Unit, out: Path, layer: int) -> bool:
-    return isinstance(read_json(unit.layer_dir(out, layer) / SUMMARY_FILE), dict)
-
-
-def collect_summary(out: Path):
-    """Stack every layer's summary.json into tables/summary.{parquet,csv}."""
-    import pandas as pd
-
-    rows = [read_json(p) for p in sorted((out / "units").glob(f"*/*/L*/{SUMMARY_FILE}"))]
-    df = pd.DataFrame([r for r in rows if isinstance(r, dict)])
-    if len(df):
-        df = df.sort_values(["model", "iteration", "layer"]).reset_index(drop=True)
-    save_parquet(df, out / "tables" / "summary.parquet")
-    atomic_write_text(out / "tables" / "summary.csv", df.to_csv(index=False))
-    return df
-
-
-def write_unit_summary(path: Path, row: dict[str, Any]) -> None:
-    """The last artefact of a layer: its presence marks the layer finished."""
-    atomic_write_json(path, row)

@@ -723,3 +723,227 @@ def test_cli_bad_set_syntax(capsys):
 def test_warm_start_needs_the_local_executor():
     with pytest.raises(ConfigError, match="warm_start.*executor: local"):
         load_recipe(REPO / "recipes" / "smoke.yaml", {"sae.warm_start": True, "executor": "ray"})
+
+
+# ============================================================================ 11. issue 21: refused before any work
+
+
+def refused(rec: Recipe, exc: type[BaseException] = SaeBilingualError) -> BaseException:
+    """run_study fails with ``exc`` and the output dir was never created."""
+    err = run_fails(rec, exc)
+    assert not Path(rec.output_dir).exists(), f"{rec.output_dir} was created for a refused recipe"
+    return err
+
+
+def test_two_models_with_one_family_name_are_refused_at_load(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        recipe(tmp_path / "s", models=[{"family": "toy"}, {"family": "toy", "source": str(tmp_path)}])
+    names_problem_and_fix(e.value, "models[0]", "models[1]", "units/toy", fix=("name:",))
+    with pytest.raises(ConfigError) as e:
+        recipe(tmp_path / "s", models=[{"family": "toy"}, {"name": "toy", "family": "toy"}])
+    names_problem_and_fix(e.value, "models[0]", "models[1]", fix=("name:",))
+    with pytest.raises(ConfigError) as e:
+        recipe(tmp_path / "s", models=[{"name": "../up", "family": "toy"}])
+    names_problem_and_fix(e.value, "models[0].name", fix=("letters, digits",))
+
+
+def test_named_models_get_their_own_units(world, tmp_path):
+    from sae_bilingual.study import StudyContext, plan_study
+
+    rec = recipe(tmp_path / "s", models=[
+        {"name": "toy-a", "family": "toy", "checkpoints": "final", "layers": [1]},
+        {"name": "toy-b", "family": "toy", "source": str(world.root), "checkpoints": "final", "layers": [1]},
+    ], **{"intervention.enabled": False})
+    assert [m.name for m in rec.models] == ["toy-a", "toy-b"]
+    plan = plan_study(rec, StudyContext(rec, progress=False))
+    assert [u.id for u in plan.units] == ["toy-a/iter_0000120", "toy-b/iter_0000120"]
+    assert [u.dir(tmp_path).relative_to(tmp_path).as_posix() for u in plan.units] == [
+        "units/toy-a/iter_0000120", "units/toy-b/iter_0000120"]
+    text = plan.describe(rec)
+    assert "toy-a/iter_0000120" in text and "toy-b/iter_0000120" in text
+
+
+@pytest.mark.slow
+def test_two_models_of_one_family_both_reach_the_summary(world, tmp_path):
+    """Before: both wrote units/toy/iter_0000120 and the summary had one row."""
+    from sae_bilingual.study import run_study
+
+    rec = recipe(tmp_path / "s", models=[
+        {"name": "toy-a", "family": "toy", "checkpoints": "final", "layers": [1]},
+        {"name": "toy-b", "family": "toy", "source": str(world.root), "checkpoints": "final", "layers": [1]},
+    ], **{"intervention.enabled": False, "sae.lr": 0.001, "data.train_tokens_per_lang": 2048,
+          "data.eval_tokens_per_lang": 1024})
+    run_study(rec, progress=False)
+    summary = pd.read_csv(tmp_path / "s" / "tables" / "summary.csv")
+    assert sorted(summary["model"]) == ["toy-a", "toy-b"]
+    for name in ("toy-a", "toy-b"):
+        assert (tmp_path / "s" / "units" / name / "iter_0000120" / "L01" / "features.parquet").is_file()
+
+
+@pytest.mark.parametrize("field,value", [
+    ("intervention.draws", 0), ("intervention.ms", [0]), ("intervention.ms", []),
+    ("intervention.alphas", []), ("intervention.alphas", [float("nan")]),
+    ("intervention.eval_docs_per_lang", 0), ("intervention.max_new_tokens", 0),
+    ("intervention.few_shot", -1), ("intervention.translation_pairs", -1),
+    ("intervention.conditions", []), ("intervention.mid_checkpoint", -5),
+    ("analysis.ce_docs_per_lang", 0), ("analysis.n_examples", -1), ("analysis.n_browser_features", -1),
+    ("sae.warmup_steps", -1), ("sae.checkpoint_every", -1), ("sae.adam_eps", 0.0), ("seed", -1),
+])
+def test_counts_and_numbers_are_validated_at_load(field, value):
+    with pytest.raises(ConfigError) as e:
+        recipe(Path("/tmp/x"), **{field: value})
+    names_problem_and_fix(e.value, field)
+
+
+@pytest.mark.parametrize("field,value", [
+    ("sae.lr", float("nan")), ("sae.lr", float("inf")), ("sae.lr", -1e-3), ("sae.lr", "nan"),
+    ("sae.lr_grid", []), ("sae.lr_grid", [1e-3, float("nan")]), ("sae.lr_grid", [-1e-3]),
+    ("sae.lr_grid", [float("inf")]),
+])
+def test_learning_rates_must_be_finite_and_positive(field, value):
+    with pytest.raises(ConfigError) as e:
+        recipe(Path("/tmp/x"), **{field: value})
+    names_problem_and_fix(e.value, field, fix=("e.g.", "> 0", "positive"))
+
+
+def test_set_indexes_into_lists():
+    """`--set models.0.layers=1` used to crash with AttributeError ('list' has no setdefault)."""
+    smoke = REPO / "recipes" / "smoke.yaml"
+    assert load_recipe(smoke, {"models.0.layers": 1}).models[0].layers == 1
+    for bad, word in (({"models.3.layers": 1}, "models.3"), ({"sae.k.x": 1}, "sae.k"),
+                      ({"models.first.layers": 1}, "models.first")):
+        with pytest.raises(ConfigError) as e:
+            load_recipe(smoke, bad)
+        names_problem_and_fix(e.value, word, fix=("index", "mapping"))
+
+
+def test_unknown_intervention_condition_refused_at_load():
+    with pytest.raises(ConfigError) as e:
+        recipe(Path("/tmp/x"), **{"intervention.conditions": ["none", "en", "fr"]})
+    names_problem_and_fix(e.value, "intervention.conditions", "'fr'", fix=("none, en, ja, mixed",))
+
+
+def test_device_that_is_not_a_device(world, no_lm_no_sae, tmp_path):
+    """Before: accepted, then a RuntimeError traceback when the first model loaded."""
+    with pytest.raises(ConfigError) as e:
+        recipe(tmp_path / "s", device="banana")
+    names_problem_and_fix(e.value, "device", "banana", fix=("cpu", "cuda"))
+    from sae_bilingual.preflight import check_device  # (the preflight's own check)
+
+    with pytest.raises(ConfigError):
+        check_device("banana")
+    assert not (tmp_path / "s").exists()
+
+
+def test_cuda_without_a_gpu(world, no_lm_no_sae, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    err = refused(recipe(tmp_path / "s", device="cuda"), ConfigError)
+    names_problem_and_fix(err, "device", "cuda", "no GPU", fix=("device: cpu",))
+
+
+def test_context_longer_than_the_model_window(world, no_lm_no_sae, tmp_path):
+    err = refused(recipe(tmp_path / "s", **{"data.context": 129}), ConfigError)
+    names_problem_and_fix(err, "data.context = 129", "128", fix=("lower data.context",))
+
+
+def test_truncated_checkpoint_safetensors(world, no_lm_no_sae, tmp_path):
+    import shutil
+
+    root = tmp_path / "ckpts"
+    shutil.copytree(world.root, root)
+    bad = root / "iter_0000120" / "model.safetensors"
+    blob = bad.read_bytes()
+    bad.write_bytes(blob[: len(blob) - 1000])
+    rec = recipe(tmp_path / "s")
+    rec.models[0].source = str(root)
+    err = refused(rec, CheckpointError)
+    names_problem_and_fix(err, str(bad), "truncated", fix=("download", "copy"))
+
+
+def test_corpus_file_errors_fail_before_the_output_dir(world, no_lm_no_sae, tmp_path):
+    en, ja = tmp_path / "en.txt", tmp_path / "ja.txt"
+    en.write_text("the cat sat\nthe dog ran\n")
+    ja.write_bytes("猫が座った\n".encode() + b"\xff\xfe broken\n")
+    rec = recipe(tmp_path / "s", **{"data.corpus": "text", "data.paths": {"en": str(en), "ja": str(ja)},
+                                   "intervention.enabled": False})
+    err = refused(rec, DataError)
+    names_problem_and_fix(err, f"{ja}:2", "UTF-8", fix=("re-encode", "convert"))
+
+
+def test_sae_weights_all_nan_refused_at_load(tmp_path):
+    from sae_bilingual.sae import load_sae, save_sae
+
+    sae = tiny_sae()
+    with torch.no_grad():
+        sae.W_enc.fill_(float("nan"))
+    path = save_sae(sae, tmp_path / "sae")
+    with pytest.raises(SAEFileError) as e:
+        load_sae(path)
+    names_problem_and_fix(e.value, "W_enc", "NaN", fix=("retrain",))
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.mark.parametrize("family,repo", [("llm-jp-3-150m", "llm-jp/llm-jp-3-150m"),
+                                         ("pythia-160m", "EleutherAI/pythia-160m")])
+def test_hub_model_without_source_offline(world, no_lm_no_sae, tmp_path, offline, family, repo):
+    rec = recipe(tmp_path / "s", models=[{"family": family, "checkpoints": "final", "layers": [1]}],
+                 **{"intervention.enabled": False})
+    err = refused(rec)
+    names_problem_and_fix(err, "offline", repo, fix=("pass a local source",))
+
+
+def test_hf_corpus_offline(world, no_lm_no_sae, tmp_path, offline):
+    rec = recipe(tmp_path / "s", **{"data.corpus": "hf", "data.hf_name": "someone/some-corpus"})
+    err = refused(rec)
+    names_problem_and_fix(err, "offline", "someone/some-corpus", fix=("pass a local source",))
+
+
+def test_unreachable_hub_is_detected_quickly(world, no_lm_no_sae, tmp_path, monkeypatch):
+    """No HF_HUB_OFFLINE, but the Hub endpoint refuses connections: one probe, no retries."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    rec = recipe(tmp_path / "s", models=[{"family": "llm-jp-3-150m", "checkpoints": "final", "layers": [1]}],
+                 **{"intervention.enabled": False})
+    err = refused(rec)
+    names_problem_and_fix(err, "offline", fix=("pass a local source",))
+
+
+def test_recipe_naming_a_program_says_it_runs_it(tmp_path, caplog):
+    """intervention.comet_python / comet_model name a program to run and a pickle to load:
+    a recipe with them is code, and loading one says so (and the README documents it)."""
+    import logging
+
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump({**SMOKE, "intervention": {**SMOKE["intervention"],
+                                                           "comet_python": "/usr/bin/python3"}}))
+    with caplog.at_level(logging.WARNING):
+        load_recipe(p)
+    msg = " ".join(r.getMessage() for r in caplog.records)
+    for word in ("intervention.comet_python", "/usr/bin/python3", "runs", "trust"):
+        assert word in msg, f"{word!r} not in the warning: {msg!r}"
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert "comet_python" in readme and "code" in readme.split("comet_python", 1)[1][:600]
+
+
+def test_translation_pair_files_checked_before_any_work(world, no_lm_no_sae, tmp_path):
+    """Read only at the intervention (after every unit trained) before; now in the preflight."""
+    en, ja = tmp_path / "test.en", tmp_path / "test.ja"
+    en.write_text("a cat .\nthe dog .\nhello .\n")
+    ja.write_text("猫 。\n犬 。\n")
+    err = refused(recipe(tmp_path / "s", **{"intervention.pairs_paths": {"en": str(en), "ja": str(ja)}}), DataError)
+    names_problem_and_fix(err, "line-aligned", "{'en': 3, 'ja': 2}", fix=("one sentence pair per line",))
+    err = refused(recipe(tmp_path / "s", **{"intervention.pairs_paths": {"en": str(en),
+                                                                       "ja": str(tmp_path / "nope.ja")}}), DataError)
+    names_problem_and_fix(err, "intervention.pairs_paths.ja", "does not exist")
+
+
+def test_intervention_fields_are_not_checked_when_it_is_off():
+    """An [en, fr] study without the intervention keeps the default (en/ja) conditions."""
+    rec = recipe(Path("/tmp/x"), **{"data.languages": ["en", "fr"], "intervention.enabled": False})
+    assert rec.intervention.conditions == ["none", "en", "ja", "mixed"]
+    with pytest.raises(ConfigError, match="'ja' is not a condition"):
+        recipe(Path("/tmp/x"), **{"data.languages": ["en", "fr"]})

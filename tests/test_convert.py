@@ -70,3 +70,58 @@ def test_bad_file_is_named(tmp_path):
     torch.save({"foo": torch.zeros(2)}, tmp_path / "sae.pth")
     with pytest.raises(SAEFileError, match="encoder.weight"):
         convert_released(tmp_path / "sae.pth", tmp_path / "out")
+
+
+# ----------------------------------------------------------------------------- destination safety (issue 21)
+
+
+def _release(tmp_path):
+    src = tmp_path / "release"
+    src.mkdir()
+    torch.save(_weights(), src / "sae.pth")
+    return src
+
+
+def test_convert_refuses_a_folder_of_other_files(tmp_path):
+    """Before: convert_released(src, existing_dir) deleted everything in the folder."""
+    from sae_bilingual.errors import OutputError
+
+    dst = tmp_path / "mine"
+    dst.mkdir()
+    (dst / "notes.txt").write_text("keep")
+    with pytest.raises(OutputError) as e:
+        convert_released(_release(tmp_path), dst, k=K)
+    assert str(dst) in str(e.value) and "--force" in str(e.value)
+    assert sorted(p.name for p in dst.iterdir()) == ["notes.txt"]
+
+
+def test_convert_in_place_keeps_the_source(tmp_path):
+    """Before: converting a folder into itself deleted its sae.pth."""
+    from sae_bilingual.errors import OutputError
+
+    src = _release(tmp_path)
+    with pytest.raises(OutputError) as e:
+        convert_released(src, src, k=K)
+    assert "source" in str(e.value) and "--force" in str(e.value)
+    assert sorted(p.name for p in src.iterdir()) == ["sae.pth"]
+    convert_released(src, src, k=K, force=True)  # asked for: written beside the source
+    assert sorted(p.name for p in src.iterdir()) == ["cfg.json", "sae.pth", "sae_weights.safetensors"]
+    assert isinstance(SAE.load_from_disk(src), PaperTopKSAE)
+
+
+def test_convert_over_an_sae_folder_keeps_files_it_did_not_write(tmp_path):
+    src, dst = _release(tmp_path), tmp_path / "sae"
+    convert_released(src, dst, k=K)
+    (dst / "README.md").write_text("my notes")
+    convert_released(src, dst, k=K)  # an SAE folder: replaced without --force
+    assert (dst / "README.md").read_text() == "my notes"
+    assert isinstance(SAE.load_from_disk(dst), PaperTopKSAE)
+
+
+def test_convert_refuses_a_file_as_destination(tmp_path):
+    from sae_bilingual.errors import OutputError
+
+    src = _release(tmp_path)
+    with pytest.raises(OutputError, match="is a file"):
+        convert_released(src / "sae.pth", src / "sae.pth", k=K, force=True)
+    assert (src / "sae.pth").stat().st_size > 0

@@ -69,3 +69,73 @@ def test_loaders(tmp_path):
     ds = load_text_corpus({"en": tmp_path / "en.txt", "ja": tmp_path / "ja.jsonl"})
     assert ds["text"] == ["hello world", "second doc", "こんにちは"] and ds["lang"] == ["en", "en", "ja"]
     assert ds["doc_id"] == [0, 1, 2]
+
+
+# ----------------------------------------------------------------------------- bad files (issue 21)
+
+
+def test_invalid_utf8_names_file_and_line(tmp_path):
+    p = tmp_path / "ja.txt"
+    p.write_bytes("一行目\n".encode() + b"\xff\xfe\n")
+    with pytest.raises(DataError) as e:
+        load_text_corpus({"ja": p})
+    assert f"{p}:2" in str(e.value) and "UTF-8" in str(e.value)
+
+
+def test_binary_file_is_refused(tmp_path):
+    p = tmp_path / "en.txt"
+    p.write_bytes(b"hello\n\x00\x01\x02\x00binary\n")
+    with pytest.raises(DataError) as e:
+        load_text_corpus({"en": p})
+    assert f"{p}:2" in str(e.value) and "binary" in str(e.value)
+
+
+@pytest.mark.parametrize("line", ["[1, 2]", '"just a string"', "3"])
+def test_jsonl_line_that_is_not_an_object(tmp_path, line):
+    p = tmp_path / "c.jsonl"
+    p.write_text('{"text": "a", "lang": "en"}\n' + line + "\n")
+    with pytest.raises(DataError) as e:
+        load_text_corpus([p])
+    assert f"{p}:2" in str(e.value) and "object" in str(e.value)
+
+
+def test_directory_given_as_a_file(tmp_path):
+    with pytest.raises(DataError) as e:
+        load_text_corpus({"en": tmp_path})
+    assert str(tmp_path) in str(e.value) and "directory" in str(e.value)
+
+
+def test_huge_line_is_read_in_bounded_chunks(tmp_path):
+    """A 4 MB one-line document keeps only its first `max_chars` characters; the next lines
+    are read as usual (before: the whole line was kept and tokenised)."""
+    p = tmp_path / "en.txt"
+    with open(p, "w", encoding="utf-8") as f:
+        f.write("word " * 800_000 + "\n" + "second doc\n" + "third doc\n")
+    ds = load_text_corpus({"en": p}, max_chars=1000)
+    assert [len(t) for t in ds["text"]] == [1000, 10, 9]
+    assert ds["text"][1:] == ["second doc", "third doc"]
+
+
+class _RecordingTok(_Tok):
+    """_Tok that remembers the longest text it was asked to tokenise."""
+
+    longest = 0
+
+    def __call__(self, texts, **kw):
+        type(self).longest = max([type(self).longest, *map(len, texts)])
+        return super().__call__(texts, **kw)
+
+
+def test_only_what_a_window_needs_is_tokenised():
+    """Windows of a corpus with a 400k-character document equal the full tokenisation's,
+    but the tokenizer never sees more than a bounded prefix of it."""
+    long_doc = " ".join(f"w{'x' * (i % 7)}" for i in range(100_000))
+    texts = [long_doc, "a bb ccc dddd", "e ff ggg", long_doc[:500]]
+    ds = Dataset.from_dict({"text": texts, "lang": ["en", "ja", "en", "ja"]})
+    tok = _RecordingTok()
+    w = make_windows(ds, tok, context=16)
+    assert tok.longest <= 16 * 64, tok.longest
+    full = _Tok()(texts, max_length=15)["input_ids"]  # independent: whole texts, then cut
+    for r in range(len(w)):
+        d, n = int(w.doc_id[r]), int(w.lengths[r])
+        assert w.tokens[r, :n].tolist() == [1] + full[d][: n - 1]

@@ -201,6 +201,9 @@ def test_torchrun_two_ranks_same_saes_as_one_process(smoke_study, tmp_path):
     out = tmp_path / "dist"
     job = _final_unit_job(ref, out)
     assert len(job.layers) >= 2  # else nothing is split
+    from sae_bilingual.study import prepare_output_dir
+
+    prepare_output_dir(_recipe(out))  # a study folder (a foreign one would be refused)
     (out / "tables").mkdir(parents=True)
     (out / "tables" / "lr_grid.csv").write_text((ref / "tables" / "lr_grid.csv").read_text())
     unit_id = f"{job.unit['family']}/iter_{job.unit['iteration']:07d}"

@@ -83,11 +83,48 @@ def _summaries(out: Path) -> dict[str, int]:
     return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in out.glob("units/*/*/L*/summary.json")}
 
 
+def _run_with_an_intruder(out: Path, env: dict[str, str]) -> None:
+    """Run the study while a second `study` on the same folder is started: the second must
+    exit non-zero naming the first (pid, host, start time), and the first must finish (its
+    output is the reference the killed-and-resumed run below is compared with, so it also
+    shows that the intruder changed nothing)."""
+    import json
+    import socket
+
+    log_path = out.with_name(out.name + ".stderr")
+    with open(log_path, "w") as log:
+        first = subprocess.Popen(_cmd(out), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log)
+    lock, t0 = out / ".sae_bilingual.lock", time.time()
+    try:
+        while True:  # wait until the first run owns the folder
+            try:
+                if json.loads(lock.read_text())["pid"] == first.pid:
+                    break
+            except (OSError, ValueError, KeyError):
+                pass
+            if (out / "manifest.json").exists() and not lock.exists():
+                break  # (a version without a lock)
+            assert first.poll() is None, log_path.read_text()[-3000:]
+            assert time.time() - t0 < TIMEOUT, "the first study never took the folder"
+            time.sleep(0.05)
+        second = subprocess.run(_cmd(out), cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+        assert second.returncode != 0, "a second study ran on a folder in use"
+        last = second.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: ") and "Traceback" not in second.stderr, second.stderr[-3000:]
+        for word in (f"pid {first.pid}", socket.gethostname(), "since"):
+            assert word in last, last
+        assert first.wait(timeout=TIMEOUT) == 0, log_path.read_text()[-3000:]
+    finally:
+        if first.poll() is None:
+            first.kill()
+        first.wait()
+
+
 @pytest.mark.slow
 def test_killed_twice_resumes_to_the_uninterrupted_result(tmp_path: Path, env: dict[str, str]) -> None:
     soak = _soak()
     ref, out = tmp_path / "clean", tmp_path / "killed"
-    _run(ref, env)
+    _run_with_an_intruder(ref, env)
 
     # 1. during SAE training of the first unit: the LR grid is done, no layer analysed yet
     _kill_when(out, env, lambda o: (o / "tables" / "lr_grid.csv").exists(), "the LR grid")

@@ -120,3 +120,33 @@ def test_warm_start_study_chains_checkpoints(smoke_study, tmp_path) -> None:
     later = warm.index.get_level_values("iteration") > first
     ratio = warm.loc[later, "train_loss_first_tenth"] / cold.loc[later, "train_loss_first_tenth"]
     assert (ratio < 0.9).all(), ratio
+
+
+def test_resume_redoes_a_unit_whose_features_were_damaged(smoke_study, tmp_path, monkeypatch) -> None:
+    """issue 21: a features.parquet corrupted after its unit finished made every later run
+    crash in lineage; now the resume sees the checksum mismatch and redoes that unit."""
+    import shutil
+
+    from sae_bilingual import pipeline
+
+    ref, _ = smoke_study
+    out = tmp_path / "copy"
+    shutil.copytree(ref, out)
+    victim = sorted(out.glob("units/toy/*/L02/features.parquet"))[1]
+    blob = bytearray(victim.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    victim.write_bytes(bytes(blob))
+    redone = []
+
+    def redo(ctx, unit, layers, out_dir, *, lr):  # stands in for the real run: restore the files
+        redone.append((unit.id, list(layers)))
+        for layer in layers:
+            rel = unit.layer_dir(out_dir, layer).relative_to(out_dir)
+            shutil.rmtree(out_dir / rel)
+            shutil.copytree(ref / rel, out_dir / rel)
+
+    monkeypatch.setattr(pipeline, "run_unit", redo)
+    run_study(load_recipe(SMOKE, {"output_dir": str(out)}), progress=False)
+    unit_id = f"toy/{victim.parents[1].name}"
+    assert redone == [(unit_id, [2])]
+    assert victim.read_bytes() == (ref / victim.relative_to(out)).read_bytes()

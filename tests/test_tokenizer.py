@@ -66,3 +66,22 @@ def test_bad_tokenizer_sources(tmp_path) -> None:
     f.write_text("x")
     with pytest.raises(CheckpointError, match="SentencePiece .model"):
         load_tokenizer(f)
+
+
+def test_prefix_tokenisation_equals_the_whole_text_on_real_documents(sp_model) -> None:
+    """corpus.tokenize_prefixes (issue 21: bounded tokenisation of huge lines) gives the first
+    `context` ids of the whole document with the LLM-jp tokenizer, checked against
+    SentencePiece on the whole text, for long English and space-free Japanese documents."""
+    import sentencepiece as spm
+
+    from sae_bilingual.corpus import tokenize_prefixes
+
+    tok = load_tokenizer(sp_model)
+    sp = spm.SentencePieceProcessor(model_file=str(sp_model))
+    en, ja = _lines("test.en", 500), [l.replace(" ", "") for l in _lines("test.ja", 500)]
+    docs = [" ".join(en[i:i + 60]) for i in range(0, 480, 60)] + ["".join(ja[i:i + 60]) for i in range(0, 480, 60)]
+    assert min(map(len, docs)) > 8 * 64  # every document is cut at least once
+    for context in (16, 64):
+        got = tokenize_prefixes(tok, docs, context)
+        for doc, ids in zip(docs, got):
+            assert ids[:context] == ([1] + sp.encode(doc))[:context]
