@@ -13,7 +13,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,8 @@ from sae_bilingual.executors import UnitJob, get_executor
 from sae_bilingual.io import atomic_write_json, atomic_write_text, save_parquet
 from sae_bilingual.layers import hook_for_layer, parse_layers
 from sae_bilingual.manifest import SUMMARY_FILE, Manifest, read_json
+from sae_bilingual.neuronpedia import export_all_neuronpedia  # noqa: F401  (moved there; cli imports it from here)
+from sae_bilingual.timing import TIMINGS_FILE, StageTimer, append_timings
 
 log = logging.getLogger(__name__)
 
@@ -341,19 +342,22 @@ def run_study(recipe: Recipe, *, dry_run: bool = False, progress: bool = True, f
     """Run (or resume) a whole study; returns the report path (or the plan text on dry run)."""
     from tqdm.auto import tqdm
 
+    timer = StageTimer("study")  # one log line per stage; the split ends the run and the report
     ctx = StudyContext(recipe, progress=progress)
-    plan = plan_study(recipe, ctx)
+    toy = any(spec.family == "toy" for spec in recipe.models)
+    if toy:
+        timer.call("world", lambda: ctx.world)  # built, or loaded from the cache
+    plan = timer.call("plan", plan_study, recipe, ctx)
     if dry_run:
         return plan.describe(recipe)
     out, manifest = prepare_output_dir(recipe, force=force)
-    if any(spec.family == "toy" for spec in recipe.models):
+    if toy:
         write_world_tables(ctx.world, out)
     from sae_bilingual import pipeline
 
-    t0 = time.time()
     lr = recipe.sae.lr
     if plan.lr_grid is not None:
-        lr = pipeline.run_lr_grid(ctx, plan.lr_grid, out, progress=progress)
+        lr = timer.call("LR grid", pipeline.run_lr_grid, ctx, plan.lr_grid, out, progress=progress)
     jobs = []
     for unit in plan.units:
         missing = [l for l in unit.layers if not _summary_ok(unit, out, l)]
@@ -368,25 +372,31 @@ def run_study(recipe: Recipe, *, dry_run: bool = False, progress: bool = True, f
     for job in jobs:
         manifest.mark_unit(f"{job.unit['family']}/iter_{job.unit['iteration']:07d}", "queued")
     bar = tqdm(total=len(jobs), desc="units", unit="unit", disable=not progress)
-    for result in executor.run(jobs):
-        for layer in result.layers:
-            manifest.mark_layer(result.unit_id, layer)
-        manifest.mark_unit(result.unit_id, "done", seconds=round(result.seconds, 2))
-        bar.update(1)
-        bar.set_postfix_str(result.unit_id)
+    with timer.stage("units"):
+        for result in executor.run(jobs):
+            for layer in result.layers:
+                manifest.mark_layer(result.unit_id, layer)
+            manifest.mark_unit(result.unit_id, "done", seconds=round(result.seconds, 2))
+            bar.update(1)
+            bar.set_postfix_str(result.unit_id)
     bar.close()
-    summary = collect_summary(out)
+    summary = timer.call("summary", collect_summary, out)
     if recipe.intervention.enabled:
-        pipeline.run_intervention(ctx, plan, out, progress=progress)
+        from sae_bilingual.intervention_stage import run_intervention
+
+        timer.call("intervention", run_intervention, ctx, plan, out, progress=progress)
     from sae_bilingual.figures import make_all_figures
     from sae_bilingual.lineage import run_all_lineage
     from sae_bilingual.report import write_report
 
-    run_all_lineage(out)
-    make_all_figures(out)
-    export_all_neuronpedia(out)
-    report = write_report(out, make_figures=False)
-    log.info("study finished in %.1f s: %d SAEs, report %s", time.time() - t0, len(summary), report)
+    timer.call("lineage", run_all_lineage, out)
+    timer.call("figures", make_all_figures, out)
+    timer.call("neuronpedia", export_all_neuronpedia, out)
+    append_timings(timer, out / "tables" / TIMINGS_FILE)  # before the report, which shows it
+    report = timer.call("report", write_report, out, make_figures=False)
+    append_timings(timer, out / "tables" / TIMINGS_FILE)
+    timer.log_split()
+    log.info("study finished in %.1f s: %d SAEs, report %s", timer.elapsed(), len(summary), report)
     return report
 
 
@@ -403,22 +413,6 @@ def write_world_tables(world, out: Path) -> None:  # noqa: ANN001 (World: heavy 
     atomic_write_text(out / "tables" / "world_loss.csv", world.loss_curve.to_csv(index=False))
     ck = pd.DataFrame(world.meta["checkpoints"])
     atomic_write_text(out / "tables" / "world_checkpoints.csv", ck.to_csv(index=False))
-
-
-def export_all_neuronpedia(out: Path) -> list[Path]:
-    """Every analysed SAE's features as Neuronpedia-style JSON under ``neuronpedia/``."""
-    from sae_bilingual.neuronpedia import export_neuronpedia
-
-    paths = []
-    for ldir in sorted((out / "units").glob("*/*/L*")):
-        if not (ldir / SUMMARY_FILE).exists():
-            continue
-        family, it, layer = ldir.parents[1].name, ldir.parent.name, ldir.name
-        dst = out / "neuronpedia" / f"{family}_{it}_{layer}.json"
-        if not dst.exists():
-            export_neuronpedia(ldir, dst, model_id=f"{family}@{it}", sae_id=f"{layer}-paper_topk")
-        paths.append(dst)
-    return paths
 
 
 def _summary_ok(unit: Unit, out: Path, layer: int) -> bool:
