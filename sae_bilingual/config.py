@@ -90,6 +90,8 @@ class DataSpec:
     """Shuffle-buffer size in vectors per layer (the paper: 0.5M-10M by model size)."""
     lm_batch_size: int = 32
     """Documents per LM forward when collecting activations."""
+    logits_budget_mb: float = 256.0
+    """Most MB of float32 logits formed at once (CE metrics, perplexity compute losses in chunks)."""
     activation_cache: bool = True
     """Keep training activations as safetensors shards under <output_dir>/cache so further
     SAE runs on the same (checkpoint, layers) -- the LR grid, a rerun -- skip the LM. Costs
@@ -208,6 +210,8 @@ class InterventionSpec:
     """Languages whose word-separating spaces are removed from `pairs_paths` text."""
     few_shot: int = 3
     max_new_tokens: int = 24
+    stack: int = 16
+    """Conditions x draws evaluated together in one batched pass (more memory, same results)."""
     comet_python: str | None = None
     comet_model: str | None = None
 
@@ -291,10 +295,11 @@ class Recipe:
                 f"data.languages = {self.data.languages}: a bilingual study needs at least two "
                 "distinct language codes, e.g. [en, ja]"
             )
-        for name in ("train_tokens_per_lang", "eval_tokens_per_lang", "buffer_vectors", "lm_batch_size"):
+        for name in ("train_tokens_per_lang", "eval_tokens_per_lang", "buffer_vectors", "lm_batch_size", "logits_budget_mb"):
             _positive(getattr(self.data, name), f"data.{name}")
         if self.controls and self.data.corpus != "toy":
             raise ConfigError("controls: control worlds exist only for the toy world (data.corpus: toy)")
+        _positive(self.intervention.stack, "intervention.stack")
         if not self.models:
             raise ConfigError("models is empty: name at least one, e.g. [{family: toy}]")
         for i, m in enumerate(self.models):

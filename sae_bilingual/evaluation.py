@@ -4,7 +4,8 @@ Everything here takes TransformerLens ``fwd_hooks`` so that the same code scores
 mid model (``fwd_hooks=None``) and the mid model with a :class:`FeatureInjection`; the
 same token windows / sentence pairs serve every condition.
 
-``run_intervention_table`` produces one row per (condition, alpha, m, draw);
+:func:`sae_bilingual.intervention_table.run_intervention_table` produces one row per
+(condition, alpha, m, draw);
 ``aggregate_table`` / ``table1`` / ``table4`` / ``to_markdown`` turn them into the paper's
 Table 1 (mean ± std over draws) and Table 4 (alpha × m grid). ``PAPER_TABLE1`` holds the
 published Table 1 (LLM-jp-3 3.7B, layer 14, iteration 10,000, alpha 0.1, m 5,000).
@@ -12,17 +13,17 @@ published Table 1 (LLM-jp-3 3.7B, layer 14, iteration 10,000, alpha 0.1, m 5,000
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 
+from sae_bilingual.ce import DEFAULT_LOGITS_BUDGET_BYTES, final_residual, nll_rows
+from sae_bilingual.ce import token_windows as _windows_parts
 from sae_bilingual.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -49,30 +50,6 @@ PAPER_TABLE1 = pd.DataFrame(
 # --------------------------------------------------------------------------------------
 
 
-def _windows_parts(windows: Any, langs: Any, languages: Sequence[str] | None, lengths: Any):
-    if hasattr(windows, "tokens"):
-        tokens = windows.tokens
-        lengths = windows.lengths if lengths is None else lengths
-        langs = windows.lang if langs is None else langs
-        languages = tuple(windows.languages) if languages is None else tuple(languages)
-    else:
-        tokens = windows
-    tokens = torch.as_tensor(tokens, dtype=torch.long)
-    if tokens.ndim != 2:
-        raise DataError(f"token windows must be [N, T]; got shape {tuple(tokens.shape)}")
-    N, T = tokens.shape
-    lengths = torch.full((N,), T, dtype=torch.long) if lengths is None else torch.as_tensor(lengths, dtype=torch.long)
-    if langs is None:
-        raise DataError("perplexity needs a language index per window (langs=LongTensor[N])")
-    langs = torch.as_tensor(langs, dtype=torch.long)
-    languages = tuple(languages or ("en", "ja"))
-    if langs.shape != (N,) or lengths.shape != (N,):
-        raise DataError(f"langs/lengths must have shape ({N},); got {tuple(langs.shape)}/{tuple(lengths.shape)}")
-    if N and (int(langs.min()) < 0 or int(langs.max()) >= len(languages)):
-        raise DataError(f"lang indices must lie in 0..{len(languages) - 1} for languages {languages}")
-    return tokens, lengths, langs, languages
-
-
 @torch.no_grad()
 def perplexity(
     model: Any,
@@ -83,32 +60,27 @@ def perplexity(
     batch_size: int = 8,
     *,
     lengths: torch.Tensor | None = None,
+    logits_budget_bytes: int = DEFAULT_LOGITS_BUDGET_BYTES,
 ) -> dict[str, float]:
     """Token-weighted perplexity per language and overall, BOS never a target, padding masked.
 
     ``token_windows`` is a ``corpus.Windows`` (tokens/lengths/lang/languages) or a LongTensor
     [N, T] (BOS at column 0, right-padded; then pass ``langs`` and ``lengths``). Returns
-    ``{"ppl_<lang>": ..., "ppl_all": ..., "tokens_<lang>": ..., "tokens_all": ...}``.
+    ``{"ppl_<lang>": ..., "ppl_all": ..., "tokens_<lang>": ..., "tokens_all": ...}``. Logits
+    are formed in chunks of at most ``logits_budget_bytes`` (see :mod:`sae_bilingual.ce`).
     """
     tokens, lengths, langs, languages = _windows_parts(token_windows, langs, languages, lengths)
-    L = len(languages)
-    nll_sum = torch.zeros(L, dtype=torch.float64)
-    count = torch.zeros(L, dtype=torch.float64)
+    nll_sum = torch.zeros(len(languages), dtype=torch.float64)
+    count = torch.zeros(len(languages), dtype=torch.float64)
     device = getattr(getattr(model, "cfg", None), "device", None) or "cpu"
+    kwargs = {"padding_side": "right"} if getattr(model, "tokenizer", None) is not None else {}
     for i in range(0, tokens.shape[0], batch_size):
-        tok = tokens[i : i + batch_size]
-        ln = lengths[i : i + batch_size]
-        lg = langs[i : i + batch_size]
-        T = int(ln.max())
-        tok = tok[:, :T].to(device)  # drop all-padding columns
-        kwargs = {"padding_side": "right"} if getattr(model, "tokenizer", None) is not None else {}
-        logits = model.run_with_hooks(tok, fwd_hooks=list(fwd_hooks or []), **kwargs)
-        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-        target = tok[:, 1:]
-        nll = -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1).double().cpu()  # [B, T-1]
-        valid = (torch.arange(1, T).unsqueeze(0) < ln.unsqueeze(1)).double()  # target pos < length
-        nll_sum.index_add_(0, lg, (nll * valid).sum(1))
-        count.index_add_(0, lg, valid.sum(1))
+        ln, lg = lengths[i : i + batch_size], langs[i : i + batch_size]
+        tok = tokens[i : i + batch_size, : int(ln.max())].to(device)  # drop all-padding columns
+        with model.hooks(fwd_hooks=list(fwd_hooks or [])):
+            nll = nll_rows(model, final_residual(model, tok, **kwargs), tok, ln, budget_bytes=logits_budget_bytes)
+        nll_sum.index_add_(0, lg, nll.cpu())
+        count.index_add_(0, lg, (ln - 1).clamp_min(0).double())
     out: dict[str, float] = {}
     for j, code in enumerate(languages):
         out[f"ppl_{code}"] = math.exp(nll_sum[j] / count[j]) if count[j] > 0 else float("nan")
@@ -179,6 +151,7 @@ def translate(
     tokenizer: Any = None,
     template: PromptTemplate | None = None,
     batch_size: int = 8,
+    stack: int = 1,
 ) -> list[str]:
     """Greedy few-shot translation ``src`` -> ``tgt`` of every row of ``pairs_df``.
 
@@ -186,7 +159,9 @@ def translate(
     are the first ``few_shot`` rows of ``pairs_df`` and only the remaining rows are
     translated (see :func:`split_pairs`). Returns hypotheses aligned with the translated
     rows. Prompts of equal token length are batched together (no padding), generation is
-    ``model.generate`` (KV cache) under ``model.hooks(fwd_hooks)``.
+    ``model.generate`` (KV cache) under ``model.hooks(fwd_hooks)``. ``stack=G`` repeats each
+    batch G times (``repeat(G, 1)``) for a hook that applies one condition per copy (a
+    FeatureInjection with G masks) and returns G blocks of hypotheses, copy after copy.
     """
     for c in (src, tgt):
         if c not in pairs_df.columns:
@@ -201,7 +176,7 @@ def translate(
     prompts = [_encode(tok, template.build(shots, s, src, tgt)) for s in pairs_df[src].astype(str)]
     eos = getattr(tok, "eos_token_id", None)
     device = getattr(model.cfg, "device", "cpu")
-    hyps: list[str | None] = [None] * len(prompts)
+    hyps: list[str | None] = [None] * (len(prompts) * stack)
     by_len: dict[int, list[int]] = {}
     for i, p in enumerate(prompts):
         by_len.setdefault(len(p), []).append(i)
@@ -214,12 +189,13 @@ def translate(
                 )
             for j in range(0, len(idxs), batch_size):
                 chunk = idxs[j : j + batch_size]
-                inp = torch.tensor([prompts[i] for i in chunk], dtype=torch.long, device=device)
+                inp = torch.tensor([prompts[i] for i in chunk], dtype=torch.long, device=device).repeat(stack, 1)
                 out = model.generate(
                     inp, max_new_tokens=max_new_tokens, do_sample=False, use_past_kv_cache=True,
                     stop_at_eos=eos is not None, eos_token_id=eos, verbose=False, return_type="tokens",
                 )
-                for row, i in zip(out[:, n:].tolist(), chunk):
+                at = [g * len(prompts) + i for g in range(stack) for i in chunk]
+                for row, i in zip(out[:, n:].tolist(), at):
                     if eos is not None and eos in row:
                         row = row[: row.index(eos)]
                     hyps[i] = template.cut(tok.decode(row))
@@ -236,107 +212,8 @@ def chrf(hyps: Sequence[str], refs: Sequence[str]) -> float:
 
 
 # --------------------------------------------------------------------------------------
-# Intervention table
+# Tables (rows from sae_bilingual.intervention_table.run_intervention_table)
 # --------------------------------------------------------------------------------------
-
-
-def _as_list(x: Any) -> list:
-    return list(x) if isinstance(x, (list, tuple, np.ndarray)) else [x]
-
-
-def run_intervention_table(
-    final_model: Any,
-    mid_model: Any,
-    sae: Any,
-    features_df: pd.DataFrame,
-    layer: int,
-    conditions: Sequence[str] = ("none", "en", "ja", "mixed"),
-    alpha: float | Sequence[float] = 0.1,
-    m: int | Sequence[int] = 5000,
-    n_draws: int = 5,
-    seed: int = 0,
-    windows: Any = None,
-    pairs: pd.DataFrame | None = None,
-    *,
-    languages: Sequence[str] | None = None,
-    few_shot: int = 3,
-    max_new_tokens: int = 48,
-    tokenizer: Any = None,
-    template: PromptTemplate | None = None,
-    batch_size: int = 8,
-    scale: str = "residual",
-    add_bias: bool = True,
-    skip_bos: bool = True,
-    scale_m_to_sae: bool = True,
-    comet: bool | None = None,
-    comet_kwargs: dict | None = None,
-) -> pd.DataFrame:
-    """Rows (condition, alpha, m, m_eff, draw, ppl_*, chrf_*_*, comet_*_*) for Tables 1 and 4.
-
-    ``alpha`` and ``m`` may be lists (the Table 4 grid). ``m`` is in the paper's units
-    (32,768 latents) and is scaled with :func:`scale_m` to this SAE unless
-    ``scale_m_to_sae=False``. The "none" condition is evaluated once and repeated in every
-    (alpha, m) cell. COMET runs when ``comet`` is True, or when None and the COMET
-    environment is configured (NaN otherwise).
-    """
-    from sae_bilingual.comet_bridge import comet_available, comet_score
-    from sae_bilingual.intervention import FeatureInjection, class_mask, scale_m
-
-    if windows is None and pairs is None:
-        raise ConfigError("run_intervention_table needs eval windows=, pairs= or both")
-    if languages is None:
-        languages = tuple(getattr(windows, "languages", None) or ("en", "ja"))
-    languages = tuple(languages)
-    d_sae = int(sae.cfg.d_sae)
-    use_comet = comet_available() if comet is None else bool(comet)
-    if comet is None and not use_comet:
-        log.info("COMET environment not configured; comet_* columns will be NaN")
-    directions: list[tuple[str, str]] = []
-    shots_df = test_df = None
-    if pairs is not None:
-        directions = [(a, b) for a, b in itertools.permutations(languages, 2) if a in pairs and b in pairs]
-        shots_df, test_df = split_pairs(pairs, few_shot)
-
-    def evaluate(hooks: list | None) -> dict[str, float]:
-        row: dict[str, float] = {}
-        if windows is not None:
-            ppl = perplexity(mid_model, windows, languages=languages, fwd_hooks=hooks, batch_size=batch_size)
-            row.update({k: v for k, v in ppl.items() if k.startswith("ppl_")})
-        for a, b in directions:
-            hyps = translate(
-                mid_model, test_df, a, b, few_shot, hooks, max_new_tokens,
-                shots_df=shots_df, tokenizer=tokenizer, template=template, batch_size=batch_size,
-            )
-            refs = test_df[b].astype(str).tolist()
-            row[f"chrf_{a}_{b}"] = chrf(hyps, refs)
-            if use_comet:
-                res = comet_score(test_df[a].astype(str).tolist(), hyps, refs, **(comet_kwargs or {}))
-                row[f"comet_{a}_{b}"] = 100.0 * res.system_score
-            else:
-                row[f"comet_{a}_{b}"] = float("nan")
-        return row
-
-    rows: list[dict] = []
-    none_row: dict | None = None
-    for a, m_paper in itertools.product(_as_list(alpha), _as_list(m)):
-        m_eff = scale_m(int(m_paper), d_sae) if scale_m_to_sae else int(m_paper)
-        for cond in conditions:
-            if cond == "none":
-                if none_row is None:
-                    log.info("evaluating the clean mid model")
-                    none_row = evaluate(None)
-                rows.append({"condition": "none", "alpha": float(a), "m": int(m_paper), "m_eff": 0, "draw": 0, **none_row})
-                continue
-            for draw in range(n_draws):
-                mask = class_mask(features_df, cond, m_eff, seed=seed + draw, d_sae=d_sae)
-                log.info("condition %s alpha=%s m=%d (eff %d) draw %d", cond, a, m_paper, m_eff, draw)
-                with FeatureInjection(
-                    sae, mid_model=mid_model, final_model=final_model, layer=layer, mask=mask,
-                    alpha=float(a), scale=scale, add_bias=add_bias, skip_bos=skip_bos,
-                ) as inj:
-                    res = evaluate(inj.fwd_hooks())
-                rows.append({"condition": cond, "alpha": float(a), "m": int(m_paper), "m_eff": m_eff, "draw": draw, **res})
-    return pd.DataFrame(rows)
 
 
 METRIC_PREFIXES = ("ppl_", "chrf_", "comet_")

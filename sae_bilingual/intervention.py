@@ -35,21 +35,28 @@ capture hooks.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
-import pandas as pd
 import torch
+from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
 from sae_bilingual.errors import ConfigError, DataError, SAEFileError
+from sae_bilingual.injection_math import alphas_tensor, grouped_delta, sae_param
 from sae_bilingual.layers import hook_for_layer, layer_for_hook, stop_at_layer_for
+from sae_bilingual.masks import (  # noqa: F401  (re-exported: the masks used to live here)
+    D_SAE_PAPER,
+    class_features,
+    class_mask,
+    class_masks,
+    mask_tensor,
+    scale_m,
+)
 
 log = logging.getLogger(__name__)
 
 Scale = Literal["residual", "unit"]
-D_SAE_PAPER = 32768
 
 
 # --------------------------------------------------------------------------------------
@@ -67,12 +74,6 @@ def sae_hook_name(sae: Any) -> str | None:
     if name is None:
         name = getattr(cfg, "hook_name", None)
     return name
-
-
-def _sae_param(sae: Any) -> torch.Tensor:
-    for p in sae.parameters():
-        return p
-    raise SAEFileError("the SAE has no parameters; load it with SAE.load_from_disk(path)")
 
 
 def _resolve_hook(sae: Any, hook_name: str | None, layer: int | None, n_layers: int) -> str:
@@ -118,6 +119,11 @@ class FeatureInjection:
     Either ``final_model`` (run on the same tokens, the default) or ``x_full`` (a cached
     ``[B, T, d]`` tensor of the final model's layer-l residuals for exactly the tokens the
     mid model will see) supplies X_full.
+
+    Several conditions in one pass: ``mask`` [G, d_sae] (and ``alpha``: one value, or G) applies
+    mask g to rows ``g*b .. (g+1)*b - 1`` of a batch stacked G times (``tokens.repeat(G, 1)``).
+    When the G blocks of a pass hold the same tokens (a shared prompt), the final model runs on
+    one block and its KV cache is tiled.
     """
 
     def __init__(
@@ -130,7 +136,7 @@ class FeatureInjection:
         layer: int | None = None,
         hook_name: str | None = None,
         mask: torch.Tensor | np.ndarray | Sequence[int] | None = None,
-        alpha: float = 0.1,
+        alpha: float | Sequence[float] = 0.1,
         scale: Scale = "residual",
         add_bias: bool = True,
         skip_bos: bool = True,
@@ -168,13 +174,15 @@ class FeatureInjection:
         if self.hook_name not in mid_model.hook_dict:
             raise ConfigError(f"hook {self.hook_name!r} does not exist in the mid model")
         self.layer = layer_for_hook(self.hook_name)
-        self.alpha = float(alpha)
         self.scale: Scale = scale
         self.add_bias = bool(add_bias)
         self.skip_bos = bool(skip_bos)
         self.final_kv_cache = bool(final_kv_cache)
         d_sae = int(sae.cfg.d_sae) if hasattr(sae.cfg, "d_sae") else int(sae.W_dec.shape[0])
-        self.mask = mask_tensor(mask, d_sae).to(_sae_param(sae).device)
+        self.mask = mask_tensor(mask, d_sae).to(sae_param(sae).device)
+        self.masks = self.mask.reshape(-1, d_sae)  # [G, d_sae]
+        self.alphas = alphas_tensor(alpha, self.masks.shape[0])
+        self.alpha = float(self.alphas[0]) if self.alphas.numel() == 1 else self.alphas.tolist()
         self._stop = stop_at_layer_for([self.hook_name])
         # capture state
         self._stream: torch.Tensor | None = None  # token ids embedded so far
@@ -247,19 +255,12 @@ class FeatureInjection:
     # -- maths ------------------------------------------------------------------------
     def is_noop(self) -> bool:
         """True when the hook cannot change anything (alpha = 0, or empty mask without b_pre)."""
-        return self.alpha == 0.0 or (not self.add_bias and not bool(self.mask.any()))
+        return bool((self.alphas == 0).all()) or (not self.add_bias and not bool(self.mask.any()))
 
     def delta(self, x_full: torch.Tensor) -> torch.Tensor:
-        """``alpha * D(mask * E(x_full))`` for residual-scale ``x_full`` [..., d]."""
-        p = _sae_param(self.sae)
-        x = x_full.to(device=p.device, dtype=p.dtype)
-        norm = x.norm(dim=-1, keepdim=True)
-        x_unit = x / norm.clamp_min(torch.finfo(x.dtype).tiny)
-        z = self.sae.encode_normalized(x_unit) * self.mask.to(x.dtype)
-        x_hat = self.sae.decode_normalized(z, add_bias=self.add_bias)
-        if self.scale == "residual":
-            x_hat = x_hat * norm
-        return self.alpha * x_hat
+        """``alpha * D(mask * E(x_full))`` for residual-scale ``x_full`` [B, ..., d] (group g of
+        the G masks on the g-th block of B/G rows)."""
+        return grouped_delta(self.sae, x_full, self.masks, self.alphas, scale=self.scale, add_bias=self.add_bias)
 
     def final_residuals(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """The final model's residual at the hook for ``tokens`` [B, S] (lockstep-cached)."""
@@ -281,13 +282,18 @@ class FeatureInjection:
                 self._memo_tokens = tokens
                 self._memo_resid = torch.cat([self._memo_resid, new.to(self._memo_resid.device)], dim=1)
                 return self._memo_resid
+        G = self.masks.shape[0]  # G stacked copies of one prompt: run the final model on one
+        tile = G > 1 and _stacked(tokens, G) and (attention_mask is None or _stacked(attention_mask, G))
+        run = tokens[: tokens.shape[0] // G] if tile else tokens
+        am = attention_mask[: run.shape[0]] if (tile and padded) else (attention_mask if padded else None)
         cache = None
         if self.final_kv_cache and not padded:
-            from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-
             fm = self.final_model
-            cache = TransformerLensKeyValueCache.init_cache(fm.cfg, fm.cfg.device, tokens.shape[0])
-        resid = self._run_final(tokens, cache=cache, attention_mask=attention_mask if padded else None)
+            cache = TransformerLensKeyValueCache.init_cache(fm.cfg, fm.cfg.device, run.shape[0])
+        resid = self._run_final(run, cache=cache, attention_mask=am)
+        if tile:
+            resid = resid.repeat(G, *([1] * (resid.ndim - 1)))
+            _tile_cache(cache, G)
         self._final_cache = cache
         self._memo_tokens = tokens
         self._memo_resid = resid
@@ -339,6 +345,24 @@ class FeatureInjection:
         return activation + d
 
 
+def _stacked(t: torch.Tensor, G: int) -> bool:
+    """True when ``t`` [G * b, ...] is G copies of its first b rows."""
+    if t.shape[0] % G:
+        return False
+    b = t.shape[0] // G
+    return torch.equal(t, t[:b].repeat(G, *([1] * (t.ndim - 1))))
+
+
+def _tile_cache(cache: Any, G: int) -> None:
+    """Repeat a TransformerLens KV cache G times along the batch (group-major), in place."""
+    if cache is None:
+        return
+    for e in cache.entries:
+        e.past_keys = e.past_keys.repeat(G, 1, 1, 1)
+        e.past_values = e.past_values.repeat(G, 1, 1, 1)
+    cache.previous_attention_mask = cache.previous_attention_mask.repeat(G, 1)
+
+
 def final_residuals(final_model: Any, tokens: torch.Tensor, hook_name: str, *, batch_size: int = 8) -> torch.Tensor:
     """Cache the final model's residuals at ``hook_name`` for ``tokens`` [N, T] (stop_at_layer)."""
     stop = stop_at_layer_for([hook_name])
@@ -355,82 +379,3 @@ def final_residuals(final_model: Any, tokens: torch.Tensor, hook_name: str, *, b
             )
         out.append(store["x"])
     return torch.cat(out, dim=0)
-
-
-# --------------------------------------------------------------------------------------
-# Masks
-# --------------------------------------------------------------------------------------
-
-
-def mask_tensor(mask: torch.Tensor | np.ndarray | Sequence[int] | None, d_sae: int) -> torch.Tensor:
-    """A float mask [d_sae] from None (all ones), a bool/float vector [d_sae], or int feature ids.
-
-    Integer inputs are always read as feature indices (so ``[0, 1]`` selects features 0 and 1).
-    """
-    if mask is None:
-        return torch.ones(d_sae)
-    t = mask if isinstance(mask, torch.Tensor) else torch.as_tensor(np.asarray(mask))
-    if t.dtype == torch.bool or t.dtype.is_floating_point:
-        if tuple(t.shape) != (d_sae,):
-            raise ConfigError(f"mask has shape {tuple(t.shape)}; expected ({d_sae},) for this SAE")
-        return t.detach().float().cpu()
-    idx = t.long().reshape(-1).cpu()
-    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= d_sae):
-        raise ConfigError(f"mask feature indices must lie in 0..{d_sae - 1}")
-    out = torch.zeros(d_sae)
-    out[idx] = 1.0
-    return out
-
-
-def _class_column(features_df: pd.DataFrame) -> pd.Series:
-    if "cls" not in features_df.columns:
-        raise DataError(
-            "the features table has no 'cls' column; produce it with "
-            "sae_bilingual.analysis.analyse_features"
-        )
-    cls = features_df["cls"].astype(str)
-    if "dead" in features_df.columns:
-        cls = cls.where(~features_df["dead"].astype(bool), "dead")
-    return cls
-
-
-def class_features(features_df: pd.DataFrame, cls: str) -> np.ndarray:
-    """Indices (feature ids) of live features of class ``cls`` ("en", "ja", "mixed", ...)."""
-    col = _class_column(features_df)
-    if cls == "dead":
-        raise ConfigError("dead features are never injected; choose a language code or 'mixed'")
-    ids = features_df.index[(col == cls).to_numpy()]
-    return np.asarray(ids, dtype=np.int64)
-
-
-def class_mask(features_df: pd.DataFrame, cls: str, m: int, seed: int, d_sae: int | None = None) -> torch.Tensor:
-    """0/1 mask [d_sae] selecting ``m`` live features of class ``cls`` drawn with ``seed``."""
-    d = int(d_sae) if d_sae is not None else int(len(features_df))
-    ids = class_features(features_df, cls)
-    if m < 0:
-        raise ConfigError(f"m must be >= 0, got {m}")
-    if len(ids) < m:
-        counts = _class_column(features_df).value_counts().to_dict()
-        raise DataError(
-            f"class {cls!r} has only {len(ids)} live features but m={m} were requested; "
-            f"lower m (e.g. with scale_m) to at most {len(ids)} (features per class: {counts})"
-        )
-    if len(ids) and int(ids.max()) >= d:
-        raise ConfigError(f"feature ids go up to {int(ids.max())} but d_sae={d}")
-    rng = np.random.default_rng(seed)
-    chosen = rng.choice(ids, size=m, replace=False) if m else np.zeros(0, dtype=np.int64)
-    out = torch.zeros(d)
-    out[torch.as_tensor(chosen, dtype=torch.long)] = 1.0
-    return out
-
-
-def class_masks(features_df: pd.DataFrame, cls: str, m: int, n_draws: int, seed: int, d_sae: int | None = None) -> list[torch.Tensor]:
-    """``n_draws`` independent masks (seeds ``seed, seed+1, ...``) for the averaged rows."""
-    return [class_mask(features_df, cls, m, seed + i, d_sae) for i in range(n_draws)]
-
-
-def scale_m(m_paper: int, d_sae: int, d_sae_paper: int = D_SAE_PAPER) -> int:
-    """Scale the paper's m (for 32,768 latents) to an SAE with ``d_sae`` latents (>= 1)."""
-    if m_paper <= 0:
-        return 0
-    return max(1, int(math.floor(m_paper * d_sae / d_sae_paper + 0.5)))

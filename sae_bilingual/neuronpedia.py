@@ -50,6 +50,7 @@ import pandas as pd
 
 from sae_bilingual.errors import DataError
 from sae_bilingual.io import atomic_write_json
+from sae_bilingual.manifest import SUMMARY_FILE
 
 log = logging.getLogger(__name__)
 
@@ -149,3 +150,17 @@ def export_neuronpedia(unit_dir: str | Path, out_path: str | Path, model_id: str
     path = atomic_write_json(out_path, doc, indent=None)
     log.info("wrote %d features to %s", len(doc["features"]), path)
     return path
+
+
+def export_all_neuronpedia(out: Path) -> list[Path]:
+    """Every analysed SAE's features as Neuronpedia-style JSON under ``neuronpedia/``."""
+    paths = []
+    for ldir in sorted((out / "units").glob("*/*/L*")):
+        if not (ldir / SUMMARY_FILE).exists():
+            continue
+        family, it, layer = ldir.parents[1].name, ldir.parent.name, ldir.name
+        dst = out / "neuronpedia" / f"{family}_{it}_{layer}.json"
+        if not dst.exists():
+            export_neuronpedia(ldir, dst, model_id=f"{family}@{it}", sae_id=f"{layer}-paper_topk")
+        paths.append(dst)
+    return paths

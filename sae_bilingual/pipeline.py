@@ -16,10 +16,10 @@ import numpy as np
 import torch
 
 from sae_bilingual import __version__
-from sae_bilingual.io import atomic_dir, atomic_write_json, atomic_write_text
+from sae_bilingual.io import atomic_write_json, atomic_write_text
 from sae_bilingual.layers import hook_for_layer
-from sae_bilingual.models.generic import is_paper_model
 from sae_bilingual.models.registry import get_family
+from sae_bilingual.timing import StageTimer
 from sae_bilingual.semantic import (
     TokenGraph,
     clusters_from_ground_truth,
@@ -104,46 +104,58 @@ def _store(ctx, unit, model, hooks: list[str], batch_size: int, out: Path | None
     )
 
 
+UNIT_STAGES = {"model load": "load", "LM + SAE training": "train", "eval activations": "eval_acts",
+               "clusters": "clusters", "CE metrics": "ce"}
+"""A unit's shared stages -> their ``seconds_<name>`` column in the summary (per layer)."""
+
+
 def run_unit(ctx, unit, layers: list[int], out: Path, *, lr: float) -> None:
-    """Train, save and analyse the SAEs of ``layers`` at one checkpoint."""
+    """Train, save and analyse the SAEs of ``layers`` at one checkpoint (each stage timed)."""
+    from sae_bilingual.ce import ce_metrics_many
     from sae_bilingual.sae import save_sae
     from sae_bilingual.store import collect_activations
     from sae_bilingual.study import write_unit_summary
-    from sae_bilingual.train import ce_metrics_many, reconstruction_metrics, train_saes
+    from sae_bilingual.train import reconstruction_metrics, train_saes
 
-    t0 = time.time()
-    model = _load_model(ctx, unit)
+    timer = StageTimer(unit.id)
+    model = timer.call("model load", _load_model, ctx, unit)
     hooks = [hook_for_layer(l) for l in layers]
-    n_train = ctx.windows("train", unit.model_index).n_vectors
-    cfg = train_config(ctx, lr, n_train)
-    store = _store(ctx, unit, model, hooks, cfg.batch_size)
-    metas = {hook_for_layer(l): _metadata(ctx, unit, l) for l in layers}
-    # SAELens training checkpoints (optimizer state included) when the recipe asks for them;
-    # a killed unit is still redone from the start (deterministic), not resumed from these.
-    ckpt_dir = unit.dir(out) / "training" if ctx.recipe.sae.checkpoint_every else None
-    init = warm_start_saes(ctx, unit, layers, out) if ctx.recipe.sae.warm_start else None
-    saes = train_saes(store, hooks, cfg, metas, save_dir=ckpt_dir, init_from=init)
-    t_train = time.time() - t0
+    with timer.stage("LM + SAE training"):
+        cfg = train_config(ctx, lr, ctx.windows("train", unit.model_index).n_vectors)
+        store = _store(ctx, unit, model, hooks, cfg.batch_size)
+        metas = {hook_for_layer(l): _metadata(ctx, unit, l) for l in layers}
+        # SAELens training checkpoints (optimizer state included) when the recipe asks for them;
+        # a killed unit is still redone from the start (deterministic), not resumed from these.
+        ckpt_dir = unit.dir(out) / "training" if ctx.recipe.sae.checkpoint_every else None
+        init = warm_start_saes(ctx, unit, layers, out) if ctx.recipe.sae.warm_start else None
+        saes = train_saes(store, hooks, cfg, metas, save_dir=ckpt_dir, init_from=init)
     eval_windows = ctx.windows("eval", unit.model_index)
-    acts, labels = collect_activations(model, eval_windows, hooks, batch_size=ctx.recipe.data.lm_batch_size,
-                                       device=ctx.recipe.device)
-    clusters = token_clusters(ctx, unit, labels)
+    acts, labels = timer.call("eval activations", collect_activations, model, eval_windows, hooks,
+                              batch_size=ctx.recipe.data.lm_batch_size, device=ctx.recipe.device)
+    clusters = timer.call("clusters", token_clusters, ctx, unit, labels)
     ce_windows = _first_docs_per_lang(eval_windows, ctx.recipe.analysis.ce_docs_per_lang)
-    ce = ce_metrics_many(model, [saes[h] for h in hooks], ce_windows)  # one clean pass for all layers
+    ce = timer.call("CE metrics", ce_metrics_many, model, [saes[h] for h in hooks], ce_windows,  # one clean pass
+                    budget_bytes=int(ctx.recipe.data.logits_budget_mb * 2**20))
+    shared = {f"seconds_{UNIT_STAGES[k]}": v / len(layers) for k, v in timer.seconds.items()}
     for layer, hook in zip(layers, hooks):
-        t1 = time.time()
-        ldir = unit.layer_dir(out, layer)
-        ldir.mkdir(parents=True, exist_ok=True)
-        sae = saes[hook]
-        save_sae(sae, ldir / "sae")
-        metrics = {**reconstruction_metrics(sae, acts[hook]), **ce[hook]}
-        row = analyse_layer(ctx, unit, layer, sae, acts[hook], labels, clusters, ldir)
-        row.update({k: float(v) for k, v in metrics.items() if np.isscalar(v)})
-        md = sae.cfg.metadata
-        row.update({k: md[k] for k in ("warm_start", "train_loss_final", "train_loss_first_tenth",
-                                        "train_steps_to_final", "aux_k_coefficient") if k in md})
-        row["seconds"] = round(t_train / len(layers) + time.time() - t1, 2)
-        write_unit_summary(ldir / "summary.json", row)
+        with timer.stage(f"layer {layer} analysis"):
+            t1 = time.perf_counter()
+            ldir = unit.layer_dir(out, layer)
+            ldir.mkdir(parents=True, exist_ok=True)
+            sae = saes[hook]
+            save_sae(sae, ldir / "sae")
+            metrics = {**reconstruction_metrics(sae, acts[hook]), **ce[hook]}
+            row = analyse_layer(ctx, unit, layer, sae, acts[hook], labels, clusters, ldir)
+            row.update({k: v if isinstance(v, str) else float(v) for k, v in metrics.items() if np.isscalar(v)})
+            md = sae.cfg.metadata
+            row.update({k: md[k] for k in ("warm_start", "train_loss_final", "train_loss_first_tenth",
+                                            "train_steps_to_final", "aux_k_coefficient") if k in md})
+            # the unit's shared stages split evenly over its layers + this layer's own analysis
+            row.update({k: round(v, 2) for k, v in shared.items()})
+            row["seconds_analysis"] = round(time.perf_counter() - t1, 2)
+            row["seconds"] = round(sum(shared.values()) + row["seconds_analysis"], 2)
+            write_unit_summary(ldir / "summary.json", row)
+    timer.log_split()
 
 
 def warm_start_saes(ctx, unit, layers: list[int], out: Path) -> dict[str, Any]:
@@ -343,132 +355,7 @@ def run_lr_grid(ctx, unit, out: Path, progress: bool = True) -> float:
     return float(best)
 
 
-def run_intervention(ctx, plan, out: Path, progress: bool = True):
-    """Table 1 / Table 4: inject final-model features into the mid checkpoint."""
-    import pandas as pd
-
-    from sae_bilingual.evaluation import aggregate_table, compare_with_paper, run_intervention_table, table1, table4, to_markdown
-    from sae_bilingual.layers import parse_layers
-    from sae_bilingual.sae import load_sae
-    from sae_bilingual.study import Unit
-
-    iv = ctx.recipe.intervention
-    path = out / "tables" / "intervention.csv"
-    if path.exists():
-        return pd.read_csv(path)
-    fam = ctx.family(iv.model)
-    cat = fam.catalogue()
-    final = cat.final
-    if iv.mid_checkpoint is not None:
-        mid = cat.select(iteration=iv.mid_checkpoint)
-    else:
-        analysed = sorted(u.iteration for u in plan.units if u.model_index == iv.model)
-        mid = cat.select(iteration=analysed[len(analysed) // 2])
-    layer = parse_layers(iv.layer, fam.n_layers)[0]
-    name = next(u.family for u in plan.units if u.model_index == iv.model)  # the model's output name
-    ldir = Unit(iv.model, name, final.iteration, final.tokens, [layer]).layer_dir(out, layer)
-    sae = load_sae(ldir / "sae", device=ctx.recipe.device)
-    features = pd.read_parquet(ldir / "features.parquet")
-    dtype = _torch_dtype(ctx.recipe.dtype)
-    final_model = fam.load(final, device=ctx.recipe.device, dtype=dtype)
-    mid_model = fam.load(mid, device=ctx.recipe.device, dtype=dtype)
-    windows = ctx.windows("eval", iv.model)
-    windows = _first_docs_per_lang(windows, iv.eval_docs_per_lang)
-    pairs = _translation_pairs(ctx)
-    if pairs is not None:
-        pairs = pairs.iloc[: iv.translation_pairs + iv.few_shot].reset_index(drop=True)
-    comet = True if (iv.comet_python or iv.comet_model) else None
-    ms = _feasible_ms(features, iv, sae.cfg.d_sae)
-    draws = run_intervention_table(
-        final_model, mid_model, sae, features, layer,
-        conditions=tuple(iv.conditions), alpha=list(iv.alphas), m=ms, n_draws=iv.draws,
-        seed=ctx.recipe.seed, windows=windows, pairs=pairs, languages=tuple(ctx.recipe.data.languages),
-        few_shot=iv.few_shot, max_new_tokens=iv.max_new_tokens, tokenizer=ctx.tokenizer(iv.model),
-        template=_translation_template(ctx),
-        scale=iv.scale, add_bias=iv.add_bias, scale_m_to_sae=False, comet=comet,
-        comet_kwargs={"python": iv.comet_python, "model_path": iv.comet_model} if comet else None,
-    )
-    draws["mid_iteration"], draws["final_iteration"], draws["layer"] = mid.iteration, final.iteration, layer
-    agg = aggregate_table(draws)
-    variant = decoder_variant(iv.add_bias, iv.scale)
-    draws["decoder"] = agg["decoder"] = variant
-    md = [f"Injected: alpha * D(mask * E(X_full)) with {variant}.", "",
-          "## Table 1", to_markdown(table1(agg)), "", "## Table 4 (PPL all, relative to none)", to_markdown(table4(agg))]
-    if is_paper_model(fam):  # the paper's numbers are for LLM-jp-3 3.7B only
-        md += ["", "## Beside the paper", compare_with_paper(agg)]
-    atomic_write_text(out / "tables" / "intervention_draws.csv", draws.to_csv(index=False))
-    atomic_write_text(out / "tables" / "intervention.md", "\n".join(md) + "\n")
-    atomic_write_text(path, agg.to_csv(index=False))
-    return agg
-
-
-def decoder_variant(add_bias: bool, scale: str) -> str:
-    """How the injected vector was decoded, in words for tables and the report."""
-    d = "D(z) = W_dec z + b_pre (the paper's decoder)" if add_bias else "D(z) = W_dec z without b_pre (not the paper's)"
-    s = "rescaled by ||X_full|| (residual scale)" if scale == "residual" else "left in unit-norm space"
-    return f"{d}, {s}"
-
-
-def _feasible_ms(features, iv, d_sae: int) -> list[int]:
-    """Mask sizes per recipe m: scaled to this SAE's n, capped at the smallest class.
-
-    Every class must be drawn with the same m for the comparison to be fair; a small SAE
-    may have fewer live Mixed features than the scaled m, so we cap (and say so).
-    """
-    from sae_bilingual.intervention import scale_m
-
-    classes = [c for c in iv.conditions if c != "none"]
-    counts = features.loc[~features["dead"], "cls"].value_counts()
-    smallest = min(int(counts.get(c, 0)) for c in classes) if classes else 0
-    out = []
-    for m in iv.ms:
-        want = scale_m(m, d_sae) if iv.scale_m else m
-        if want > smallest:
-            log.warning("intervention m=%d (scaled %d) exceeds the smallest class (%d live features; %s): "
-                        "using m=%d for every class", m, want, smallest, dict(counts), smallest)
-            want = smallest
-        out.append(want)
-    if min(out, default=0) < 1:
-        from sae_bilingual.errors import DataError
-
-        raise DataError(f"intervention: a class in {classes} has no live features ({dict(counts)}); "
-                        "train a larger SAE or drop that condition")
-    return out
-
-
 def _first_docs_per_lang(windows, n: int):
     """The first ``n`` eval windows of each language (same tokens for every condition)."""
     keep = torch.cat([torch.nonzero(windows.lang == i).flatten()[:n] for i in range(len(windows.languages))])
     return windows.subset(keep.sort().values)
-
-
-def _translation_pairs(ctx):
-    """Parallel test pairs: files named in the recipe, else the toy world's own, else none."""
-    import pandas as pd
-
-    iv = ctx.recipe.intervention
-    if iv.pairs_paths:
-        cols = {}
-        for lang, path in iv.pairs_paths.items():
-            lines = Path(path).read_text(encoding="utf-8").splitlines()
-            cols[lang] = [l.replace(" ", "") if lang in iv.unspace_languages else l.strip() for l in lines]
-        lengths = {lang: len(v) for lang, v in cols.items()}
-        if len(set(lengths.values())) != 1:
-            from sae_bilingual.errors import DataError
-
-            raise DataError(f"intervention.pairs_paths are not line-aligned: {lengths} lines")
-        return pd.DataFrame(cols)
-    if ctx.recipe.data.corpus == "toy":
-        return ctx.world.translation_pairs
-    return None
-
-
-def _translation_template(ctx):
-    """The toy world has no 'English:' tokens: its bilingual documents are bare sentence
-    pairs, so the prompt is the same form ("src tgt src tgt src") and generation stops at
-    the target sentence's end mark."""
-    from sae_bilingual.evaluation import PromptTemplate
-
-    if ctx.recipe.data.corpus == "toy" and not ctx.recipe.intervention.pairs_paths:
-        return PromptTemplate(shot="{src} {tgt} ", query="{src}", stops=("。", "."))
-    return PromptTemplate()

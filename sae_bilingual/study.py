@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from sae_bilingual.export import export_release
 from sae_bilingual.hub import check_hub_access
 from sae_bilingual.io import atomic_write_json, atomic_write_text
 from sae_bilingual.layers import hook_for_layer, parse_layers
-from sae_bilingual.manifest import SUMMARY_FILE
+from sae_bilingual.neuronpedia import export_all_neuronpedia  # noqa: F401  (moved there; cli imports it from here)
 from sae_bilingual.outdir import (  # noqa: F401  (prepare_output_dir, recipe_hash: public here too)
     check_no_symlinks,
     check_not_in_use,
@@ -36,6 +35,7 @@ from sae_bilingual.outdir import (  # noqa: F401  (prepare_output_dir, recipe_ha
     recipe_hash,
 )
 from sae_bilingual.preflight import check_model_names, check_path_part, preflight
+from sae_bilingual.timing import TIMINGS_FILE, StageTimer, append_timings
 
 log = logging.getLogger(__name__)
 
@@ -302,28 +302,36 @@ def run_study(recipe: Recipe, *, dry_run: bool = False, progress: bool = True, f
     run: a second study on it fails naming this one."""
     if not dry_run:
         check_not_in_use(recipe.output_dir)  # in seconds, not after planning
+    timer = StageTimer("study")  # one log line per stage; the split ends the run and the report
     ctx = StudyContext(recipe, progress=progress)
-    plan = plan_study(recipe, ctx)
+    if uses_world(recipe):
+        timer.call("world", lambda: ctx.world)  # built, or loaded from the cache
+    plan = timer.call("plan", plan_study, recipe, ctx)
     if dry_run:
         return plan.describe(recipe)
     check_output_dir(recipe.output_dir, force)  # before the lock file is created there
     with output_lock(recipe.output_dir):
-        return _run_locked(recipe, ctx, plan, progress, force)
+        return _run_locked(recipe, ctx, plan, timer, progress, force)
 
 
-def _run_locked(recipe: Recipe, ctx: StudyContext, plan: Plan, progress: bool, force: bool) -> Path:
+def uses_world(recipe: Recipe) -> bool:
+    """Whether the study needs the toy world built (a toy model with a `source` does not)."""
+    return recipe.data.corpus == "toy" or any(spec.family == "toy" and spec.source is None for spec in recipe.models)
+
+
+def _run_locked(recipe: Recipe, ctx: StudyContext, plan: Plan, timer: StageTimer, progress: bool,
+                force: bool) -> Path:
     """The study, with the output folder held by this process."""
     from tqdm.auto import tqdm
 
     out, manifest = prepare_output_dir(recipe, force=force)
-    if recipe.data.corpus == "toy" or any(spec.family == "toy" and spec.source is None for spec in recipe.models):
-        write_world_tables(ctx.world, out)  # only when the world is used: a toy `source` needs none
+    if uses_world(recipe):
+        write_world_tables(ctx.world, out)
     from sae_bilingual import pipeline
 
-    t0 = time.time()
     lr = recipe.sae.lr
     if plan.lr_grid is not None:
-        lr = pipeline.run_lr_grid(ctx, plan.lr_grid, out, progress=progress)
+        lr = timer.call("LR grid", pipeline.run_lr_grid, ctx, plan.lr_grid, out, progress=progress)
     jobs = []
     for unit in plan.units:
         missing = [l for l in unit.layers if not _summary_ok(unit, out, l)]
@@ -338,30 +346,36 @@ def _run_locked(recipe: Recipe, ctx: StudyContext, plan: Plan, progress: bool, f
     for job in jobs:
         manifest.mark_unit(f"{job.unit['family']}/iter_{job.unit['iteration']:07d}", "queued")
     bar = tqdm(total=len(jobs), desc="units", unit="unit", disable=not progress)
-    for result in executor.run(jobs):
-        for layer in result.layers:
-            manifest.mark_layer(result.unit_id, layer)
-        manifest.mark_unit(result.unit_id, "done", seconds=round(result.seconds, 2))
-        bar.update(1)
-        bar.set_postfix_str(result.unit_id)
+    with timer.stage("units"):
+        for result in executor.run(jobs):
+            for layer in result.layers:
+                manifest.mark_layer(result.unit_id, layer)
+            manifest.mark_unit(result.unit_id, "done", seconds=round(result.seconds, 2))
+            bar.update(1)
+            bar.set_postfix_str(result.unit_id)
     bar.close()
-    summary = collect_summary(out)
+    summary = timer.call("summary", collect_summary, out)
     for name in recipe.controls:  # the same units on a control world, beside the study (controls.py)
-        run_study(control_recipe(recipe, name, out), progress=progress, force=force)
+        timer.call(f"control {name}", run_study, control_recipe(recipe, name, out), progress=progress, force=force)
     if recipe.intervention.enabled:
-        pipeline.run_intervention(ctx, plan, out, progress=progress)
+        from sae_bilingual.intervention_stage import run_intervention
+
+        timer.call("intervention", run_intervention, ctx, plan, out, progress=progress)
     from sae_bilingual.figures import make_all_figures
     from sae_bilingual.lineage import run_all_lineage
     from sae_bilingual.report import write_report
 
-    run_all_lineage(out)
-    make_all_figures(out)
-    export_all_neuronpedia(out)
-    report = write_report(out, make_figures=False)
+    timer.call("lineage", run_all_lineage, out)
+    timer.call("figures", make_all_figures, out)
+    timer.call("neuronpedia", export_all_neuronpedia, out)
+    append_timings(timer, out / "tables" / TIMINGS_FILE)  # before the report, which shows it
+    report = timer.call("report", write_report, out, make_figures=False)
     if recipe.export.enabled:
-        export_release(out, recipe.export.path or out / "release", release=recipe.export.release,
-                       repo_id=recipe.export.repo_id)
-    log.info("study finished in %.1f s: %d SAEs, report %s", time.time() - t0, len(summary), report)
+        timer.call("export", export_release, out, recipe.export.path or out / "release",
+                   release=recipe.export.release, repo_id=recipe.export.repo_id)
+    append_timings(timer, out / "tables" / TIMINGS_FILE)
+    timer.log_split()
+    log.info("study finished in %.1f s: %d SAEs, report %s", timer.elapsed(), len(summary), report)
     return report
 
 
@@ -380,17 +394,3 @@ def write_world_tables(world, out: Path) -> None:  # noqa: ANN001 (World: heavy 
     atomic_write_text(out / "tables" / "world_checkpoints.csv", ck.to_csv(index=False))
 
 
-def export_all_neuronpedia(out: Path) -> list[Path]:
-    """Every analysed SAE's features as Neuronpedia-style JSON under ``neuronpedia/``."""
-    from sae_bilingual.neuronpedia import export_neuronpedia
-
-    paths = []
-    for ldir in sorted((out / "units").glob("*/*/L*")):
-        if not (ldir / SUMMARY_FILE).exists():
-            continue
-        family, it, layer = ldir.parents[1].name, ldir.parent.name, ldir.name
-        dst = out / "neuronpedia" / f"{family}_{it}_{layer}.json"
-        if not dst.exists():
-            export_neuronpedia(ldir, dst, model_id=f"{family}@{it}", sae_id=f"{layer}-paper_topk")
-        paths.append(dst)
-    return paths

@@ -26,7 +26,8 @@ from typing import Any
 
 import torch
 
-from sae_bilingual.errors import ConfigError, DataError, ExtraMissingError, SAEFileError
+from sae_bilingual.ce import ce_metrics, ce_metrics_many  # noqa: F401  (re-exported: they used to live here)
+from sae_bilingual.errors import ConfigError, DataError, ExtraMissingError
 from sae_bilingual.sae import (
     PaperTopKSAE,
     PaperTopKTrainingSAE,
@@ -259,82 +260,6 @@ def reconstruction_metrics(sae: PaperTopKSAE, x_unit: torch.Tensor, batch_size: 
     var = float((x64 - x64.mean(0)).pow(2).sum())
     return {"mse": se / M, "fvu": se / var if var > 0 else float("nan"), "l0": l0 / M,
             "n_dead": int((~fired).sum()), "n_live": int(fired.sum())}
-
-
-def _check_splice(model: Any, sae: PaperTopKSAE) -> str:
-    """The SAE's hook, after checking that it fits this model (width and hook)."""
-    hook = sae.cfg.metadata.hook_name
-    if int(sae.cfg.d_in) != int(model.cfg.d_model):
-        raise SAEFileError(f"the SAE reads d_in={sae.cfg.d_in} but the model's d_model is "
-                           f"{model.cfg.d_model}; splice an SAE trained on this model")
-    if hook not in model.hook_dict:
-        raise SAEFileError(f"the SAE was trained at hook {hook!r}, which this model does not have "
-                           f"({model.cfg.n_layers} blocks); use an SAE trained on this model")
-    return hook
-
-
-@torch.no_grad()
-def ce_metrics_many(model: Any, saes: Sequence[PaperTopKSAE], windows: Any, *, batch_size: int = 64,
-                    device: str | None = None) -> dict[str, dict[str, float]]:
-    """Next-token CE of every SAE's splice, from one clean forward per batch: {hook: metrics}.
-
-    Metrics as :func:`ce_metrics`. Why one call for all layers: the clean pass caches every
-    hook's residual, and each spliced / zero-ablated pass restarts from that residual at the
-    hook (``start_at_layer``), so the blocks below a layer are never recomputed — the same
-    numbers as splicing into a full forward, for about half the LM work on a whole unit.
-    """
-    from sae_bilingual.layers import layer_for_hook
-
-    hooks = [_check_splice(model, sae) for sae in saes]
-    names = set(hooks)
-    if len(names) < len(hooks):
-        raise ConfigError(f"ce_metrics_many takes one SAE per hook; got hooks {hooks}")
-    device = device or str(getattr(model.cfg, "device", "cpu"))
-    totals = {h: {"sae": 0.0, "zero": 0.0} for h in hooks}
-    clean_total, n_tok = 0.0, 0
-    T = windows.tokens.shape[1]
-    pos = torch.arange(T)
-
-    def nll_sum(logits: torch.Tensor, toks: torch.Tensor, tgt_mask: torch.Tensor) -> float:
-        lp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-        return float(-lp.gather(-1, toks[:, 1:, None])[..., 0][tgt_mask].sum())
-
-    for s in range(0, len(windows), batch_size):
-        w = windows.subset(slice(s, s + batch_size))
-        toks = w.tokens.to(device)
-        tgt_mask = (pos[None, 1:] < w.lengths[:, None]).to(device)  # predict tokens 1..len-1
-        splice_mask = (pos[None, :] < w.lengths[:, None]).to(device)[..., None]
-        splice_mask[:, 0] = False  # only non-BOS positions: the SAE never saw BOS
-        logits, cache = model.run_with_cache(toks, names_filter=lambda n: n in names)
-        clean_total += nll_sum(logits, toks, tgt_mask)
-        n_tok += int(tgt_mask.sum())
-        for sae, hook in zip(saes, hooks):
-            act = cache[hook]
-            rec = sae(act.to(sae.W_enc.dtype)).to(act.dtype)
-            for name, x in (("sae", torch.where(splice_mask, rec, act)),
-                            ("zero", torch.where(splice_mask, torch.zeros_like(act), act))):
-                out = model(x, start_at_layer=layer_for_hook(hook), return_type="logits")
-                totals[hook][name] += nll_sum(out, toks, tgt_mask)
-    clean = clean_total / max(1, n_tok)
-    result = {}
-    for hook in hooks:
-        ce_sae, ce_zero = (totals[hook][k] / max(1, n_tok) for k in ("sae", "zero"))
-        denom = ce_zero - clean
-        result[hook] = {"ce_loss_clean": clean, "ce_loss_sae": ce_sae, "ce_loss_zero": ce_zero,
-                        "ce_recovered": (ce_zero - ce_sae) / denom if abs(denom) > 1e-12 else float("nan")}
-    return result
-
-
-def ce_metrics(model: Any, sae: PaperTopKSAE, windows: Any, *, batch_size: int = 64,
-               device: str | None = None) -> dict[str, float]:
-    """Next-token CE: clean, with the SAE spliced at its hook, and with that hook zero-ablated.
-
-    Only non-BOS positions are replaced (the SAE never saw BOS). CE recovered =
-    (CE_zero - CE_sae) / (CE_zero - CE_clean). For several SAEs of one model use
-    :func:`ce_metrics_many` (one clean pass for all).
-    """
-    (metrics,) = ce_metrics_many(model, [sae], windows, batch_size=batch_size, device=device).values()
-    return metrics
 
 
 def evaluate_sae(sae: PaperTopKSAE, x_unit: torch.Tensor, model: Any = None, windows: Any = None,

@@ -17,13 +17,13 @@ from sae_bilingual.evaluation import (
     chrf,
     compare_with_paper,
     perplexity,
-    run_intervention_table,
     table1,
     table4,
     to_markdown,
     translate,
 )
 from sae_bilingual.intervention import FeatureInjection
+from sae_bilingual.intervention_table import run_intervention_table, run_intervention_table_one_at_a_time
 from tests.test_comet_bridge import fake_comet  # noqa: F401  (fixture)
 from tests.test_intervention import HOOK, StandInSAE, tiny_model
 
@@ -183,3 +183,29 @@ def test_paper_table1_constant():
     assert PAPER_TABLE1.loc["mixed", "ppl_all"] == 21.96
     assert PAPER_TABLE1.loc["none", "comet_ja_en"] == 56.4
     assert list(PAPER_TABLE1.index) == ["none", "en", "ja", "mixed"]
+
+
+def test_batched_intervention_equals_one_at_a_time(models, caplog):
+    """Table 1 rows (perplexity per condition and draw, chrF) from the batched path -- one pass
+    to the hook, conditions stacked after it and in generation -- equal the plain path's."""
+    final, mid = models
+    sae = StandInSAE(identity=False, hook_name=HOOK)
+    rng = np.random.default_rng(1)
+    feats = pd.DataFrame({"cls": rng.choice(["en", "ja", "mixed"], size=128)})
+    w = hand_batch()
+    kw = dict(alpha=[0.5, 2.0], m=[5000], n_draws=3, seed=0, windows=w, pairs=PAIRS, few_shot=1,
+              max_new_tokens=5, tokenizer=CharTok(), template=TEMPLATE, batch_size=2, comet=False)
+    ref = run_intervention_table_one_at_a_time(final, mid, sae, feats, 2, **kw)
+    for stack in (4, 16):  # 4: the 13 conditions x draws in several passes
+        got = run_intervention_table(final, mid, sae, feats, 2, stack=stack, **kw)
+        assert got.columns.tolist() == ref.columns.tolist() and len(got) == 2 * (1 + 3 * 3)
+        keys = ["condition", "alpha", "m", "m_eff", "draw"]
+        pd.testing.assert_frame_equal(got[keys], ref[keys])
+        ppl = [c for c in got.columns if c.startswith("ppl_")]
+        diff = float((got[ppl] - ref[ppl]).abs().max().max())
+        print(f"stack {stack}: max |ppl batched - ppl one at a time| = {diff:.3g}")
+        np.testing.assert_allclose(got[ppl].to_numpy(), ref[ppl].to_numpy(), rtol=1e-5)
+        assert got[ppl].nunique().min() > 2  # conditions and draws really differ
+        chrf_cols = [c for c in got.columns if c.startswith("chrf_")]
+        np.testing.assert_allclose(got[chrf_cols].to_numpy(), ref[chrf_cols].to_numpy())
+        assert got[chrf_cols].nunique().min() > 2  # the translations really differ between conditions

@@ -201,6 +201,33 @@ def test_generation_with_kv_cache_equals_recomputation(models, tokens):
     assert not torch.allclose(plain.logits[-1], out_c.logits[-1], atol=1e-3)
 
 
+def test_stacked_masks_generate_as_each_mask_alone(models, tokens):
+    """G masks on a batch stacked G times: each block generates what that mask alone generates,
+    and the final model runs the shared prompt once (its KV cache tiled), not G times."""
+    final, mid = models
+    sae = StandInSAE(identity=False)
+    g = torch.Generator().manual_seed(3)
+    masks = (torch.rand(3, sae.cfg.d_sae, generator=g) < 0.5).float()
+    alphas = [0.0, 0.7, 1.5]
+    prompt, steps = tokens[:, :5], 6
+    kw = dict(max_new_tokens=steps, do_sample=False, use_past_kv_cache=True, stop_at_eos=False, verbose=False)
+    rows = []
+    with FeatureInjection(sae, mid_model=mid, final_model=final, alpha=alphas, mask=masks) as inj:
+        real = inj._run_final
+        inj._run_final = lambda t, **k: rows.append(t.shape[0]) or real(t, **k)
+        with mid.hooks(fwd_hooks=inj.fwd_hooks()):
+            stacked = mid.generate(prompt.repeat(3, 1), **kw)
+    assert rows[0] == prompt.shape[0] and set(rows[1:]) == {3 * prompt.shape[0]}  # prompt once, then per row
+    b = prompt.shape[0]
+    for i, (m, a) in enumerate(zip(masks, alphas)):
+        with FeatureInjection(sae, mid_model=mid, final_model=final, alpha=a, mask=m) as one:
+            with mid.hooks(fwd_hooks=one.fwd_hooks()):
+                alone = mid.generate(prompt, **kw)
+        assert torch.equal(stacked[i * b : (i + 1) * b], alone)
+    assert torch.equal(stacked[:b], mid.generate(prompt, **kw))  # alpha 0: the clean model
+    assert not torch.equal(stacked[b : 2 * b], stacked[2 * b :])
+
+
 def test_hooked_sae_transformer_accepts_the_hook(models, tokens):
     from sae_lens import HookedSAETransformer
 

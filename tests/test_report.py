@@ -126,3 +126,81 @@ def test_neuronpedia_export(tmp_path):
     assert acts[1]["maxValueTokenIndex"] == FEATURE_EXAMPLES["3"][1]["max_pos"]
     assert feats["0"]["activations"] == []
     assert "猫" in out.read_text(encoding="utf-8")  # UTF-8 kept readable
+
+
+def _multi_unit_study(root, n_layers=None):
+    """Three checkpoints x layers 1..6, each with the same features; optionally n_layers in the summary."""
+    import pandas as pd
+
+    from sae_bilingual.io import atomic_write_json, save_parquet
+    from tests.test_figures import FEATURE_EXAMPLES, fake_features
+
+    for it in (0, 20, 200):
+        for layer in range(1, 7):
+            unit = root / "units" / "toy" / f"iter_{it:07d}" / f"L{layer:02d}"
+            save_parquet(fake_features(), unit / "features.parquet")
+            atomic_write_json(unit / "examples.json", FEATURE_EXAMPLES)
+    if n_layers is not None:
+        save_parquet(pd.DataFrame({"model": ["toy"], "n_layers": [n_layers]}), root / "tables" / "summary.parquet")
+    return root
+
+
+def _browser_index(html):
+    return json.loads(re.search(r'<script type="application/json" id="fb-index">(.*?)</script>', html, re.S).group(1))
+
+
+@pytest.mark.parametrize("n_layers, want", [(6, 3), (8, 4), (None, 3)])
+def test_browser_opens_on_final_checkpoint_middle_layer(tmp_path, n_layers, want):
+    """The browser's default SAE is the final checkpoint's middle layer (the study's 'mid', n_layers // 2,
+    else the lower middle of the analysed layers), also when the SAEs are capped; the note names it."""
+    study = _multi_unit_study(tmp_path / "s", n_layers)
+    for max_saes in (50, 4):
+        html = write_report(study, make_figures=False, max_saes=max_saes).read_text(encoding="utf-8")
+        index = _browser_index(html)
+        default = [e for e in index if e["default"]]
+        label = f"toy / iter_0000200 / layer {min(want, 6)}"
+        assert [e["label"] for e in default] == [label], (max_saes, index)
+        assert index[0]["label"] != label  # the first SAE is not the one it opens on
+        assert f"it opens on {label}, the final checkpoint's middle layer" in html
+
+
+NODE = __import__("shutil").which("node")
+
+# A minimal DOM for report.js: enough elements for load(), the select's value and render-check.
+_DOM_STUB = r"""
+const fs = require("fs");
+const html = fs.readFileSync(process.argv[2], "utf8");
+const scripts = {};
+for (const m of html.matchAll(/<script type="application\/json" id="([^"]+)">([\s\S]*?)<\/script>/g)) scripts[m[1]] = m[2];
+function node(id) {
+  return { id, textContent: scripts[id] || "", options: [], rows: [], dataset: {}, style: {}, className: "",
+    value: "", appendChild(c) { if (c.tag === "option") this.options.push(c); return c; }, remove(i) { this.options.splice(i, 1); },
+    addEventListener() {}, querySelectorAll() { return []; } };
+}
+const els = {};
+global.document = {
+  getElementById(id) { return els[id] || (els[id] = node(id)); },
+  querySelector(sel) { return els[sel] || (els[sel] = node(sel)); },
+  querySelectorAll() { return []; }, createElement(tag) { const n = node(""); n.tag = tag; return n; },
+  createTextNode(t) { return node(t); }, images: [], body: { classList: { add() {} }, dataset: {} },
+};
+global.location = { hash: process.argv[3] || "" };
+global.window = { addEventListener() {} };
+const js = html.match(/<script>\n?([\s\S]*?)<\/script>\s*<\/body>/)[1];
+eval(js);
+console.log(document.getElementById("fb-sae").value);
+"""
+
+
+@pytest.mark.skipif(NODE is None, reason="node not installed")
+def test_report_script_selects_the_default_sae(tmp_path):
+    study = _multi_unit_study(tmp_path / "s", 6)
+    path = write_report(study, make_figures=False)
+    index = _browser_index(path.read_text(encoding="utf-8"))
+    stub = tmp_path / "run.js"
+    stub.write_text(_DOM_STUB, encoding="utf-8")
+    opened = subprocess.run([NODE, str(stub), str(path)], capture_output=True, text=True, timeout=60)
+    assert opened.returncode == 0, opened.stderr
+    assert index[int(opened.stdout.strip())]["label"] == "toy / iter_0000200 / layer 3"
+    linked = subprocess.run([NODE, str(stub), str(path), "#sae=1"], capture_output=True, text=True, timeout=60)
+    assert linked.stdout.strip() == "1"  # a deep link still wins

@@ -130,8 +130,10 @@
     var p = kv.split("="); if (p.length === 2) hash[decodeURIComponent(p[0])] = decodeURIComponent(p[1]);
   });
   if (index.length) {
-    var si = Number(hash.sae);
-    si = Number.isInteger(si) && si >= 0 && si < index.length ? si : 0;
+    // default: the entry the report marks (the final checkpoint's middle layer), else the first
+    var si = hash.sae === undefined ? NaN : Number(hash.sae);
+    var dflt = index.findIndex(function (s) { return s["default"] === true; });
+    si = Number.isInteger(si) && si >= 0 && si < index.length ? si : Math.max(0, dflt);
     saeSel.value = String(si);
     load(si);
     if (hash.feature !== undefined) showFeature(hash.feature);
@@ -149,6 +151,7 @@
     rc.dataset.saes = String(index.length);
     rc.dataset.status = (ok === imgs.length && (nex > 0 || !index.length)) ? "ok" : "fail";
     rc.dataset.feature = selected === null ? "" : selected;
+    rc.dataset.sae = saeSel.value;
     document.body.dataset.ready = "1";
   });
 })();
