@@ -18,6 +18,7 @@ import torch
 from sae_bilingual import __version__
 from sae_bilingual.io import atomic_dir, atomic_write_json, atomic_write_text
 from sae_bilingual.layers import hook_for_layer
+from sae_bilingual.memplan import unit_groups
 from sae_bilingual.models.generic import is_paper_model
 from sae_bilingual.models.registry import get_family
 from sae_bilingual.semantic import (
@@ -105,14 +106,25 @@ def _store(ctx, unit, model, hooks: list[str], batch_size: int, out: Path | None
 
 
 def run_unit(ctx, unit, layers: list[int], out: Path, *, lr: float) -> None:
-    """Train, save and analyse the SAEs of ``layers`` at one checkpoint."""
+    """Train, save and analyse the SAEs of ``layers`` at one checkpoint.
+
+    The layers are trained in as few LM passes as fit the memory budget (memplan.py); each
+    pass trains and analyses its group, with the results of training all layers at once.
+    """
+    groups = unit_groups(ctx.recipe, ctx.family(unit.model_index).hf_config, layers, unit.id)
+    model = _load_model(ctx, unit)
+    for group in groups:
+        _train_and_analyse(ctx, unit, model, group, out, lr=lr)
+
+
+def _train_and_analyse(ctx, unit, model, layers: list[int], out: Path, *, lr: float) -> None:
+    """One LM pass: train the SAEs of ``layers`` from one store, then analyse each layer."""
     from sae_bilingual.sae import save_sae
     from sae_bilingual.store import collect_activations
     from sae_bilingual.study import write_unit_summary
     from sae_bilingual.train import ce_metrics_many, reconstruction_metrics, train_saes
 
     t0 = time.time()
-    model = _load_model(ctx, unit)
     hooks = [hook_for_layer(l) for l in layers]
     n_train = ctx.windows("train", unit.model_index).n_vectors
     cfg = train_config(ctx, lr, n_train)

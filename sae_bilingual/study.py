@@ -20,6 +20,7 @@ from typing import Any
 
 from sae_bilingual.config import Recipe, dump_recipe, recipe_to_dict
 from sae_bilingual.controls import control_recipe
+from sae_bilingual.dryrun import describe_dry_run, describe_plan, dry_run_inputs
 from sae_bilingual.errors import ConfigError, OutputError
 from sae_bilingual.executors import UnitJob, get_executor
 from sae_bilingual.export import export_release
@@ -69,30 +70,8 @@ class Plan:
         return sum(len(u.layers) for u in self.units)
 
     def describe(self, recipe: Recipe) -> str:
-        """Human-readable plan for ``--dry-run``."""
-        lines = [f"study {recipe.name!r} -> {recipe.output_dir}"]
-        for u in self.units:
-            lines.append(
-                f"  {u.id:<40} tokens={u.tokens:>16,}  layers={_fmt_layers(u.layers)}"
-            )
-        if self.lr_grid is not None:
-            lines.append(
-                f"  LR grid: {len(recipe.sae.lr_grid)} SAEs at {self.lr_grid.id} layer {self.lr_grid.layers[0]}"
-            )
-        lm = self.lm_tokens_per_unit * (len(self.units) + (self.lr_grid is not None))
-        lines.append(
-            f"total: {len(self.units)} units, {self.n_saes} SAEs"
-            + (f" (+{len(recipe.sae.lr_grid)} LR-grid SAEs)" if self.lr_grid else "")
-            + f", ~{lm:,} LM tokens (one pass per unit feeds all its layers)"
-        )
-        lines.extend(f"note: {n}" for n in self.notes)
-        return "\n".join(lines)
-
-
-def _fmt_layers(layers: list[int]) -> str:
-    if len(layers) > 2 and layers == list(range(layers[0], layers[-1] + 1)):
-        return f"{layers[0]}-{layers[-1]}"
-    return ",".join(map(str, layers))
+        """Human-readable plan for ``--dry-run`` (units, SAEs, LM tokens; dryrun.py)."""
+        return describe_plan(self, recipe)
 
 
 def _non_default(d: Any, default: Any) -> Any:
@@ -112,7 +91,7 @@ def recipe_hash(recipe: Recipe) -> str:
     version adding a field (with a default) still resumes an old study.
     """
     d = _non_default(recipe_to_dict(recipe), recipe_to_dict(Recipe()))
-    for k in ("output_dir", "executor", "name", "expected_gpu_hours", "wandb", "export"):
+    for k in ("output_dir", "executor", "name", "expected_gpu_hours", "wandb", "export", "max_memory"):
         d.pop(k, None)
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -123,11 +102,11 @@ def recipe_hash(recipe: Recipe) -> str:
 class StudyContext:
     """Everything built once per study and shared by its units (world, corpus, windows)."""
 
-    def __init__(self, recipe: Recipe, progress: bool = True):
+    def __init__(self, recipe: Recipe, progress: bool = True, families: dict[int, Any] | None = None):
         self.recipe = recipe
         self.progress = progress
         self._world = None
-        self._families: dict[int, Any] = {}
+        self._families: dict[int, Any] = dict(families or {})  # given: stand-ins (dry run)
         self._windows: dict[str, Any] = {}
         self.cluster_cache: dict[tuple[int, int], Any] = {}
 
@@ -254,8 +233,9 @@ def _unique(cks: list) -> list:
     return sorted(out, key=lambda c: c.iteration)
 
 
-def plan_study(recipe: Recipe, ctx: StudyContext | None = None) -> Plan:
-    """Resolve checkpoints and layers for every model: fails fast on bad names or ranges."""
+def plan_study(recipe: Recipe, ctx: StudyContext | None = None, run_preflight: bool = True) -> Plan:
+    """Resolve checkpoints and layers for every model: fails fast on bad names or ranges
+    (and, with ``run_preflight``, on inputs the study cannot use: preflight.py)."""
     ctx = ctx or StudyContext(recipe)
     units: list[Unit] = []
     n_layers: dict[str, int] = {}
@@ -294,7 +274,8 @@ def plan_study(recipe: Recipe, ctx: StudyContext | None = None) -> Plan:
         plan.notes.append(f"intervention at layer {layer[0]} ({hook_for_layer(layer[0])})")
     from sae_bilingual.preflight import preflight
 
-    preflight(recipe, plan, ctx)
+    if run_preflight:
+        preflight(recipe, plan, ctx)
     return plan
 
 
@@ -343,10 +324,13 @@ def run_study(recipe: Recipe, *, dry_run: bool = False, progress: bool = True, f
     """Run (or resume) a whole study; returns the report path (or the plan text on dry run)."""
     from tqdm.auto import tqdm
 
+    if dry_run:  # plans from shapes where inputs are missing, listing them (dryrun.py)
+        inputs = dry_run_inputs(recipe)
+        ctx = StudyContext(recipe, progress=progress, families=inputs.families)
+        plan = plan_study(recipe, ctx, run_preflight=not inputs.missing)
+        return describe_dry_run(recipe, plan, ctx, inputs)
     ctx = StudyContext(recipe, progress=progress)
     plan = plan_study(recipe, ctx)
-    if dry_run:
-        return plan.describe(recipe)
     out, manifest = prepare_output_dir(recipe, force=force)
     if recipe.data.corpus == "toy" or any(spec.family == "toy" and spec.source is None for spec in recipe.models):
         write_world_tables(ctx.world, out)  # only when the world is used: a toy `source` needs none
