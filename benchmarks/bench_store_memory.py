@@ -8,7 +8,12 @@ the store's memory does not depend on what computes the activations, and a real 
 only make the run slower (``--real-lm`` uses a random toy Llama HookedTransformer instead).
 
     python benchmarks/bench_store_memory.py     # d=512, budgets 100k/400k vectors, buffers 16k..256k
-Last line: ``RATIO peak(budget x4)/peak(budget) = X.XX at buffer B; peak/buffer bytes = Y.YY``.
+
+``--impls before,after`` (the default) runs each configuration with the store as it was before
+the in-place refill (``store_before.ConcatRefillStore``: cat of old + new, permuted copy) and
+with today's ``ActivationStore``, side by side. Last lines, per implementation:
+``RATIO peak(budget x4)/peak(budget) = X.XX at buffer B; peak/buffer bytes = Y.YY..Z.ZZ`` and
+``PEAK/BUFFER <impl> = R.RR at buffer <largest>, budget <largest>`` (target after: <= 1.3).
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ def child(a) -> None:
     from bench_one_pass import toy_model, toy_windows
     from sae_bilingual.layers import hook_for_layer
     from sae_bilingual.store import ActivationStore
+    from store_before import ConcatRefillStore
 
     torch.set_num_threads(1)
     n_win = a.budget // (a.context - 1) + 1
@@ -63,7 +69,8 @@ def child(a) -> None:
     hooks = [hook_for_layer(layer, a.layers) for layer in range(1, a.layers + 1)][-a.hooks:]
     base = psutil.Process().memory_info().rss
     base_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    store = ActivationStore(model, win, hooks, batch_size=a.batch, buffer_vectors=a.buffer,
+    cls = ConcatRefillStore if a.impl == "before" else ActivationStore
+    store = cls(model, win, hooks, batch_size=a.batch, buffer_vectors=a.buffer,
                             lm_batch_size=a.lm_batch, seed=0)
     t0 = time.perf_counter()
     served = 0
@@ -72,7 +79,7 @@ def child(a) -> None:
         served += b[hooks[0]].shape[0]
     dt = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"buffer": a.buffer, "budget": a.budget, "served": served, "seconds": dt,
+    print(json.dumps({"impl": a.impl, "buffer": a.buffer, "budget": a.budget, "served": served, "seconds": dt,
                       "base_rss": base, "base_peak": base_peak, "peak_above_base": peak - base,
                       "buffer_bytes": a.buffer * a.d * 4 * len(hooks)}))
 
@@ -89,6 +96,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--buffers", default="16384,65536,262144")
     p.add_argument("--budgets", default="100000,400000", help="vectors streamed per configuration")
     p.add_argument("--real-lm", action="store_true")
+    p.add_argument("--impls", default="before,after",
+                   help="store implementations to compare: 'before' (cat + permuted copy), 'after' (in place)")
+    p.add_argument("--impl", default="after", help=argparse.SUPPRESS)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--buffer", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--budget", type=int, default=0, help=argparse.SUPPRESS)
@@ -107,32 +117,44 @@ def main(argv: list[str] | None = None) -> dict:
     common_args = [f"--d={a.d}", f"--layers={a.layers}", f"--hooks={a.hooks}", f"--vocab={a.vocab}",
                    f"--context={a.context}", f"--batch={a.batch}", f"--lm-batch={a.lm_batch}"]
     common_args += ["--real-lm"] if a.real_lm else []
-    print(f"{'buffer vec':>10s} {'budget vec':>10s} {'buffer MB':>9s} {'budget MB':>9s} "
+    print(f"{'impl':>6s} {'buffer vec':>10s} {'budget vec':>10s} {'buffer MB':>9s} {'budget MB':>9s} "
           f"{'peak RSS above base MB':>22s} {'peak/buffer':>11s} {'s':>6s}")
+    impls = [x.strip() for x in a.impls.split(",") if x.strip()]
     for buf in buffers:
         for bud in budgets:
-            cmd = [sys.executable, os.path.abspath(__file__), "--child", f"--buffer={buf}",
-                   f"--budget={bud}", *common_args]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            line = [x for x in out.stdout.splitlines() if x.startswith("{")]
-            if not line:
-                print(f"{buf:>10d} {bud:>10d} FAILED: {out.stderr.strip().splitlines()[-1:]}")
-                continue
-            r = json.loads(line[-1])
-            rows.append(r)
-            bb = a.d * 4 * a.hooks
-            print(f"{buf:>10d} {bud:>10d} {buf * bb / 1e6:9.1f} {bud * bb / 1e6:9.1f} "
-                  f"{r['peak_above_base'] / 1e6:22.1f} {r['peak_above_base'] / r['buffer_bytes']:11.2f} "
-                  f"{r['seconds']:6.1f}")
-    by = {(r["buffer"], r["budget"]): r["peak_above_base"] for r in rows}
-    b0 = buffers[len(buffers) // 2]
+            for impl in impls:
+                cmd = [sys.executable, os.path.abspath(__file__), "--child", f"--buffer={buf}",
+                       f"--budget={bud}", f"--impl={impl}", *common_args]
+                out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+                line = [x for x in out.stdout.splitlines() if x.startswith("{")]
+                if not line:
+                    print(f"{impl:>6s} {buf:>10d} {bud:>10d} FAILED: {out.stderr.strip().splitlines()[-1:]}")
+                    continue
+                r = json.loads(line[-1])
+                rows.append(r)
+                bb = a.d * 4 * a.hooks
+                print(f"{impl:>6s} {buf:>10d} {bud:>10d} {buf * bb / 1e6:9.1f} {bud * bb / 1e6:9.1f} "
+                      f"{r['peak_above_base'] / 1e6:22.1f} {r['peak_above_base'] / r['buffer_bytes']:11.2f} "
+                      f"{r['seconds']:6.1f}")
     lo, hi = budgets[0], budgets[-1]
-    ratio_budget = by[(b0, hi)] / by[(b0, lo)] if (b0, hi) in by and (b0, lo) in by else float("nan")
-    per_buf = [r["peak_above_base"] / r["buffer_bytes"] for r in rows]
-    print(f"budget x{hi / lo:.0f} at buffer {b0}: peak x{ratio_budget:.2f}; buffer x{buffers[-1] / buffers[0]:.0f} "
-          f"at budget {hi}: peak x{by.get((buffers[-1], hi), float('nan')) / by.get((buffers[0], hi), float('nan')):.2f}")
-    print(f"RATIO peak(budget x{hi / lo:.0f})/peak(budget) = {ratio_budget:.2f} at buffer {b0}; "
-          f"peak/buffer bytes = {min(per_buf):.2f}..{max(per_buf):.2f}")
+    b0 = buffers[len(buffers) // 2]
+    for impl in impls:
+        mine = [r for r in rows if r["impl"] == impl]
+        by = {(r["buffer"], r["budget"]): r["peak_above_base"] for r in mine}
+        if not mine:
+            continue
+        ratio_budget = by[(b0, hi)] / by[(b0, lo)] if (b0, hi) in by and (b0, lo) in by else float("nan")
+        per_buf = [r["peak_above_base"] / r["buffer_bytes"] for r in mine]
+        print(f"[{impl}] budget x{hi / lo:.0f} at buffer {b0}: peak x{ratio_budget:.2f}; buffer "
+              f"x{buffers[-1] / buffers[0]:.0f} at budget {hi}: peak "
+              f"x{by.get((buffers[-1], hi), float('nan')) / by.get((buffers[0], hi), float('nan')):.2f}")
+        print(f"[{impl}] RATIO peak(budget x{hi / lo:.0f})/peak(budget) = {ratio_budget:.2f} at buffer {b0}; "
+              f"peak/buffer bytes = {min(per_buf):.2f}..{max(per_buf):.2f}")
+    for impl in impls:
+        big = [r for r in rows if r["impl"] == impl and r["buffer"] == buffers[-1] and r["budget"] == hi]
+        if big:
+            print(f"PEAK/BUFFER {impl} = {big[0]['peak_above_base'] / big[0]['buffer_bytes']:.2f} "
+                  f"at buffer {buffers[-1]}, budget {hi}")
     return {"rows": rows}
 
 

@@ -127,7 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("study", help="run (or resume) a study from a recipe; writes report.html",
                        description="Train, analyse, plot and report. Rerunning resumes.")
     s.add_argument("recipe", nargs="?", help="recipe YAML path or embedded name (default: toy)")
-    s.add_argument("--dry-run", action="store_true", help="print the plan (units, SAEs, LM tokens) and stop")
+    s.add_argument("--dry-run", action="store_true",
+                   help="print the plan (units, SAEs, LM tokens; memory and LM passes per unit) and stop; "
+                        "missing inputs are listed, not fatal")
     s.add_argument("--output-dir", help="override the recipe's output_dir")
     s.add_argument("--set", action="append", metavar="FIELD=VALUE",
                    help="override a recipe field, e.g. --set sae.k=16 (repeatable)")

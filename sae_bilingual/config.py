@@ -17,6 +17,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from sae_bilingual.errors import ConfigError
+from sae_bilingual.memplan import parse_bytes
 from sae_bilingual.recipe_checks import check_recipe
 
 # --------------------------------------------------------------------------- schema
@@ -249,6 +250,10 @@ class Recipe:
     controls: list[Literal["codeswitch", "disjoint"]] = field(default_factory=list)
     """Toy studies only: also run the study on these control worlds (under
     <output_dir>/controls/<name>) and show their numbers beside the study's in the report."""
+    max_memory: Union[int, str, None] = None
+    """Memory a unit may use on `device` (bytes, or '80GB', '40GiB'); None: the device's free
+    memory when the unit starts. A unit whose layers do not fit together is trained in several
+    LM passes of fewer layers, with identical results (memplan.py; `--dry-run` shows the plan)."""
     wandb: bool = False
     expected_gpu_hours: float | None = None
     """Documentation only: what the recipe costs at full scale."""
@@ -277,6 +282,8 @@ class Recipe:
                 f"sae.warm_start chains each checkpoint's SAEs to the previous checkpoint's, so the "
                 f"units of a model must run in order: use executor: local, not {self.executor!r}"
             )
+        if self.max_memory is not None:
+            parse_bytes(self.max_memory, "max_memory")  # raises naming the field and the forms
         if not 0 < self.analysis.act_threshold < 1:
             raise ConfigError("analysis.act_threshold must lie in (0, 1) (the paper: 0.7)")
         a = self.analysis

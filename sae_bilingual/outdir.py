@@ -251,7 +251,7 @@ def recipe_hash(recipe: Recipe) -> str:
     version adding a field (with a default) still resumes an old study.
     """
     d = _non_default(recipe_to_dict(recipe), recipe_to_dict(Recipe()))
-    for k in ("output_dir", "executor", "name", "expected_gpu_hours", "wandb", "export"):
+    for k in ("output_dir", "executor", "name", "expected_gpu_hours", "wandb", "export", "max_memory"):
         d.pop(k, None)
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

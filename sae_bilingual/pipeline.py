@@ -18,6 +18,7 @@ import torch
 from sae_bilingual import __version__
 from sae_bilingual.io import atomic_write_json, atomic_write_text
 from sae_bilingual.layers import hook_for_layer
+from sae_bilingual.memplan import unit_groups
 from sae_bilingual.models.registry import get_family
 from sae_bilingual.timing import StageTimer
 from sae_bilingual.semantic import (
@@ -110,15 +111,29 @@ UNIT_STAGES = {"model load": "load", "LM + SAE training": "train", "eval activat
 
 
 def run_unit(ctx, unit, layers: list[int], out: Path, *, lr: float) -> None:
-    """Train, save and analyse the SAEs of ``layers`` at one checkpoint (each stage timed)."""
+    """Train, save and analyse the SAEs of ``layers`` at one checkpoint (each stage timed).
+
+    The layers are trained in as few LM passes as fit the memory budget (memplan.py); each
+    pass trains and analyses its group, with the results of training all layers at once.
+    """
+    groups = unit_groups(ctx.recipe, ctx.family(unit.model_index).hf_config, layers, unit.id)
+    timer = StageTimer(unit.id)
+    model = timer.call("model load", _load_model, ctx, unit)
+    load_per_layer = timer.seconds["model load"] / len(layers)
+    for group in groups:
+        _train_and_analyse(ctx, unit, model, group, out, lr=lr, load_per_layer=load_per_layer)
+
+
+def _train_and_analyse(ctx, unit, model, layers: list[int], out: Path, *, lr: float,
+                       load_per_layer: float) -> None:
+    """One LM pass: train the SAEs of ``layers`` from one store, then analyse each layer."""
     from sae_bilingual.ce import ce_metrics_many
     from sae_bilingual.sae import save_sae
     from sae_bilingual.store import collect_activations
     from sae_bilingual.study import write_unit_summary
     from sae_bilingual.train import reconstruction_metrics, train_saes
 
-    timer = StageTimer(unit.id)
-    model = timer.call("model load", _load_model, ctx, unit)
+    timer = StageTimer(unit.id if len(layers) == len(unit.layers) else f"{unit.id} layers {layers}")
     hooks = [hook_for_layer(l) for l in layers]
     with timer.stage("LM + SAE training"):
         cfg = train_config(ctx, lr, ctx.windows("train", unit.model_index).n_vectors)
@@ -136,7 +151,8 @@ def run_unit(ctx, unit, layers: list[int], out: Path, *, lr: float) -> None:
     ce_windows = _first_docs_per_lang(eval_windows, ctx.recipe.analysis.ce_docs_per_lang)
     ce = timer.call("CE metrics", ce_metrics_many, model, [saes[h] for h in hooks], ce_windows,  # one clean pass
                     budget_bytes=int(ctx.recipe.data.logits_budget_mb * 2**20))
-    shared = {f"seconds_{UNIT_STAGES[k]}": v / len(layers) for k, v in timer.seconds.items()}
+    shared = {"seconds_load": load_per_layer,
+              **{f"seconds_{UNIT_STAGES[k]}": v / len(layers) for k, v in timer.seconds.items()}}
     for layer, hook in zip(layers, hooks):
         with timer.stage(f"layer {layer} analysis"):
             t1 = time.perf_counter()

@@ -141,12 +141,13 @@ def collect_activations(model: Any, windows: Windows, hooks: Sequence[str], *, b
         for h in hooks:
             if h not in cache:
                 raise DataError(f"hook {h} did not fire; is it a residual hook of this model?")
-            a = cache[h].to(out_device)[rows, cols].to(torch.float32)
+            a = cache[h].to(out_device)[rows, cols].to(torch.float32)  # indexing copies: safe to edit
             _check_finite(h, a, lab.doc_id, lab.position)
-            a = a / a.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            a.div_(a.norm(dim=-1, keepdim=True).clamp_min(1e-12))
             outs[h].append(a.to(dtype))
+        cache.clear()
         labs.append(lab)
-    acts = {h: torch.cat(v) if v else torch.zeros(0, 0) for h, v in outs.items()}
+    acts = {h: (v[0] if len(v) == 1 else torch.cat(v)) if v else torch.zeros(0, 0) for h, v in outs.items()}
     return acts, Labels.cat(labs)
 
 
@@ -160,10 +161,18 @@ class ActivationStore:
     """Shuffling, memory-bounded iterator over unit-norm activations of several hooks.
 
     Each ``next()`` gives ``{hook: Tensor[batch_size, d]}`` (or, with ``with_labels=True``,
-    ``(dict, Labels)``). The buffer holds at most ``buffer_vectors`` vectors per hook: the LM
-    runs on chunks of windows to top it up, the buffer is permuted with a seeded generator,
-    and the first half is served before the next top-up. Passes over the windows repeat
-    (new permutation per epoch) so the iterator never ends; ``epoch`` counts passes.
+    ``(dict, Labels)``). The buffer is allocated once, ``buffer_vectors`` rows per hook (and
+    one row of labels per vector), and refilled in place: the LM runs on chunks of windows
+    whose vectors overwrite the slots already served, then the slots still unserved are put
+    in a new seeded random order (a permutation of indices: no vector is copied), and the
+    first half of that order is served before the next refill. Peak memory is therefore the
+    buffer plus one LM chunk and one batch, not the buffer twice or more. Passes over the
+    windows repeat (new permutation per epoch) so the iterator never ends; ``epoch`` counts
+    passes, and the vectors of one pass are all served before any of the next.
+
+    The random stream (window order, slot order) depends on the windows, the sizes and the
+    seed only, never on ``hooks``: a hook's batches are the same whichever hooks share the
+    store (a unit's layers may be trained in several groups, see memplan.py).
 
     With ``cache_dir`` the activations are written once as safetensors shards under
     ``cache_dir/<cache_key(**cache_id)>/`` and later stores with the same key read them
@@ -188,10 +197,16 @@ class ActivationStore:
         self.gen = torch.Generator().manual_seed(seed)
         self.epoch = 0
         self.n_served = 0
-        self._buf: dict[str, torch.Tensor] | None = None
-        self._lab = Labels.empty()
-        self._ready = 0
-        self._fill = 0  # vectors in the buffer while it is being topped up
+        C = self.buffer_vectors
+        self._buf: dict[str, torch.Tensor] | None = None  # [C, d] per hook, allocated at the first chunk
+        self._lab = Labels(*(torch.zeros(C, dtype=torch.long) for _ in fields(Labels)))
+        self._used = torch.zeros(C, dtype=torch.bool)  # slot holds a vector not served yet
+        self._seq = torch.zeros(C, dtype=torch.long)  # arrival number (serving order without shuffle)
+        self._n_in = 0  # vectors written so far
+        self._order = torch.zeros(0, dtype=torch.long)  # slots in serving order
+        self._pos = 0  # next entry of _order to serve
+        self._ready = 0  # entries of _order servable before the next refill
+        self._pending: tuple[dict[str, torch.Tensor], Labels] | None = None  # rest of a chunk that did not fit
         self._source = self._source_iter()
         self.shard_dir: Path | None = None
         if cache_dir is not None:
@@ -222,9 +237,8 @@ class ActivationStore:
                                                    "cache_id": dict(cache_id)})
         log.info("wrote activation cache %s (%d shards)", self.shard_dir, len(shards))
 
-    def _source_iter(self) -> Iterator[tuple[dict[str, torch.Tensor], Labels]]:
-        """Endless chunks of (acts, labels), from the cache shards or the LM."""
-        T = self.windows.tokens.shape[1]
+    def _source_iter(self) -> Iterator[tuple[dict[str, torch.Tensor], Labels] | None]:
+        """Endless chunks of (acts, labels), from the cache shards or the LM; None ends an epoch."""
         while True:
             if self.shard_dir is not None:
                 from safetensors.torch import load_file
@@ -237,61 +251,70 @@ class ActivationStore:
             else:
                 n = len(self.windows)
                 perm = torch.randperm(n, generator=self.gen) if self.shuffle else torch.arange(n)
-                s = 0
-                while s < n:
-                    room = self.buffer_vectors - self._fill
-                    rows = min(self.lm_batch_size, max(1, room // (T - 1)))
-                    w = self.windows.subset(perm[s:s + rows])
-                    s += rows
+                for s in range(0, n, self.lm_batch_size):
+                    w = self.windows.subset(perm[s:s + self.lm_batch_size])
                     yield collect_activations(self.model, w, self.hooks, batch_size=self.lm_batch_size,
                                               device=self.device, dtype=self.dtype)
             self.epoch += 1
-            yield None  # type: ignore[misc]  # epoch boundary marker
+            yield None  # epoch boundary marker
 
     def _shard_rows(self) -> int:
-        # a shard holds at most a quarter of the buffer, so a top-up never overshoots it
-        return max(1, self.buffer_vectors // (4 * (self.windows.tokens.shape[1] - 1)))
+        # a shard holds at most an eighth of the buffer: reading one costs little beyond the buffer
+        return max(1, self.buffer_vectors // (8 * (self.windows.tokens.shape[1] - 1)))
 
     def _size(self) -> int:
-        return 0 if self._buf is None else int(self._lab.lang.shape[0])
+        """Vectors in the buffer not served yet."""
+        return int(self._order.shape[0]) - self._pos
+
+    def _write(self, slots: torch.Tensor, acts: Mapping[str, torch.Tensor], lab: Labels) -> None:
+        """Copy the first ``len(slots)`` vectors of a chunk into those slots of the buffer."""
+        m = int(slots.shape[0])
+        if self._buf is None:
+            C = self.buffer_vectors
+            self._buf = {h: torch.empty(C, acts[h].shape[1], dtype=acts[h].dtype) for h in self.hooks}
+        for h in self.hooks:
+            self._buf[h].index_copy_(0, slots, acts[h][:m])
+        for f in fields(Labels):
+            getattr(self._lab, f.name).index_copy_(0, slots, getattr(lab, f.name)[:m])
+        self._used[slots] = True
+        self._seq[slots] = torch.arange(self._n_in, self._n_in + m)
+        self._n_in += m
 
     def _refill(self) -> None:
-        parts_a: dict[str, list[torch.Tensor]] = {h: [] if self._buf is None else [self._buf[h]] for h in self.hooks}
-        parts_l = [self._lab]
-        size = self._size()
+        """Overwrite the served slots with new vectors, then reorder the unserved ones."""
+        self._used[self._order[:self._pos]] = False
+        free = (~self._used).nonzero().flatten()
+        w = 0
         end_of_epoch = False
-        while size < self.buffer_vectors:
-            self._fill = size
-            chunk = next(self._source)
+        while w < free.shape[0]:
+            chunk, self._pending = (self._pending, None) if self._pending is not None else (next(self._source), None)
             if chunk is None:
                 end_of_epoch = True
-                if size > 0:
+                if w > 0 or bool(self._used.any()):
                     break
                 continue
             acts, lab = chunk
-            for h in self.hooks:
-                parts_a[h].append(acts[h])
-            parts_l.append(lab)
-            size += len(lab)
-            T1 = self.windows.tokens.shape[1] - 1
-            chunk_max = T1 if self.shard_dir is None else self._shard_rows() * T1
-            if size + chunk_max > self.buffer_vectors:
-                break
-        self._buf = {h: torch.cat(v) for h, v in parts_a.items()}
-        self._lab = Labels.cat(parts_l)
+            m = min(len(lab), int(free.shape[0]) - w)
+            self._write(free[w:w + m], acts, lab)
+            if m < len(lab):  # keep the rest for the next refill (views: no copy)
+                self._pending = ({h: acts[h][m:] for h in self.hooks}, lab.index(slice(m, None)))
+            w += m
+        live = self._used.nonzero().flatten()
         if self.shuffle:
-            perm = torch.randperm(len(self._lab), generator=self.gen)
-            self._buf = {h: a[perm] for h, a in self._buf.items()}
-            self._lab = self._lab.index(perm)
-        n = len(self._lab)
+            self._order = live[torch.randperm(live.shape[0], generator=self.gen)]
+        else:
+            self._order = live[torch.argsort(self._seq[live])]
+        self._pos = 0
+        n = int(live.shape[0])
         self._ready = n if end_of_epoch else max(min(n, self.batch_size), n // 2)
 
     def _take(self, n: int) -> tuple[dict[str, torch.Tensor], Labels]:
+        """The next ``n`` vectors in serving order (copies: their slots are refilled later)."""
         assert self._buf is not None
-        out = {h: a[:n] for h, a in self._buf.items()}
-        lab = self._lab.index(slice(0, n))
-        self._buf = {h: a[n:] for h, a in self._buf.items()}
-        self._lab = self._lab.index(slice(n, None))
+        slots = self._order[self._pos:self._pos + n]
+        out = {h: a.index_select(0, slots) for h, a in self._buf.items()}
+        lab = self._lab.index(slots)
+        self._pos += n
         self._ready -= n
         return out, lab
 

@@ -19,6 +19,7 @@ from sae_bilingual.artefacts import collect_summary, write_unit_summary  # noqa:
 from sae_bilingual.artefacts import layer_finished as _summary_ok
 from sae_bilingual.config import Recipe, recipe_to_dict
 from sae_bilingual.controls import control_recipe
+from sae_bilingual.dryrun import describe_dry_run, describe_plan, dry_run_inputs
 from sae_bilingual.errors import ConfigError
 from sae_bilingual.executors import UnitJob, get_executor
 from sae_bilingual.export import export_release
@@ -83,30 +84,8 @@ class Plan:
         return sum(len(u.layers) for u in self.units)
 
     def describe(self, recipe: Recipe) -> str:
-        """Human-readable plan for ``--dry-run``."""
-        lines = [f"study {recipe.name!r} -> {recipe.output_dir}"]
-        for u in self.units:
-            lines.append(
-                f"  {u.id:<40} tokens={u.tokens:>16,}  layers={_fmt_layers(u.layers)}"
-            )
-        if self.lr_grid is not None:
-            lines.append(
-                f"  LR grid: {len(recipe.sae.lr_grid)} SAEs at {self.lr_grid.id} layer {self.lr_grid.layers[0]}"
-            )
-        lm = self.lm_tokens_per_unit * (len(self.units) + (self.lr_grid is not None))
-        lines.append(
-            f"total: {len(self.units)} units, {self.n_saes} SAEs"
-            + (f" (+{len(recipe.sae.lr_grid)} LR-grid SAEs)" if self.lr_grid else "")
-            + f", ~{lm:,} LM tokens (one pass per unit feeds all its layers)"
-        )
-        lines.extend(f"note: {n}" for n in self.notes)
-        return "\n".join(lines)
-
-
-def _fmt_layers(layers: list[int]) -> str:
-    if len(layers) > 2 and layers == list(range(layers[0], layers[-1] + 1)):
-        return f"{layers[0]}-{layers[-1]}"
-    return ",".join(map(str, layers))
+        """Human-readable plan for ``--dry-run`` (units, SAEs, LM tokens; dryrun.py)."""
+        return describe_plan(self, recipe)
 
 
 # --------------------------------------------------------------------------- planning
@@ -115,11 +94,11 @@ def _fmt_layers(layers: list[int]) -> str:
 class StudyContext:
     """Everything built once per study and shared by its units (world, corpus, windows)."""
 
-    def __init__(self, recipe: Recipe, progress: bool = True):
+    def __init__(self, recipe: Recipe, progress: bool = True, families: dict[int, Any] | None = None):
         self.recipe = recipe
         self.progress = progress
         self._world = None
-        self._families: dict[int, Any] = {}
+        self._families: dict[int, Any] = dict(families or {})  # given: stand-ins (dry run)
         self._windows: dict[str, Any] = {}
         self.cluster_cache: dict[tuple[int, int], Any] = {}
 
@@ -248,8 +227,9 @@ def _unique(cks: list) -> list:
     return sorted(out, key=lambda c: c.iteration)
 
 
-def plan_study(recipe: Recipe, ctx: StudyContext | None = None) -> Plan:
-    """Resolve checkpoints and layers for every model: fails fast on bad names or ranges."""
+def plan_study(recipe: Recipe, ctx: StudyContext | None = None, run_preflight: bool = True) -> Plan:
+    """Resolve checkpoints and layers for every model: fails fast on bad names or ranges
+    (and, with ``run_preflight``, on inputs the study cannot use: preflight.py)."""
     ctx = ctx or StudyContext(recipe)
     check_hub_access(recipe)  # before any family or corpus reaches for the network
     units: list[Unit] = []
@@ -288,7 +268,8 @@ def plan_study(recipe: Recipe, ctx: StudyContext | None = None) -> Plan:
         if iv.mid_checkpoint is not None:
             fam.catalogue().select(iteration=iv.mid_checkpoint)  # raises naming the choices
         plan.notes.append(f"intervention at layer {layer[0]} ({hook_for_layer(layer[0])})")
-    preflight(recipe, plan, ctx)
+    if run_preflight:
+        preflight(recipe, plan, ctx)
     return plan
 
 
@@ -302,13 +283,16 @@ def run_study(recipe: Recipe, *, dry_run: bool = False, progress: bool = True, f
     run: a second study on it fails naming this one."""
     if not dry_run:
         check_not_in_use(recipe.output_dir)  # in seconds, not after planning
+    if dry_run:  # plans from shapes where inputs are missing, listing them (dryrun.py)
+        inputs = dry_run_inputs(recipe)
+        ctx = StudyContext(recipe, progress=progress, families=inputs.families)
+        plan = plan_study(recipe, ctx, run_preflight=not inputs.missing)
+        return describe_dry_run(recipe, plan, ctx, inputs)
     timer = StageTimer("study")  # one log line per stage; the split ends the run and the report
     ctx = StudyContext(recipe, progress=progress)
     if uses_world(recipe):
         timer.call("world", lambda: ctx.world)  # built, or loaded from the cache
     plan = timer.call("plan", plan_study, recipe, ctx)
-    if dry_run:
-        return plan.describe(recipe)
     check_output_dir(recipe.output_dir, force)  # before the lock file is created there
     with output_lock(recipe.output_dir):
         return _run_locked(recipe, ctx, plan, timer, progress, force)

@@ -109,3 +109,81 @@ def test_nan_names_hook_doc_position(world):
             collect_activations(model, w.subset(slice(0, 2)), HOOKS)
     finally:
         model.reset_hooks()
+
+
+def _reference(model, w, hooks):
+    """Every (doc, position) -> its unit-norm vector per hook, from one plain collection."""
+    acts, lab = collect_activations(model, w, hooks, batch_size=len(w))
+    keys = list(zip(lab.doc_id.tolist(), lab.position.tolist()))
+    return {h: dict(zip(keys, acts[h])) for h in hooks}, dict(zip(keys, lab.token_id.tolist()))
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_every_served_vector_is_right_and_epochs_never_mix(world, tmp_path, cached):
+    """Three epochs in odd-sized batches: each block of n_vectors served is one whole epoch
+    (every (doc, position) once), every vector equals the direct forward's, unit norm, no BOS."""
+    model, w = world
+    ref, tok = _reference(model, w, HOOKS)
+    kw = dict(cache_dir=tmp_path, cache_id={"x": 1}) if cached else {}
+    st = ActivationStore(model, w, HOOKS, batch_size=37, buffer_vectors=150, lm_batch_size=5, seed=1,
+                         with_labels=True, **kw)
+    n = w.n_vectors
+    keys, vecs = [], {h: [] for h in HOOKS}
+    while len(keys) < 3 * n:
+        acts, lab = next(st)
+        assert len(lab) == 37 and st._size() <= 150
+        keys += list(zip(lab.doc_id.tolist(), lab.position.tolist()))
+        assert all(tok[k] == t for k, t in zip(keys[-37:], lab.token_id.tolist()))
+        for h in HOOKS:
+            vecs[h].append(acts[h])
+    assert min(p for _, p in keys) >= 1  # BOS is never served
+    for e in range(3):
+        assert sorted(keys[e * n:(e + 1) * n]) == sorted(ref[HOOKS[0]]), f"epoch {e} is not every vector once"
+    assert keys[:n] != sorted(keys[:n]) and keys[:n] != keys[n:2 * n]  # shuffled, anew each epoch
+    for h in HOOKS:
+        got = torch.cat(vecs[h])
+        want = torch.stack([ref[h][k] for k in keys])
+        assert torch.allclose(got, want, atol=1e-5)
+        assert torch.allclose(got.norm(dim=-1), torch.ones(len(keys)), atol=1e-5)
+
+
+def test_buffer_is_allocated_once_and_refilled_in_place(world):
+    model, w = world
+    st = ActivationStore(model, w, HOOKS, batch_size=32, buffer_vectors=200, lm_batch_size=3, seed=0)
+    next(st)
+    ptrs = {h: st._buf[h].data_ptr() for h in HOOKS}
+    refills = 0
+    for _ in range(3 * w.n_vectors // 32):
+        before = st._ready
+        next(st)
+        refills += st._ready > before
+        assert {h: st._buf[h].data_ptr() for h in HOOKS} == ptrs
+        assert all(st._buf[h].shape == (200, 16) for h in HOOKS)
+    assert refills >= 5
+
+
+def test_batches_of_a_hook_do_not_depend_on_the_other_hooks(world):
+    """A unit's layers may train in groups (memplan.py): each group's store must serve a hook
+    exactly the batches a store of all hooks would."""
+    model, w = world
+    both = ActivationStore(model, w, HOOKS, batch_size=40, buffer_vectors=300, lm_batch_size=3, seed=5,
+                           with_labels=True)
+    alone = ActivationStore(model, w, HOOKS[1:], batch_size=40, buffer_vectors=300, lm_batch_size=3, seed=5,
+                            with_labels=True)
+    for _ in range(2 * w.n_vectors // 40):
+        (a, la), (b, lb) = next(both), next(alone)
+        assert torch.equal(a[HOOKS[1]], b[HOOKS[1]]) and torch.equal(la.doc_id, lb.doc_id)
+        assert torch.equal(la.position, lb.position)
+
+
+def test_unshuffled_store_serves_window_order(world):
+    model, w = world
+    _, ref = collect_activations(model, w, HOOKS[:1], batch_size=7)
+    st = ActivationStore(model, w, HOOKS[:1], batch_size=25, buffer_vectors=120, lm_batch_size=4, seed=0,
+                         with_labels=True, shuffle=False)
+    docs, pos = [], []
+    while len(docs) < w.n_vectors:
+        _, lab = next(st)
+        docs += lab.doc_id.tolist()
+        pos += lab.position.tolist()
+    assert docs[:w.n_vectors] == ref.doc_id.tolist() and pos[:w.n_vectors] == ref.position.tolist()

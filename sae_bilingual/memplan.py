@@ -1,0 +1,299 @@
+"""One work unit's memory, from shapes alone, and the LM passes its layers need to fit.
+
+A unit trains one SAE per layer from one LM forward per batch. When the SAEs of all its
+layers (weights, gradients, Adam state, step outputs) do not fit the device beside the LM,
+the layers are split into groups, each trained from its own pass over the same windows.
+Each hook then sees the same batches in the same order (the store's random stream ignores
+which hooks it serves) and its SAE starts from the same seed (``train.hook_seed``), so the
+SAEs and tables are bit for bit those of one pass; only the LM time grows.
+
+Memory sits in two places: the device that runs the LM and the SAEs, and the host RAM that
+holds the shuffle buffers and the evaluation vectors (the store and ``collect_activations``
+keep CPU tensors). On a CPU device both are one RAM and are added. The estimate is made from
+the model's config and the recipe, before anything is loaded: the large terms (LM weights,
+SAE state, buffers, evaluation vectors) are exact byte counts of the tensors the code
+allocates; transient activations are upper estimates. Plans use ``PLAN_FRACTION`` of the
+budget, leaving room for the CUDA context, allocator slack and estimation error.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+import torch
+
+from sae_bilingual.errors import ConfigError
+from sae_bilingual.layers import hook_for_layer, stop_at_layer_for
+
+log = logging.getLogger(__name__)
+
+PLAN_FRACTION = 0.9
+"""Share of the memory budget a plan fills."""
+CE_BATCH_WINDOWS = 64
+"""Windows per CE-metrics forward (train.ce_metrics_many's batch_size)."""
+EVAL_ENCODE_BATCH = 8192
+"""Vectors per encode batch of the analysis (codes.encode_to_codes, reconstruction_metrics)."""
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_bytes(value: int | float | str, field: str = "max_memory") -> int:
+    """Bytes from an int or a string like '80GB', '80 GiB', '512MB', '1.5e11' (GB = 10^9, GiB = 2^30)."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{field}: expected bytes or a size like '80GB', got {value!r}")
+    if isinstance(value, (int, float)):
+        n = float(value)
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", str(value))
+        unit = m.group(2).lower() if m else None
+        if m is None or unit not in _UNITS:
+            raise ConfigError(f"{field}: cannot read {value!r} as a size; write bytes or e.g. '80GB', "
+                              "'40GiB', '512MB' (GB = 10^9 bytes, GiB = 2^30)")
+        n = float(m.group(1)) * _UNITS[unit]
+    if not math.isfinite(n) or n <= 0:
+        raise ConfigError(f"{field}: must be a positive size, got {value!r}")
+    return int(n)
+
+
+def fmt_bytes(n: float) -> str:
+    """'7.57 GB' style (powers of 10, as parse_bytes reads them)."""
+    for unit, div in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+@dataclass(frozen=True)
+class LMShape:
+    """The sizes of a decoder-only LM that its memory depends on (read from its HF config)."""
+
+    n_layers: int
+    d_model: int
+    n_heads: int
+    n_kv_heads: int
+    d_head: int
+    d_mlp: int
+    d_vocab: int
+    n_ctx: int
+    gated_mlp: bool = True
+
+    @classmethod
+    def from_hf_config(cls, cfg: Any) -> LMShape:
+        """From a transformers config (Llama names first; GPT-NeoX/BLOOM spellings as fallbacks)."""
+        def get(*names: str, default: Any = None) -> Any:
+            return next((getattr(cfg, n) for n in names if getattr(cfg, n, None) is not None), default)
+
+        d = int(get("hidden_size", "n_embd", "d_model"))
+        heads = int(get("num_attention_heads", "n_head"))
+        return cls(n_layers=int(get("num_hidden_layers", "n_layer", "num_layers")), d_model=d, n_heads=heads,
+                   n_kv_heads=int(get("num_key_value_heads", default=heads)),
+                   d_head=int(get("head_dim", default=d // heads)),
+                   d_mlp=int(get("intermediate_size", "n_inner", "ffn_dim", default=4 * d)),
+                   d_vocab=int(cfg.vocab_size), n_ctx=int(get("max_position_embeddings", "n_positions", default=2048)),
+                   gated_mlp=str(get("hidden_act", "activation_function", default="")) == "silu")
+
+
+def lm_weight_bytes(s: LMShape, dtype_bytes: int) -> int:
+    """Parameters and buffers of the HookedTransformer the study loads (Llama layout of
+    TransformerLens: untied W_E/W_U, zero biases kept as tensors, rotary tables per layer)."""
+    attn = (s.n_heads + 2 * s.n_kv_heads) * s.d_head * (s.d_model + 1) + s.n_heads * s.d_head * s.d_model + s.d_model
+    mlp = (3 if s.gated_mlp else 2) * s.d_model * s.d_mlp + s.d_mlp + s.d_model
+    per_layer = attn + mlp + 2 * s.d_model + 2 * s.n_ctx * s.d_head  # + ln1, ln2 + rotary sin/cos
+    n = 2 * s.d_vocab * s.d_model + s.d_vocab + s.d_model + s.n_layers * per_layer
+    return n * dtype_bytes + 4 * s.n_layers  # + one float32 IGNORE scalar per attention layer
+
+
+def sae_params(d_in: int, d_sae: int) -> int:
+    """Parameters of one paper TopK SAE: W_enc, W_dec and b_pre (b_dec); the paper has no b_enc."""
+    return 2 * d_in * d_sae + d_in
+
+
+@dataclass(frozen=True)
+class Component:
+    """Bytes one part of a unit holds at once: ``fixed`` per pass plus ``per_hook`` per layer trained in it."""
+
+    name: str
+    where: str  # "device" or "host"
+    phase: str  # "train" or "analyse"
+    fixed: int = 0
+    per_hook: int = 0
+
+    def bytes(self, n_hooks: int) -> int:
+        return self.fixed + n_hooks * self.per_hook
+
+
+def unit_components(recipe: Any, shape: LMShape, *, logits_chunk_tokens: int | None = None) -> list[Component]:
+    """What one unit holds, per phase (training, then analysis), from the recipe and the LM's shape.
+
+    ``logits_chunk_tokens``: tokens whose logits are alive at once in the CE metrics
+    (default: one CE batch, 64 windows of ``data.context``).
+    """
+    data, sae = recipe.data, recipe.sae
+    lm_b = DTYPE_BYTES[recipe.dtype]
+    d, T = shape.d_model, data.context
+    n = sae.d_sae or sae.expansion * d
+    B, K = sae.batch_size, sae.k
+    n_eval = data.eval_tokens_per_lang * len(data.languages)
+    chunk_vectors = data.lm_batch_size * (T - 1)
+    logits_tokens = logits_chunk_tokens or CE_BATCH_WINDOWS * T
+    P = sae_params(d, n)
+
+    def forward(windows: int) -> tuple[int, int]:
+        """(transient activations of one no-grad block, one saved residual) for a batch of windows."""
+        tok = windows * T
+        act = tok * lm_b * (6 * d + 2 * (shape.n_heads + shape.n_kv_heads) * shape.d_head + 3 * shape.d_mlp)
+        return act + 2 * windows * shape.n_heads * T * T * 4, tok * d * lm_b
+
+    train_fwd, train_saved = forward(data.lm_batch_size)
+    ce_fwd, ce_saved = forward(CE_BATCH_WINDOWS)
+    weights = lm_weight_bytes(shape, lm_b)
+    return [
+        Component(f"LM weights ({recipe.dtype})", "device", "train", fixed=weights),
+        Component(f"LM batch ({data.lm_batch_size} x {T} tokens; + saved residual per layer)", "device", "train",
+                  fixed=train_fwd, per_hook=train_saved),
+        Component("SAE weights + grads + Adam state (per layer, float32)", "device", "train",
+                  per_hook=16 * P + 8 * n + n),
+        Component(f"SAE step outputs kept until all layers stepped (per layer, batch {B:,})", "device", "train",
+                  per_hook=2 * B * d * 4 + B * K * 24),
+        Component(f"SAE step workspace (one layer at a time: {B:,} x {n:,} pre-activations)", "device", "train",
+                  fixed=B * n * 4 + 3 * B * d * 4),
+        Component(f"store buffer (per layer: {data.buffer_vectors:,} vectors + one LM chunk + one batch)", "host",
+                  "train", fixed=data.buffer_vectors * 65,
+                  per_hook=(data.buffer_vectors + 2 * chunk_vectors + 2 * B) * d * 4),
+        Component(f"LM weights ({recipe.dtype})", "device", "analyse", fixed=weights),
+        Component(f"CE batch ({CE_BATCH_WINDOWS} x {T} tokens; + cached residual per layer)", "device", "analyse",
+                  fixed=ce_fwd, per_hook=ce_saved),
+        Component(f"logits chunk ({logits_tokens:,} tokens x {shape.d_vocab:,} vocab: float32 logits + log-softmax)",
+                  "device", "analyse", fixed=2 * logits_tokens * shape.d_vocab * 4),
+        Component("SAE weights for analysis (per layer, float32)", "device", "analyse", per_hook=4 * P),
+        Component(f"SAE encode workspace ({EVAL_ENCODE_BATCH:,} x {n:,} codes)", "device", "analyse",
+                  fixed=2 * EVAL_ENCODE_BATCH * n * 4),
+        Component(f"eval activations (per layer: {n_eval:,} vectors, float32)", "host", "analyse",
+                  fixed=n_eval * 32, per_hook=n_eval * d * 4),
+        Component(f"analysis codes (one layer at a time: {n_eval:,} x K={K})", "host", "analyse",
+                  fixed=n_eval * (8 * K + 32)),
+    ]
+
+
+def pass_peak(components: list[Component], n_hooks: int, merged: bool) -> dict[str, int]:
+    """Peak bytes of one pass of ``n_hooks`` layers: {'device', 'host'} (phases do not overlap).
+
+    ``merged``: the device is the host's RAM (CPU), so the 'device' figure is the sum of both.
+    """
+    peak = {"device": 0, "host": 0}
+    for phase in {c.phase for c in components}:
+        got = {w: sum(c.bytes(n_hooks) for c in components if c.phase == phase and c.where == w)
+               for w in ("device", "host")}
+        if merged:
+            got = {"device": got["device"] + got["host"], "host": 0}
+        peak = {w: max(peak[w], got[w]) for w in peak}
+    return peak
+
+
+def available_memory(device: str) -> tuple[int | None, str]:
+    """Free memory of ``device`` now: (bytes or None when unknown, where the number came from)."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            return None, "no CUDA device on this machine"
+        free, _ = torch.cuda.mem_get_info(dev)
+        cached = torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)  # ours to reuse
+        return int(free + cached), "torch.cuda.mem_get_info"
+    if dev.type == "cpu":
+        return int(psutil.virtual_memory().available), "available RAM (psutil)"
+    return None, f"free memory of a {dev.type} device is not known"
+
+
+def memory_budget(recipe: Any) -> tuple[int | None, str]:
+    """The budget a unit plans against: ``max_memory`` when set, else the device's free memory."""
+    if getattr(recipe, "max_memory", None) is not None:
+        return parse_bytes(recipe.max_memory), "max_memory"
+    return available_memory(recipe.device)
+
+
+def split_balanced(layers: list[int], n_groups: int) -> list[list[int]]:
+    """``layers`` (sorted) in ``n_groups`` contiguous groups whose sizes differ by at most one."""
+    layers = sorted(layers)
+    q, r = divmod(len(layers), n_groups)
+    out, s = [], 0
+    for g in range(n_groups):
+        size = q + (g < r)
+        out.append(layers[s:s + size])
+        s += size
+    return [g for g in out if g]
+
+
+@dataclass
+class UnitPlan:
+    """How one unit's layers are trained: groups (one LM pass each) and their peak memory."""
+
+    groups: list[list[int]]
+    peak: dict[str, int]
+    """Peak of the largest group: {'device', 'host'} bytes ('host' 0 when merged into 'device')."""
+    budget: int | None
+    budget_source: str
+    merged: bool
+    fits: bool
+    """False when even one layer per pass exceeds the budget (the plan then uses one per pass)."""
+
+    @property
+    def passes(self) -> int:
+        return len(self.groups)
+
+    def lm_cost(self) -> float:
+        """LM forward work relative to one pass over every layer (a pass stops at its deepest layer)."""
+        full = stop_at_layer_for([hook_for_layer(max(l for g in self.groups for l in g))])
+        return sum(stop_at_layer_for([hook_for_layer(max(g))]) for g in self.groups) / full
+
+
+def plan_unit(recipe: Any, shape: LMShape, layers: list[int], budget: int | None = None,
+              budget_source: str = "", *, logits_chunk_tokens: int | None = None) -> UnitPlan:
+    """As few contiguous layer groups as fit ``PLAN_FRACTION`` of ``budget`` (None: one group)."""
+    comps = unit_components(recipe, shape, logits_chunk_tokens=logits_chunk_tokens)
+    merged = torch.device(recipe.device).type == "cpu"
+    layers = sorted(layers)
+    if budget is None or not layers:
+        return UnitPlan([layers], pass_peak(comps, len(layers), merged), budget, budget_source, merged, True)
+    usable = PLAN_FRACTION * budget
+    k = max((k for k in range(1, len(layers) + 1) if pass_peak(comps, k, merged)["device"] <= usable), default=0)
+    groups = split_balanced(layers, math.ceil(len(layers) / max(k, 1)))
+    peak = pass_peak(comps, max(len(g) for g in groups), merged)
+    return UnitPlan(groups, peak, budget, budget_source, merged, k > 0)
+
+
+def fmt_layers(layers: list[int]) -> str:
+    """'1-14' for a run of consecutive layers, else '1,3,5'."""
+    if len(layers) > 2 and layers == list(range(layers[0], layers[-1] + 1)):
+        return f"{layers[0]}-{layers[-1]}"
+    return ",".join(map(str, layers))
+
+
+def describe_unit_plan(p: UnitPlan) -> str:
+    """One line: passes, layers per pass, peak memory and the LM cost."""
+    where = "RAM (device = host)" if p.merged else "device"
+    host = "" if p.merged else f", host RAM {fmt_bytes(p.peak['host'])}"
+    groups = " | ".join(fmt_layers(g) for g in p.groups)
+    return (f"{p.passes} LM pass{'es' if p.passes > 1 else ''} ({groups}); peak {where} "
+            f"{fmt_bytes(p.peak['device'])}{host}; LM time {p.passes} x one forward "
+            f"({p.lm_cost():.2f} x one full-depth pass: a pass stops at its deepest layer)")
+
+
+def unit_groups(recipe: Any, hf_config: Any, layers: list[int], unit_id: str = "unit") -> list[list[int]]:
+    """The layer groups of one unit on this machine now (called before the LM is loaded)."""
+    budget, source = memory_budget(recipe)
+    plan = plan_unit(recipe, LMShape.from_hf_config(hf_config), layers, budget, source)
+    if not plan.fits:
+        log.warning("%s: one layer per LM pass needs ~%s, more than %.0f%% of the %s budget (%s); running one "
+                    "layer per pass anyway. Lower sae.batch_size, data.buffer_vectors or data.lm_batch_size, or "
+                    "use a device with more memory", unit_id, fmt_bytes(plan.peak["device"]), 100 * PLAN_FRACTION,
+                    source, fmt_bytes(budget or 0))
+    if plan.passes > 1:
+        log.info("%s: memory plan %s (budget %s from %s)", unit_id, describe_unit_plan(plan),
+                 fmt_bytes(budget or 0), source)
+    return plan.groups
