@@ -27,9 +27,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from sae_bilingual.analysis import AnalysisConfig, analyse_features
-from sae_bilingual.codes import Codes
-from sae_bilingual.semantic import token_graph_from_embeddings
+from sae_bilingual.analysis.features import AnalysisConfig, analyse_features
+from sae_bilingual.analysis.codes import Codes
+from sae_bilingual.analysis.semantic import token_graph_from_embeddings
 
 
 def synthetic_codes(m: int, k: int, n: int, seed: int = 0, doc_len: int = 64, vocab: int = 17_664) -> Codes:

@@ -23,12 +23,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from sae_bilingual.config import load_recipe
-from sae_bilingual.intervention_stage import _feasible_ms, _translation_pairs, _translation_template
-from sae_bilingual.intervention_table import run_intervention_table, run_intervention_table_one_at_a_time
+from sae_bilingual.study.intervention_stage import _feasible_ms, _translation_pairs, _translation_template
+from sae_bilingual.intervention.experiment import run_intervention_table, run_intervention_table_one_at_a_time
 from sae_bilingual.layers import hook_for_layer, parse_layers
-from sae_bilingual.pipeline import _first_docs_per_lang
-from sae_bilingual.sae import make_metadata, new_paper_sae
-from sae_bilingual.study import StudyContext
+from sae_bilingual.study.pipeline import _first_docs_per_lang
+from sae_bilingual.sae.model import make_metadata, new_paper_sae
+from sae_bilingual.study.run import StudyContext
 
 
 def main() -> None:

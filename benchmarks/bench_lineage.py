@@ -20,7 +20,7 @@ import numpy as np
 
 def synthetic_pair(m: int, n: int, k: int, seed: int = 0):
     """Two Codes over the same rows with known correspondence (B = perm(A) + noise)."""
-    from sae_bilingual.codes import Codes
+    from sae_bilingual.analysis.codes import Codes
 
     rng = np.random.default_rng(seed)
     pool = 64
@@ -49,7 +49,7 @@ def main() -> None:
     ap.add_argument("--block", type=int, default=1024)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from sae_bilingual.lineage import MatchConfig, match_codes
+    from sae_bilingual.analysis.lineage import MatchConfig, match_codes
 
     t = time.perf_counter()
     a, b, perm = synthetic_pair(args.rows, args.n, args.k)

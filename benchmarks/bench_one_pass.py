@@ -1,10 +1,10 @@
 """L layers from one LM pass vs L single-layer runs (toy random Llama HookedTransformer).
 
 Two measurements, interleaved (repeats alternate the order; medians):
-1. activations only: ``sae_bilingual.store.collect_activations`` over the same windows for all
+1. activations only: ``sae_bilingual.data.store.collect_activations`` over the same windows for all
    L hooks at once vs for one hook (the deepest, which needs the whole forward) — what the
    one-pass store saves;
-2. end to end: ``ActivationStore`` + ``sae_bilingual.train.train_saes`` (SAELens
+2. end to end: ``ActivationStore`` + ``sae_bilingual.sae.train.train_saes`` (SAELens
    MultiSAETrainer, paper TopK SAE) for all L hooks in one run vs one run per hook.
 The one-pass run does the LM forward once and L SAE steps per batch; a single-layer run does
 one forward (stopped at its layer) and one SAE step. So (1) should be ~1x, and in (2) the
@@ -44,7 +44,7 @@ def toy_model(d: int, n_layers: int, vocab: int, ctx: int):
 
 
 def toy_windows(n: int, ctx: int, vocab: int, seed: int = 0):
-    from sae_bilingual.corpus import Windows
+    from sae_bilingual.data.corpus import Windows
 
     g = torch.Generator().manual_seed(seed)
     toks = torch.randint(3, vocab, (n, ctx), generator=g)
@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> dict:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     from sae_bilingual.layers import hook_for_layer
-    from sae_bilingual.store import ActivationStore, collect_activations
-    from sae_bilingual.train import SAETrainConfig, train_saes
+    from sae_bilingual.data.store import ActivationStore, collect_activations
+    from sae_bilingual.sae.train import SAETrainConfig, train_saes
 
     print(f"# {machine_line()}")
     print(f"# toy Llama d={a.d} layers={a.layers} vocab={a.vocab} ctx={a.context}; SAE n={a.expansion * a.d} "

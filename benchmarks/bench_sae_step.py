@@ -35,7 +35,7 @@ log = logging.getLogger("bench_sae_step")
 
 
 def make_ours(d: int, n: int, k: int, device: str):
-    from sae_bilingual.sae import new_paper_sae
+    from sae_bilingual.sae.model import new_paper_sae
 
     return new_paper_sae(d, k=k, d_sae=n, training=True, device=device, dtype="float32")
 

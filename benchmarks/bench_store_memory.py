@@ -59,7 +59,7 @@ def child(a) -> None:
 
     from bench_one_pass import toy_model, toy_windows
     from sae_bilingual.layers import hook_for_layer
-    from sae_bilingual.store import ActivationStore
+    from sae_bilingual.data.store import ActivationStore
     from store_before import ConcatRefillStore
 
     torch.set_num_threads(1)

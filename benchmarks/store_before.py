@@ -1,6 +1,6 @@
 """The activation store as it was before the in-place refill (issue 20), for benchmarks only.
 
-``ConcatRefillStore`` serves the same kind of stream as ``sae_bilingual.store.ActivationStore``
+``ConcatRefillStore`` serves the same kind of stream as ``sae_bilingual.data.store.ActivationStore``
 but refills the way the old one did: it keeps the unserved remainder, appends the new LM
 chunks, ``torch.cat``s them into a new buffer and takes a permuted copy of it. Kept so that
 ``bench_store_memory.py --impl before`` measures the old peak beside the new one in one run;
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from sae_bilingual.store import ActivationStore, Labels, collect_activations
+from sae_bilingual.data.store import ActivationStore, Labels, collect_activations
 
 
 class ConcatRefillStore(ActivationStore):

@@ -2,7 +2,7 @@
 
 A plugin for SAELens and TransformerLens: importing this package registers the paper's
 TopK SAE architecture ("paper_topk") with SAELens and the LLM-jp-3 model names with
-TransformerLens (and the release folders in $SAE_BILINGUAL_RELEASES, see sae_bilingual.export).
+TransformerLens (and the release folders in $SAE_BILINGUAL_RELEASES, see sae_bilingual.report.release).
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ __version__ = "0.1.0"
 
 def _register() -> None:
     from sae_bilingual.models.llmjp import register_with_transformer_lens
-    from sae_bilingual.sae import register
+    from sae_bilingual.sae.model import register
 
     register()
     register_with_transformer_lens()
     if os.environ.get("SAE_BILINGUAL_RELEASES"):  # exported release folders for SAE.from_pretrained
-        from sae_bilingual.export import register_env_releases
+        from sae_bilingual.report.release import register_env_releases
 
         register_env_releases()
 

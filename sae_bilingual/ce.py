@@ -9,7 +9,7 @@ gather then run on chunks of the positions that have a target, each chunk's logi
 rounding (tested).
 
 :func:`ce_metrics_many` (CE loss recovered of SAEs spliced into the model) and
-:func:`sae_bilingual.evaluation.perplexity` compute their losses this way;
+:func:`sae_bilingual.intervention.metrics.perplexity` compute their losses this way;
 :func:`token_windows` reads the evaluation windows' parts (tokens, lengths, language ids).
 """
 

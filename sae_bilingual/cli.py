@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from sae_bilingual.errors import OutputError, SaeBilingualError
-from sae_bilingual.outdir import is_study_folder, output_lock
+from sae_bilingual.study.outdir import is_study_folder, output_lock
 
 EMBEDDED_RECIPES = Path(__file__).parent / "recipes"
 
@@ -51,7 +51,7 @@ def resolve_recipe_path(name: str | None) -> Path:
 
 def cmd_study(args: argparse.Namespace) -> int:
     from sae_bilingual.config import load_recipe
-    from sae_bilingual.study import run_study
+    from sae_bilingual.study.run import run_study
 
     overrides = _parse_set(args.set or [])
     if args.output_dir:
@@ -76,9 +76,9 @@ def cmd_world(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from sae_bilingual.figures import make_all_figures
-    from sae_bilingual.report import write_report
-    from sae_bilingual.study import collect_summary, export_all_neuronpedia
+    from sae_bilingual.report.figures import make_all_figures
+    from sae_bilingual.report.html import write_report
+    from sae_bilingual.study.run import collect_summary, export_all_neuronpedia
 
     out = Path(args.study_dir)
     if not out.is_dir():
@@ -94,7 +94,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from sae_bilingual.convert import convert_released
+    from sae_bilingual.sae.convert import convert_released
 
     path = convert_released(args.src, args.dst, hook_name=args.hook, model_name=args.model, force=args.force)
     print(f"converted: {path}")
@@ -102,7 +102,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from sae_bilingual.export import export_release
+    from sae_bilingual.report.release import export_release
 
     out = export_release(args.run_dir, args.out, release=args.release, repo_id=args.repo_id)
     print(f"release: {out}")

@@ -17,8 +17,8 @@ from typing import Any, Literal, Union
 import yaml
 
 from sae_bilingual.errors import ConfigError
-from sae_bilingual.memplan import parse_bytes
-from sae_bilingual.recipe_checks import check_recipe
+from sae_bilingual.study.memplan import parse_bytes
+from sae_bilingual.config_checks import check_recipe
 
 # --------------------------------------------------------------------------- schema
 

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from sae_bilingual.errors import CheckpointError, DataError
 from sae_bilingual.models.public import PUBLIC_FAMILIES
-from sae_bilingual.recipe_checks import canonical_family
+from sae_bilingual.config_checks import canonical_family
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from sae_bilingual.config import load_recipe  # noqa: E402
-from sae_bilingual.study import run_study  # noqa: E402
+from sae_bilingual.study.run import run_study  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -27,7 +27,7 @@ def world_cache(tmp_path_factory) -> str:
 def smoke_study(world_cache, tmp_path_factory):
     """The smoke recipe run once, uninterrupted, in-process: the reference other tests compare to."""
     from sae_bilingual.config import load_recipe
-    from sae_bilingual.study import run_study
+    from sae_bilingual.study.run import run_study
 
     out = tmp_path_factory.mktemp("smoke") / "study"
     recipe = load_recipe(REPO / "recipes" / "smoke.yaml", {"output_dir": str(out)})

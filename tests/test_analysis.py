@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sae_bilingual.analysis import AnalysisConfig, analyse_features, script_of_tokens, summarise
-from sae_bilingual.examples import display_tokens, top_examples
-from sae_bilingual.codes import Codes
+from sae_bilingual.analysis.features import AnalysisConfig, analyse_features, script_of_tokens, summarise
+from sae_bilingual.analysis.examples import display_tokens, top_examples
+from sae_bilingual.analysis.codes import Codes
 from sae_bilingual.errors import ConfigError, DataError
 
 # Hand-worked example. K=2, 5 features, two documents (doc 0 English, doc 1 Japanese).
@@ -290,7 +290,7 @@ def test_display_tokens_merges_byte_fallback():
 
 
 def test_token_clusters_hand():
-    from sae_bilingual.semantic import token_clusters_from_embeddings
+    from sae_bilingual.analysis.semantic import token_clusters_from_embeddings
 
     s = 1 / math.sqrt(2)
     E = np.array([[1, 0, 0], [s, s, 0], [0, 1, 0], [0, 0, 1], [0, 0, -1], [0.0, -1, 0.0]], dtype=np.float32)
@@ -309,7 +309,7 @@ def test_token_clusters_hand():
 def test_token_clusters_blockwise_matches_dense(monkeypatch):
     from scipy.sparse.csgraph import connected_components
 
-    import sae_bilingual.semantic as sem
+    import sae_bilingual.analysis.semantic as sem
 
     E = np.random.default_rng(0).normal(size=(60, 16)).astype(np.float32)
     X = E / np.linalg.norm(E, axis=1, keepdims=True)

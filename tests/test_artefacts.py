@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from sae_bilingual.study import Unit, _summary_ok, collect_summary, write_unit_summary
+from sae_bilingual.study.run import Unit, _summary_ok, collect_summary, write_unit_summary
 
 
 def _finished_layer(out: Path) -> tuple[Unit, Path]:

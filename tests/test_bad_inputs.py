@@ -83,7 +83,7 @@ class ExpensiveWork(AssertionError):
 @pytest.fixture
 def no_lm_no_sae(monkeypatch):
     """Any LM activation pass or SAE training fails the test."""
-    from sae_bilingual import store, train
+    from sae_bilingual.data import store, train
 
     def boom(*a, **k):
         raise ExpensiveWork("expensive work started before the bad input was reported")
@@ -106,7 +106,7 @@ def earlier(tmp_path):
 
 
 def run_fails(rec: Recipe, exc: type[BaseException]) -> BaseException:
-    from sae_bilingual.study import run_study
+    from sae_bilingual.study.run import run_study
 
     with pytest.raises(exc) as info:
         run_study(rec, progress=False)
@@ -124,7 +124,7 @@ def tiny_lm(d_model: int = 16, n_layers: int = 2, d_vocab: int = 50, seed: int =
 
 
 def windows(tokens: list[list[int]], doc_ids=None, langs=None):
-    from sae_bilingual.corpus import Windows
+    from sae_bilingual.data.corpus import Windows
 
     T = max(map(len, tokens))
     t = torch.zeros(len(tokens), T, dtype=torch.long)
@@ -136,7 +136,7 @@ def windows(tokens: list[list[int]], doc_ids=None, langs=None):
 
 
 def tiny_sae(d_in: int = 16, hook: str = "blocks.0.hook_resid_post", k: int = 4, d_sae: int = 64):
-    from sae_bilingual.sae import make_metadata, new_paper_sae
+    from sae_bilingual.sae.model import make_metadata, new_paper_sae
 
     torch.manual_seed(0)
     return new_paper_sae(d_in, k=k, d_sae=d_sae, metadata=make_metadata(hook_name=hook))
@@ -144,7 +144,7 @@ def tiny_sae(d_in: int = 16, hook: str = "blocks.0.hook_resid_post", k: int = 4,
 
 @pytest.fixture
 def sae_dir(tmp_path):
-    from sae_bilingual.sae import save_sae
+    from sae_bilingual.sae.model import save_sae
 
     return save_sae(tiny_sae(), tmp_path / "sae")
 
@@ -204,7 +204,7 @@ def test_k_not_below_n_with_explicit_d_sae():
 
 def test_k_not_below_n_from_expansion_check():
     """n = expansion x d_model is only known from the model: the preflight check."""
-    from sae_bilingual.preflight import check_k_below_n
+    from sae_bilingual.study.preflight import check_k_below_n
 
     rec = recipe(Path("/tmp/x"), **{"sae.k": 256, "sae.expansion": 4})
     with pytest.raises(ConfigError) as e:
@@ -277,7 +277,7 @@ def test_intervention_layer_not_analysed(world, no_lm_no_sae, earlier):
 
 
 def test_different_recipe_in_same_output_dir_is_refused(world, tmp_path, no_lm_no_sae):
-    from sae_bilingual.study import prepare_output_dir
+    from sae_bilingual.study.run import prepare_output_dir
 
     out = tmp_path / "s"
     prepare_output_dir(recipe(out))
@@ -293,7 +293,7 @@ def test_different_recipe_in_same_output_dir_is_refused(world, tmp_path, no_lm_n
 
 
 def test_corpus_with_one_language_only():
-    from sae_bilingual.corpus import make_windows
+    from sae_bilingual.data.corpus import make_windows
 
     with pytest.raises(DataError) as e:
         make_windows(docs(["en", "en"], [[1, 5, 6], [1, 7]]), None, context=8)
@@ -301,7 +301,7 @@ def test_corpus_with_one_language_only():
 
 
 def test_empty_corpus():
-    from sae_bilingual.corpus import make_windows
+    from sae_bilingual.data.corpus import make_windows
 
     with pytest.raises(DataError) as e:
         make_windows(docs([], []), None, context=8)
@@ -309,7 +309,7 @@ def test_empty_corpus():
 
 
 def test_all_documents_shorter_than_two_tokens():
-    from sae_bilingual.corpus import make_windows
+    from sae_bilingual.data.corpus import make_windows
 
     with pytest.raises(DataError) as e:
         make_windows(docs(["en", "ja", "en"], [[1], [1], []]), None, context=8)
@@ -317,7 +317,7 @@ def test_all_documents_shorter_than_two_tokens():
 
 
 def test_token_budget_larger_than_corpus():
-    from sae_bilingual.corpus import make_windows
+    from sae_bilingual.data.corpus import make_windows
 
     with pytest.raises(DataError) as e:
         make_windows(docs(["en", "ja"], [[1, 5, 6], [1, 7, 8]]), None, context=8, tokens_per_lang=100)
@@ -338,8 +338,8 @@ def test_train_budget_too_large_fails_in_plan(world, no_lm_no_sae, earlier):
 
 
 def test_preflight_catches_budget(world, tmp_path):
-    from sae_bilingual.preflight import preflight
-    from sae_bilingual.study import StudyContext, plan_study
+    from sae_bilingual.study.preflight import preflight
+    from sae_bilingual.study.run import StudyContext, plan_study
 
     ok = recipe(tmp_path / "s")
     ctx = StudyContext(ok, progress=False)
@@ -354,7 +354,7 @@ def test_preflight_catches_budget(world, tmp_path):
 
 
 def test_sae_dir_missing_file(tmp_path):
-    from sae_bilingual.sae import load_sae
+    from sae_bilingual.sae.model import load_sae
 
     (tmp_path / "empty").mkdir()
     with pytest.raises(SAEFileError) as e:
@@ -363,7 +363,7 @@ def test_sae_dir_missing_file(tmp_path):
 
 
 def test_corrupt_sae_weights(sae_dir):
-    from sae_bilingual.sae import load_sae
+    from sae_bilingual.sae.model import load_sae
 
     w = sae_dir / "sae_weights.safetensors"
     w.write_bytes(b"\x00garbage" * 50)
@@ -375,7 +375,7 @@ def test_corrupt_sae_weights(sae_dir):
 def test_truncated_sae_weights_ours_and_saelens(sae_dir):
     from sae_lens import SAE
 
-    from sae_bilingual.sae import load_sae
+    from sae_bilingual.sae.model import load_sae
 
     w = sae_dir / "sae_weights.safetensors"
     blob = w.read_bytes()
@@ -390,7 +390,7 @@ def test_truncated_sae_weights_ours_and_saelens(sae_dir):
 
 
 def test_cfg_json_missing_fields(sae_dir):
-    from sae_bilingual.sae import load_sae
+    from sae_bilingual.sae.model import load_sae
 
     cfg_path = sae_dir / "cfg.json"
     cfg = json.loads(cfg_path.read_text())
@@ -402,7 +402,7 @@ def test_cfg_json_missing_fields(sae_dir):
 
 
 def test_cfg_json_not_json(sae_dir):
-    from sae_bilingual.sae import load_sae
+    from sae_bilingual.sae.model import load_sae
 
     (sae_dir / "cfg.json").write_text('{"d_in": 16, ')
     with pytest.raises(SAEFileError) as e:
@@ -413,7 +413,7 @@ def test_cfg_json_not_json(sae_dir):
 def test_weights_that_do_not_fit_cfg(sae_dir):
     from safetensors.torch import save_file
 
-    from sae_bilingual.sae import load_sae
+    from sae_bilingual.sae.model import load_sae
 
     save_file({"W_enc": torch.zeros(3, 3), "W_dec": torch.zeros(3, 3), "b_dec": torch.zeros(3)},
               str(sae_dir / "sae_weights.safetensors"))
@@ -423,14 +423,14 @@ def test_weights_that_do_not_fit_cfg(sae_dir):
 
 
 def test_good_sae_still_loads(sae_dir):
-    from sae_bilingual.sae import load_sae
+    from sae_bilingual.sae.model import load_sae
 
     sae = load_sae(sae_dir)
     assert sae.cfg.d_sae == 64 and sae.cfg.k == 4
 
 
 def test_corrupt_codes_file(tmp_path):
-    from sae_bilingual.codes import Codes
+    from sae_bilingual.analysis.codes import Codes
 
     p = tmp_path / "codes.safetensors"
     p.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
@@ -443,7 +443,7 @@ def test_corrupt_codes_file(tmp_path):
 
 
 def test_sae_width_differs_from_model_intervention():
-    from sae_bilingual.intervention import FeatureInjection
+    from sae_bilingual.intervention.hook import FeatureInjection
 
     mid, final = tiny_lm(d_model=16), tiny_lm(d_model=16, seed=1)
     with pytest.raises(SAEFileError) as e:
@@ -452,7 +452,7 @@ def test_sae_width_differs_from_model_intervention():
 
 
 def test_sae_width_differs_from_model_splice():
-    from sae_bilingual.train import ce_metrics
+    from sae_bilingual.sae.train import ce_metrics
 
     with pytest.raises(SAEFileError) as e:
         ce_metrics(tiny_lm(d_model=16), tiny_sae(d_in=32), windows([[1, 2, 3]]))
@@ -460,7 +460,7 @@ def test_sae_width_differs_from_model_splice():
 
 
 def test_sae_at_a_different_hook():
-    from sae_bilingual.intervention import FeatureInjection
+    from sae_bilingual.intervention.hook import FeatureInjection
 
     mid, final = tiny_lm(), tiny_lm(seed=1)
     with pytest.raises(SAEFileError) as e:
@@ -469,7 +469,7 @@ def test_sae_at_a_different_hook():
 
 
 def test_sae_hook_missing_from_model_splice():
-    from sae_bilingual.train import ce_metrics
+    from sae_bilingual.sae.train import ce_metrics
 
     with pytest.raises(SAEFileError) as e:
         ce_metrics(tiny_lm(n_layers=2), tiny_sae(hook="blocks.5.hook_resid_post"), windows([[1, 2, 3]]))
@@ -480,7 +480,7 @@ def test_sae_hook_missing_from_model_splice():
 
 
 def test_nan_activation_names_hook_document_position():
-    from sae_bilingual.store import collect_activations
+    from sae_bilingual.data.store import collect_activations
 
     model = tiny_lm()
     with torch.no_grad():
@@ -494,7 +494,7 @@ def test_nan_activation_names_hook_document_position():
 
 
 def test_token_ids_beyond_model_vocab():
-    from sae_bilingual.store import collect_activations
+    from sae_bilingual.data.store import collect_activations
 
     w = windows([[1, 2, 3], [1, 60, 4]])
     with pytest.raises(DataError) as e:
@@ -517,7 +517,7 @@ def test_tokenizer_larger_than_model_vocab_at_family_load(world):
 
 
 def test_class_with_fewer_than_m_features():
-    from sae_bilingual.intervention import class_mask
+    from sae_bilingual.intervention.hook import class_mask
 
     df = pd.DataFrame({"cls": ["en"] * 5 + ["mixed"] * 2, "dead": [False] * 7})
     with pytest.raises(DataError) as e:
@@ -526,7 +526,7 @@ def test_class_with_fewer_than_m_features():
 
 
 def test_comet_requested_without_environment(monkeypatch, tmp_path):
-    from sae_bilingual.comet_bridge import ENV_MODEL, ENV_PYTHON, comet_score
+    from sae_bilingual.intervention.comet_bridge import ENV_MODEL, ENV_PYTHON, comet_score
 
     monkeypatch.delenv(ENV_PYTHON, raising=False)
     monkeypatch.delenv(ENV_MODEL, raising=False)
@@ -536,7 +536,7 @@ def test_comet_requested_without_environment(monkeypatch, tmp_path):
 
 
 def test_comet_requested_in_recipe_checked_up_front(tmp_path):
-    from sae_bilingual.preflight import check_comet
+    from sae_bilingual.study.preflight import check_comet
 
     rec = recipe(tmp_path, **{"intervention.comet_python": str(tmp_path / "nope" / "python")})
     with pytest.raises(ExtraMissingError) as e:
@@ -659,7 +659,7 @@ def test_trust_remote_code_defaults_false():
 
 def test_pickled_sae_weights_are_refused(tmp_path):
     """convert.py reads .pth with weights_only=True: a pickle carrying code is an SAEFileError."""
-    from sae_bilingual.convert import _load_tensors
+    from sae_bilingual.sae.convert import _load_tensors
 
     class Evil:
         def __reduce__(self):
@@ -685,7 +685,7 @@ def test_family_names_cannot_escape_the_output_dir():
 
 
 def test_unit_path_part_check():
-    from sae_bilingual.preflight import check_path_part
+    from sae_bilingual.study.preflight import check_path_part
 
     for bad in ("../x", "a/b", "..", "", ".git", "x\\..\\y"):
         with pytest.raises(OutputError):
@@ -694,7 +694,7 @@ def test_unit_path_part_check():
 
 
 def test_unit_dir_refuses_escape(tmp_path):
-    from sae_bilingual.study import Unit
+    from sae_bilingual.study.run import Unit
 
     with pytest.raises(SaeBilingualError):
         Unit(0, "../../outside", 1, 1, [1]).dir(tmp_path)
@@ -748,7 +748,7 @@ def test_two_models_with_one_family_name_are_refused_at_load(tmp_path):
 
 
 def test_named_models_get_their_own_units(world, tmp_path):
-    from sae_bilingual.study import StudyContext, plan_study
+    from sae_bilingual.study.run import StudyContext, plan_study
 
     rec = recipe(tmp_path / "s", models=[
         {"name": "toy-a", "family": "toy", "checkpoints": "final", "layers": [1]},
@@ -766,7 +766,7 @@ def test_named_models_get_their_own_units(world, tmp_path):
 @pytest.mark.slow
 def test_two_models_of_one_family_both_reach_the_summary(world, tmp_path):
     """Before: both wrote units/toy/iter_0000120 and the summary had one row."""
-    from sae_bilingual.study import run_study
+    from sae_bilingual.study.run import run_study
 
     rec = recipe(tmp_path / "s", models=[
         {"name": "toy-a", "family": "toy", "checkpoints": "final", "layers": [1]},
@@ -828,7 +828,7 @@ def test_device_that_is_not_a_device(world, no_lm_no_sae, tmp_path):
     with pytest.raises(ConfigError) as e:
         recipe(tmp_path / "s", device="banana")
     names_problem_and_fix(e.value, "device", "banana", fix=("cpu", "cuda"))
-    from sae_bilingual.preflight import check_device  # (the preflight's own check)
+    from sae_bilingual.study.preflight import check_device  # (the preflight's own check)
 
     with pytest.raises(ConfigError):
         check_device("banana")
@@ -871,7 +871,7 @@ def test_corpus_file_errors_fail_before_the_output_dir(world, no_lm_no_sae, tmp_
 
 
 def test_sae_weights_all_nan_refused_at_load(tmp_path):
-    from sae_bilingual.sae import load_sae, save_sae
+    from sae_bilingual.sae.model import load_sae, save_sae
 
     sae = tiny_sae()
     with torch.no_grad():

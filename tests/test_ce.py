@@ -11,9 +11,9 @@ from datasets import Dataset
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from sae_bilingual.ce import ce_metrics_many, ce_recovered, chunk_positions, final_residual, nll_rows
-from sae_bilingual.corpus import make_windows
-from sae_bilingual.evaluation import perplexity
-from sae_bilingual.sae import make_metadata, new_paper_sae
+from sae_bilingual.data.corpus import make_windows
+from sae_bilingual.intervention.metrics import perplexity
+from sae_bilingual.sae.model import make_metadata, new_paper_sae
 
 VOCAB = 6000
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from sae_bilingual.codes import Codes, encode_to_codes
+from sae_bilingual.analysis.codes import Codes, encode_to_codes
 from sae_bilingual.errors import DataError, SAEFileError
 
 
@@ -79,7 +79,7 @@ def test_encode_to_codes_batches_match_direct():
 
 
 def test_encode_to_codes_with_paper_sae():
-    sae_mod = pytest.importorskip("sae_bilingual.sae")
+    sae_mod = pytest.importorskip("sae_bilingual.sae.model")
     sae = sae_mod.new_paper_sae(8, k=4, d_sae=32)
     x = torch.nn.functional.normalize(torch.randn(10, 8), dim=1)
     c = encode_to_codes(sae, x, L(10), batch_size=3)
@@ -95,8 +95,8 @@ def test_analysis_from_disk_equals_analysis_in_memory(tmp_path):
     The values are chosen so that fp16 storage WOULD move some of them across 0.7 x max
     (the earlier format): then this test fails.
     """
-    from sae_bilingual.analysis import analyse_features
-    from sae_bilingual.semantic import token_graph_from_embeddings
+    from sae_bilingual.analysis.features import analyse_features
+    from sae_bilingual.analysis.semantic import token_graph_from_embeddings
 
     rng = np.random.default_rng(3)
     m, k, n = 3000, 4, 64

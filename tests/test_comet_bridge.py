@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from sae_bilingual.comet_bridge import ENV_MODEL, ENV_PYTHON, SETUP_ENV, comet_available, comet_score
+from sae_bilingual.intervention.comet_bridge import ENV_MODEL, ENV_PYTHON, SETUP_ENV, comet_available, comet_score
 from sae_bilingual.errors import DataError, ExtraMissingError
 
 FAKE = textwrap.dedent(

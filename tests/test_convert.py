@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import save_file
 from sae_lens import SAE
 
-from sae_bilingual.convert import RELEASE, convert_released
-from sae_bilingual.sae import PaperTopKSAE
+from sae_bilingual.sae.convert import RELEASE, convert_released
+from sae_bilingual.sae.model import PaperTopKSAE
 
 N, D, K = 64, 16, 4
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from sae_bilingual.corpus import load_text_corpus, make_windows
+from sae_bilingual.data.corpus import load_text_corpus, make_windows
 from sae_bilingual.errors import DataError
 
 

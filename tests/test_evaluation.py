@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from sae_bilingual.evaluation import (
+from sae_bilingual.intervention.metrics import (
     PAPER_TABLE1,
     PromptTemplate,
     aggregate_table,
@@ -22,8 +22,8 @@ from sae_bilingual.evaluation import (
     to_markdown,
     translate,
 )
-from sae_bilingual.intervention import FeatureInjection
-from sae_bilingual.intervention_table import run_intervention_table, run_intervention_table_one_at_a_time
+from sae_bilingual.intervention.hook import FeatureInjection
+from sae_bilingual.intervention.experiment import run_intervention_table, run_intervention_table_one_at_a_time
 from tests.test_comet_bridge import fake_comet  # noqa: F401  (fixture)
 from tests.test_intervention import HOOK, StandInSAE, tiny_model
 

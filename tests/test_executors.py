@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from sae_bilingual.errors import ConfigError, ExtraMissingError
-from sae_bilingual.executors import (
+from sae_bilingual.study.executors import (
     OPTIONS_ENV,
     RayExecutor,
     SubmititExecutor,
@@ -30,7 +30,7 @@ from sae_bilingual.executors import (
     get_executor,
     run_job,
 )
-from sae_bilingual.distributed import split_layers
+from sae_bilingual.study.distributed import split_layers
 
 REPO = Path(__file__).resolve().parents[1]
 TIMING = ("seconds",)  # every seconds* column: the unit's stage times
@@ -72,7 +72,7 @@ def _recipe(out: Path, **over):
 def _final_unit_job(ref: Path, out: Path) -> UnitJob:
     """The smoke study's last unit as a job, at the LR the reference run chose."""
     from sae_bilingual.config import recipe_to_dict
-    from sae_bilingual.study import plan_study
+    from sae_bilingual.study.run import plan_study
 
     recipe = _recipe(out)
     unit = plan_study(recipe).units[-1]
@@ -143,7 +143,7 @@ def ray_local(world_cache):
 
 @pytest.mark.slow
 def test_ray_study_matches_local(smoke_study, ray_local, tmp_path):
-    from sae_bilingual.study import run_study
+    from sae_bilingual.study.run import run_study
 
     ref, _ = smoke_study
     out = tmp_path / "ray"
@@ -184,7 +184,7 @@ def test_ray_killed_worker_unit_is_retried(smoke_study, ray_local, tmp_path):
 @pytest.mark.slow
 def test_submitit_local_study_matches_local(smoke_study, monkeypatch, tmp_path):
     pytest.importorskip("submitit")
-    from sae_bilingual.study import run_study
+    from sae_bilingual.study.run import run_study
 
     ref, _ = smoke_study
     out = tmp_path / "submitit"
@@ -201,7 +201,7 @@ def test_torchrun_two_ranks_same_saes_as_one_process(smoke_study, tmp_path):
     out = tmp_path / "dist"
     job = _final_unit_job(ref, out)
     assert len(job.layers) >= 2  # else nothing is split
-    from sae_bilingual.study import prepare_output_dir
+    from sae_bilingual.study.run import prepare_output_dir
 
     prepare_output_dir(_recipe(out))  # a study folder (a foreign one would be refused)
     (out / "tables").mkdir(parents=True)
@@ -209,7 +209,7 @@ def test_torchrun_two_ranks_same_saes_as_one_process(smoke_study, tmp_path):
     unit_id = f"{job.unit['family']}/iter_{job.unit['iteration']:07d}"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "sae_bilingual.distributed", str(REPO / "recipes" / "smoke.yaml"),
+           "-m", "sae_bilingual.study.distributed", str(REPO / "recipes" / "smoke.yaml"),
            "--unit", unit_id, "--output-dir", str(out)]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

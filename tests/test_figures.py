@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from sae_bilingual.errors import DataError
-from sae_bilingual.figures import (
+from sae_bilingual.report.figures import (
     fig_intervention,
     fig_language_distribution,
     format_tokens,

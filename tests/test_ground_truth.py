@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sae_bilingual.analysis import analyse_features
+from sae_bilingual.analysis.features import analyse_features
 from sae_bilingual.errors import DataError
-from sae_bilingual.ground_truth import score_ground_truth
-from sae_bilingual.semantic import clusters_from_ground_truth
+from sae_bilingual.analysis.ground_truth import score_ground_truth
+from sae_bilingual.analysis.semantic import clusters_from_ground_truth
 from tests.test_analysis import hand_codes
 
 # token -> (lang, concept). Concept 0 = {10 en, 20 ja}, concept 1 = {12 en, 21 ja},

@@ -12,7 +12,7 @@ import yaml
 
 from sae_bilingual.config import load_recipe
 from sae_bilingual.errors import ConfigError
-from sae_bilingual.study import run_study
+from sae_bilingual.study.run import run_study
 from tests.test_families import VOCAB, make_root
 
 

@@ -11,7 +11,7 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from sae_bilingual.errors import ConfigError, DataError, SAEFileError
-from sae_bilingual.intervention import (
+from sae_bilingual.intervention.hook import (
     FeatureInjection,
     class_features,
     class_mask,
@@ -312,11 +312,11 @@ def test_scale_m_and_mask_tensor():
         mask_tensor([5], 4)
 
 
-# -- the real PaperTopKSAE (sae_bilingual.sae) ------------------------------------------
+# -- the real PaperTopKSAE (sae_bilingual.sae.model) ------------------------------------------
 
 
 def real_identity_sae(hook_name: str = HOOK):
-    from sae_bilingual.sae import make_metadata, new_paper_sae
+    from sae_bilingual.sae.model import make_metadata, new_paper_sae
 
     sae = new_paper_sae(D, k=D, d_sae=2 * D, metadata=make_metadata(hook_name=hook_name))
     eye = torch.eye(D)
@@ -328,7 +328,7 @@ def real_identity_sae(hook_name: str = HOOK):
 
 
 def test_real_paper_topk_sae_adds_exactly_the_final_residual(models, tokens):
-    pytest.importorskip("sae_bilingual.sae")
+    pytest.importorskip("sae_bilingual.sae.model")
     final, mid = models
     sae = real_identity_sae()
     x_full = manual_final(final, tokens)
@@ -342,10 +342,10 @@ def test_real_paper_topk_sae_adds_exactly_the_final_residual(models, tokens):
 
 
 def test_real_paper_topk_sae_hook_and_width_checks(models, tmp_path):
-    pytest.importorskip("sae_bilingual.sae")
+    pytest.importorskip("sae_bilingual.sae.model")
     from sae_lens import SAE
 
-    from sae_bilingual.sae import make_metadata, new_paper_sae, save_sae
+    from sae_bilingual.sae.model import make_metadata, new_paper_sae, save_sae
 
     final, mid = models
     wrong = new_paper_sae(D, k=4, d_sae=64, metadata=make_metadata(hook_name="blocks.2.hook_resid_post"))

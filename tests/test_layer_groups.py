@@ -14,10 +14,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sae_bilingual import pipeline
+from sae_bilingual.study import pipeline
 from sae_bilingual.config import load_recipe
-from sae_bilingual.memplan import PLAN_FRACTION, LMShape, pass_peak, plan_unit, unit_components
-from sae_bilingual.study import StudyContext, run_study
+from sae_bilingual.study.memplan import PLAN_FRACTION, LMShape, pass_peak, plan_unit, unit_components
+from sae_bilingual.study.run import StudyContext, run_study
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sae_bilingual.analysis import analyse_features
-from sae_bilingual.codes import Codes
-from sae_bilingual.lineage import (
+from sae_bilingual.analysis.features import analyse_features
+from sae_bilingual.analysis.codes import Codes
+from sae_bilingual.analysis.lineage import (
     Checkpoint, MatchConfig, classify_origins, coactivation_matrix, edge_precision,
     lineage_over_checkpoints, match_codes, run_lineage,
 )
@@ -207,7 +207,7 @@ def test_run_lineage_writes_tables_and_figure(tmp_path):
         assert (tmp_path / name).stat().st_size > 0
     tab = pd.read_csv(tmp_path / "tables/lineage_toy_L01.csv")
     assert len(tab) == N * 2 and tab.loc[tab["feature"] == 0, "origin"].iloc[0] == "merge"
-    from sae_bilingual.report import write_report
+    from sae_bilingual.report.html import write_report
 
     html = write_report(tmp_path, make_figures=False).read_text()
     assert 'id="lineage"' in html and "merge" in html
@@ -222,7 +222,7 @@ def test_three_language_classes_and_mix_column():
     df = analyse_features(c, 5)
     assert df["cls"].tolist() == ["mixed", "mixed", "xx", "mixed", "dead"]
     assert df["mix"].tolist() == ["en+ja+xx", "en+ja", "xx", "en+xx", ""]
-    from sae_bilingual.analysis import summarise
+    from sae_bilingual.analysis.features import summarise
 
     s = summarise(df)
     assert s["frac_xx"] == pytest.approx(0.25) and s["frac_mixed"] == pytest.approx(0.75)
@@ -256,9 +256,9 @@ TOY3_OVERRIDES = {"world.overrides": {"languages": ["en", "ja", "xx"]}, "data.la
 def test_three_language_toy_study_and_lineage(world_cache, tmp_path):
     """The smoke recipe with a third language end to end, then lineage of every layer."""
     from sae_bilingual.config import load_recipe
-    from sae_bilingual.lineage import run_all_lineage
-    from sae_bilingual.report import write_report
-    from sae_bilingual.study import run_study
+    from sae_bilingual.analysis.lineage import run_all_lineage
+    from sae_bilingual.report.html import write_report
+    from sae_bilingual.study.run import run_study
 
     from .helpers import REPO  # noqa: I001
 

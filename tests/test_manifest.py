@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sae_bilingual.manifest import Manifest
+from sae_bilingual.study.manifest import Manifest
 
 
 def _finish_layer(out: Path, family: str, iteration: int, layer: int) -> None:

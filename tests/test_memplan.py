@@ -12,7 +12,7 @@ import torch
 from sae_bilingual.cli import main
 from sae_bilingual.config import load_recipe
 from sae_bilingual.errors import CheckpointError, ConfigError
-from sae_bilingual.memplan import (
+from sae_bilingual.study.memplan import (
     PLAN_FRACTION,
     LMShape,
     lm_weight_bytes,
@@ -64,7 +64,7 @@ def test_paper_model_weights_are_its_3_7_billion_parameters():
 
 def test_sae_training_state_is_four_copies_of_its_parameters():
     """Weights, gradients and Adam's two moments of a real SAE after one step: 16 bytes per parameter."""
-    from sae_bilingual.sae import PaperTopKTrainingSAE, PaperTopKTrainingSAEConfig, make_metadata
+    from sae_bilingual.sae.model import PaperTopKTrainingSAE, PaperTopKTrainingSAEConfig, make_metadata
 
     d, n = 24, 96
     sae = PaperTopKTrainingSAE(PaperTopKTrainingSAEConfig(d_in=d, d_sae=n, k=4, metadata=make_metadata(hook_name="h")))
@@ -126,7 +126,7 @@ def test_paper_dry_run_before_download_plans_and_warns(capsys, tmp_path):
     assert "set max_memory" in capsys.readouterr().out
     out = tmp_path / "run"
     with pytest.raises(CheckpointError, match="/data/llm-jp-3-3.7b does not exist"):
-        from sae_bilingual.study import run_study
+        from sae_bilingual.study.run import run_study
 
         run_study(load_recipe(PAPER, {"output_dir": str(out)}), progress=False)
     assert not out.exists()
@@ -135,7 +135,7 @@ def test_paper_dry_run_before_download_plans_and_warns(capsys, tmp_path):
 def test_dry_run_refuses_a_missing_source_it_cannot_shape(tmp_path):
     recipe = load_recipe(REPO / "recipes" / "smoke.yaml",
                          {"models": [{"family": "hf", "source": str(tmp_path / "nowhere")}]})
-    from sae_bilingual.study import run_study
+    from sae_bilingual.study.run import run_study
 
     with pytest.raises(ConfigError, match=r"models\[0\].source .*nowhere does not exist.*no built-in shape"):
         run_study(recipe, dry_run=True)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from sae_bilingual.figures import make_all_figures
-from sae_bilingual.report import discover_units, write_report
+from sae_bilingual.report.figures import make_all_figures
+from sae_bilingual.report.html import discover_units, write_report
 from tests.test_figures import build_study, png_size
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,7 +104,7 @@ def test_browser_check_detects_broken_image(report, tmp_path):
 
 
 def test_neuronpedia_export(tmp_path):
-    from sae_bilingual.neuronpedia import export_neuronpedia
+    from sae_bilingual.report.neuronpedia import export_neuronpedia
     from tests.test_figures import FEATURE_EXAMPLES, fake_features
 
     study = build_study(tmp_path / "s", with_tables=False)

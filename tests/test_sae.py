@@ -9,7 +9,7 @@ import pytest
 import torch
 from sae_lens import SAE
 
-from sae_bilingual.sae import (
+from sae_bilingual.sae.model import (
     PaperTopKSAE,
     dense_reference_loss,
     export_stock_topk,
@@ -159,7 +159,7 @@ def test_fast_step_equals_dense_reference(variant):
 
 def test_code_outer_dense_gemm_path_equals_sparse_path():
     # the GPU-autocast path (dense GEMM of the scattered code) and the sparse path agree
-    from sae_bilingual.sae import _code_outer
+    from sae_bilingual.sae.model import _code_outer
 
     torch.manual_seed(3)
     B, K, n, d = 16, 4, 50, 8
@@ -194,7 +194,7 @@ def test_fast_step_runs_under_bf16_autocast():
 
 def test_auxk_loss_matches_dense_reference():
     """The auxiliary-K loss over the dead columns == SAELens-style dense masked top-k."""
-    from sae_bilingual.auxk import auxk_loss
+    from sae_bilingual.sae.auxk import auxk_loss
 
     g = torch.Generator().manual_seed(0)
     B, d, n, k_aux = 16, 8, 40, 5

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from scipy.sparse.csgraph import connected_components
 
-import sae_bilingual.semantic as sem
-from sae_bilingual.analysis import AnalysisConfig, analyse_features
-from sae_bilingual.codes import Codes
+import sae_bilingual.analysis.semantic as sem
+from sae_bilingual.analysis.features import AnalysisConfig, analyse_features
+from sae_bilingual.analysis.codes import Codes
 from sae_bilingual.errors import DataError
-from sae_bilingual.semantic import (
+from sae_bilingual.analysis.semantic import (
     TokenGraph,
     feature_token_components,
     token_clusters_from_embeddings,

@@ -7,9 +7,9 @@ import torch
 from datasets import Dataset
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from sae_bilingual.corpus import make_windows
+from sae_bilingual.data.corpus import make_windows
 from sae_bilingual.errors import DataError
-from sae_bilingual.store import ActivationStore, collect_activations
+from sae_bilingual.data.store import ActivationStore, collect_activations
 
 HOOKS = ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_post"]
 

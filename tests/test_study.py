@@ -12,7 +12,7 @@ import torch
 
 from sae_bilingual.config import load_recipe
 from sae_bilingual.errors import ConfigError
-from sae_bilingual.study import plan_study, recipe_hash, run_study
+from sae_bilingual.study.run import plan_study, recipe_hash, run_study
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "recipes" / "smoke.yaml"
@@ -61,13 +61,13 @@ def test_smoke_study_writes_every_artefact(smoke_study) -> None:
 def test_rerun_skips_finished_units(smoke_study, monkeypatch) -> None:
     out, _ = smoke_study
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("units/*/*/L*/summary.json")}
-    from sae_bilingual import pipeline
+    from sae_bilingual.study import pipeline
 
     def boom(*a, **k):
         raise AssertionError("a finished unit was recomputed")
 
     monkeypatch.setattr(pipeline, "run_unit", boom)
-    from sae_bilingual import train
+    from sae_bilingual.sae import train
 
     monkeypatch.setattr(train, "lr_grid", lambda *a, **k: pytest.fail("LR grid recomputed"))
     recipe = load_recipe(SMOKE, {"output_dir": str(out)})
@@ -127,7 +127,7 @@ def test_resume_redoes_a_unit_whose_features_were_damaged(smoke_study, tmp_path,
     crash in lineage; now the resume sees the checksum mismatch and redoes that unit."""
     import shutil
 
-    from sae_bilingual import pipeline
+    from sae_bilingual.study import pipeline
 
     ref, _ = smoke_study
     out = tmp_path / "copy"

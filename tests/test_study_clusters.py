@@ -11,10 +11,10 @@ from safetensors.torch import load_file
 
 from sae_bilingual.config import load_recipe
 from sae_bilingual.errors import ConfigError
-from sae_bilingual.pipeline import token_clusters
-from sae_bilingual.semantic import TokenGraph, token_graph_from_embeddings
-from sae_bilingual.store import Labels
-from sae_bilingual.study import StudyContext, plan_study
+from sae_bilingual.study.pipeline import token_clusters
+from sae_bilingual.analysis.semantic import TokenGraph, token_graph_from_embeddings
+from sae_bilingual.data.store import Labels
+from sae_bilingual.study.run import StudyContext, plan_study
 
 SMOKE = Path(__file__).resolve().parents[1] / "recipes" / "smoke.yaml"
 

@@ -9,15 +9,15 @@ import logging
 import pandas as pd
 import pytest
 
-from sae_bilingual.pipeline import UNIT_STAGES
-from sae_bilingual.timing import StageTimer, append_timings, last_run_split
+from sae_bilingual.study.pipeline import UNIT_STAGES
+from sae_bilingual.study.timing import StageTimer, append_timings, last_run_split
 
 STUDY_STAGES = ["world", "plan", "LR grid", "units", "summary", "intervention", "lineage", "figures",
                 "neuronpedia", "report", "other", "total"]
 
 
 def test_stage_timer_accumulates_logs_and_appends_runs(tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="sae_bilingual.timing")
+    caplog.set_level(logging.INFO, logger="sae_bilingual.study.timing")
     t = StageTimer("job")
     assert t.call("a", lambda x: x + 1, 1) == 2
     with t.stage("b"):

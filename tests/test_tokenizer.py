@@ -74,7 +74,7 @@ def test_prefix_tokenisation_equals_the_whole_text_on_real_documents(sp_model) -
     SentencePiece on the whole text, for long English and space-free Japanese documents."""
     import sentencepiece as spm
 
-    from sae_bilingual.corpus import tokenize_prefixes
+    from sae_bilingual.data.corpus import tokenize_prefixes
 
     tok = load_tokenizer(sp_model)
     sp = spm.SentencePieceProcessor(model_file=str(sp_model))

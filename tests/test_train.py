@@ -11,10 +11,10 @@ from datasets import Dataset
 from sae_lens import SAE
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from sae_bilingual.corpus import make_windows
-from sae_bilingual.sae import PaperTopKSAE
-from sae_bilingual.store import ActivationStore, collect_activations
-from sae_bilingual.train import SAETrainConfig, ce_metrics_many, evaluate_sae, lr_grid, train_saes
+from sae_bilingual.data.corpus import make_windows
+from sae_bilingual.sae.model import PaperTopKSAE
+from sae_bilingual.data.store import ActivationStore, collect_activations
+from sae_bilingual.sae.train import SAETrainConfig, ce_metrics_many, evaluate_sae, lr_grid, train_saes
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def test_fused_adam_gives_the_per_tensor_update():
 
 
 def test_convergence_hand_example():
-    from sae_bilingual.train import convergence
+    from sae_bilingual.sae.train import convergence
 
     # last tenth = [1.0] -> final 1.0; window 1; first step within 10 % of it is index 5 -> 6 steps
     c = convergence([10, 8, 6, 4, 2, 1.05, 1, 1, 1, 1])
@@ -145,7 +145,7 @@ def test_warm_start_begins_at_the_given_sae():
 
 def test_warm_start_refuses_other_shapes():
     from sae_bilingual.errors import ConfigError
-    from sae_bilingual.sae import new_paper_sae
+    from sae_bilingual.sae.model import new_paper_sae
 
     model, w = _world()
     hook = "blocks.0.hook_resid_post"

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from sae_bilingual.config import load_recipe
-from sae_bilingual.controls import controls_table
+from sae_bilingual.study.controls import controls_table
 from sae_bilingual.errors import ConfigError
-from sae_bilingual.study import run_study
+from sae_bilingual.study.run import run_study
 from sae_bilingual.world import PRESETS, WorldConfig
 from sae_bilingual.world.generator import GeneratorConfig, build_lexicon, generate_documents, vocabulary
 

@@ -1,0 +1,146 @@
+"""Load-time checks of a recipe that its field types cannot express.
+
+Why here and not later: a count of 0 (``intervention.draws``), a NaN learning rate or an
+unknown condition used to pass validation and then give an empty table, a NaN SAE or a
+misleading error hours later, after the output folder existed. Everything that needs no
+model or data is checked when the recipe is read; :mod:`sae_bilingual.study.preflight` checks
+the rest before any work.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from typing import Any
+
+from sae_bilingual.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+"""A model id usable as one folder level under units/."""
+DEVICE = re.compile(r"(cpu|cuda|mps|xpu)(:\d+)?")
+
+
+def check_recipe(recipe: Any) -> None:
+    """Every load-time check; raises ConfigError naming the field and a valid value."""
+    _check_numbers(recipe)
+    _check_intervention(recipe)
+    _check_device(recipe.device)
+    default_model_ids(recipe)
+    _warn_programs(recipe)
+
+
+def _at_least(value: Any, low: int | float, name: str, example: str) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= low:
+        raise ConfigError(f"{name} must be >= {low}, got {value!r}; e.g. {name.split('.')[-1]}: {example}")
+
+
+def _finite_positive(value: Any, name: str, example: str) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ConfigError(f"{name} must be a finite number > 0, got {value!r}; e.g. {name.split('.')[-1]}: {example}")
+
+
+def _check_numbers(recipe: Any) -> None:
+    s, a = recipe.sae, recipe.analysis
+    _at_least(recipe.seed, 0, "seed", "0")
+    if not isinstance(s.lr, str):
+        _finite_positive(s.lr, "sae.lr", "0.001")
+    if s.lr == "grid" and not s.lr_grid:
+        raise ConfigError("sae.lr_grid is empty but sae.lr is 'grid'; list learning rates, e.g. "
+                          "lr_grid: [0.0005, 0.001, 0.002], or set sae.lr to a number")
+    for i, lr in enumerate(s.lr_grid):
+        _finite_positive(lr, f"sae.lr_grid[{i}]", "0.001")
+    _at_least(s.warmup_steps, 0, "sae.warmup_steps", "500")
+    _at_least(s.checkpoint_every, 0, "sae.checkpoint_every", "0 (never)")
+    _finite_positive(s.adam_eps, "sae.adam_eps", "6.25e-10")
+    _at_least(a.ce_docs_per_lang, 1, "analysis.ce_docs_per_lang", "64")
+    _at_least(a.n_examples, 0, "analysis.n_examples", "8")
+    _at_least(a.n_browser_features, 0, "analysis.n_browser_features", "40")
+
+
+def _check_intervention(recipe: Any) -> None:
+    iv = recipe.intervention
+    if not iv.enabled:  # (its defaults name en/ja conditions: irrelevant to an [en, fr] study without it)
+        return
+    _at_least(iv.draws, 1, "intervention.draws", "5")
+    if not iv.ms:
+        raise ConfigError("intervention.ms is empty; list mask sizes, e.g. ms: [5000]")
+    for i, m in enumerate(iv.ms):
+        _at_least(m, 1, f"intervention.ms[{i}]", "5000")
+    if not iv.alphas:
+        raise ConfigError("intervention.alphas is empty; list injection scales, e.g. alphas: [0.1]")
+    for i, alpha in enumerate(iv.alphas):
+        if not math.isfinite(alpha):
+            raise ConfigError(f"intervention.alphas[{i}] must be a finite number, got {alpha!r}; e.g. 0.1")
+    _at_least(iv.eval_docs_per_lang, 1, "intervention.eval_docs_per_lang", "200")
+    _at_least(iv.max_new_tokens, 1, "intervention.max_new_tokens", "24")
+    _at_least(iv.few_shot, 0, "intervention.few_shot", "3")
+    _at_least(iv.translation_pairs, 1, "intervention.translation_pairs", "50")
+    if iv.mid_checkpoint is not None:
+        _at_least(iv.mid_checkpoint, 0, "intervention.mid_checkpoint", "an iteration of the model's catalogue")
+    valid = ["none", *recipe.data.languages, "mixed"]
+    if not iv.conditions:
+        raise ConfigError(f"intervention.conditions is empty; choose from {', '.join(valid)}")
+    bad = [c for c in iv.conditions if c not in valid]
+    if bad:
+        raise ConfigError(f"intervention.conditions: {bad[0]!r} is not a condition; valid: {', '.join(valid)} "
+                          "('none' = clean model, a language code or 'mixed' = inject that class)")
+
+
+def _check_device(device: str) -> None:
+    if not isinstance(device, str) or not DEVICE.fullmatch(device.strip()):
+        raise ConfigError(f"device {device!r} is not a torch device; use cpu, cuda, cuda:N or mps")
+
+
+def canonical_family(family: str) -> str:
+    """The output id a family name gets by default ('llm-jp/llm-jp-3-1.8B' -> 'llm-jp-3-1.8b')."""
+    key = str(family).strip().lower()
+    return key[len("llm-jp/"):] if key.startswith("llm-jp/") else key
+
+
+def default_model_ids(recipe: Any, family_names: list[str] | None = None) -> list[str | None]:
+    """Each model entry's output id (``name``, else its family's canonical name).
+
+    ``family_names``: the families' own names once loaded (the planner passes them); at
+    load time the recipe spelling is canonicalised. Two entries with one id would write
+    the same units/<id>/ folders: refused, naming both entries. (At load time an unnamed
+    ``family: hf`` entry is left to the planner, which knows the id its source gives.)
+    """
+    ids: list[str | None] = []
+    seen: dict[str, int] = {}
+    for i, spec in enumerate(recipe.models):
+        if spec.name is not None and (not SAFE_NAME.fullmatch(spec.name) or ".." in spec.name):
+            raise ConfigError(f"models[{i}].name {spec.name!r} cannot be a folder name under units/; use "
+                              "letters, digits, '.', '_', '+', '-' only, e.g. name: toy-a")
+        if spec.name is not None:
+            mid = spec.name
+        elif family_names is not None:
+            mid = family_names[i]
+        elif canonical_family(spec.family) == "hf":
+            ids.append(None)  # its default id comes from its source (models.generic.default_name)
+            continue
+        else:
+            mid = canonical_family(spec.family)
+        if mid in seen:
+            j = seen[mid]
+            raise ConfigError(
+                f"models[{j}] and models[{i}] would both write units/{mid}/ (same id {mid!r}); give each "
+                f"a distinct `name:`, e.g. name: {mid}-a and name: {mid}-b"
+            )
+        seen[mid] = i
+        ids.append(mid)
+    return ids
+
+
+def _warn_programs(recipe: Any) -> None:
+    iv = recipe.intervention
+    for field, what in (("comet_python", "a program the study runs"),
+                        ("comet_model", "a checkpoint COMET loads with pickle (it can run code)")):
+        value = getattr(iv, field)
+        if value:
+            log.warning(
+                "recipe field intervention.%s = %r names %s: a recipe with this field is code, not data; "
+                "run it only if you trust who wrote it (or leave the field out and set $SAE_BILINGUAL_COMET_%s "
+                "in your own environment)", field, value, what, "PYTHON" if field == "comet_python" else "MODEL")

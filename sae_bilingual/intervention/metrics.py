@@ -1,0 +1,301 @@
+"""Evaluation of the intervened mid model: perplexity, few-shot translation (chrF, COMET-22).
+
+Everything here takes TransformerLens ``fwd_hooks`` so that the same code scores the clean
+mid model (``fwd_hooks=None``) and the mid model with a :class:`FeatureInjection`; the
+same token windows / sentence pairs serve every condition.
+
+:func:`sae_bilingual.intervention.experiment.run_intervention_table` produces one row per
+(condition, alpha, m, draw);
+``aggregate_table`` / ``table1`` / ``table4`` / ``to_markdown`` turn them into the paper's
+Table 1 (mean ± std over draws) and Table 4 (alpha × m grid). ``PAPER_TABLE1`` holds the
+published Table 1 (LLM-jp-3 3.7B, layer 14, iteration 10,000, alpha 0.1, m 5,000).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import torch
+
+from sae_bilingual.ce import DEFAULT_LOGITS_BUDGET_BYTES, final_residual, nll_rows
+from sae_bilingual.ce import token_windows as _windows_parts
+from sae_bilingual.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+LANG_NAMES = {"en": "English", "ja": "Japanese", "zh": "Chinese", "ko": "Korean", "fr": "French", "de": "German"}
+PAPER_ALPHAS = (0.05, 0.1, 0.2)
+PAPER_MS = (1000, 3000, 5000)
+
+#: Table 1 of the paper (condition "mixed" = the paper's "Bi"); COMET on the 0..100 scale.
+PAPER_TABLE1 = pd.DataFrame(
+    {
+        "condition": ["none", "en", "ja", "mixed"],
+        "ppl_en": [18.70, 18.53, 18.65, 18.36],
+        "ppl_ja": [25.78, 25.64, 25.33, 25.20],
+        "ppl_all": [22.43, 22.28, 22.17, 21.96],
+        "comet_en_ja": [61.1, 61.4, 61.3, 62.5],
+        "comet_ja_en": [56.4, 56.9, 57.2, 57.2],
+    }
+).set_index("condition")
+
+
+# --------------------------------------------------------------------------------------
+# Perplexity
+# --------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def perplexity(
+    model: Any,
+    token_windows: Any,
+    langs: torch.Tensor | None = None,
+    languages: Sequence[str] | None = None,
+    fwd_hooks: list | None = None,
+    batch_size: int = 8,
+    *,
+    lengths: torch.Tensor | None = None,
+    logits_budget_bytes: int = DEFAULT_LOGITS_BUDGET_BYTES,
+) -> dict[str, float]:
+    """Token-weighted perplexity per language and overall, BOS never a target, padding masked.
+
+    ``token_windows`` is a ``corpus.Windows`` (tokens/lengths/lang/languages) or a LongTensor
+    [N, T] (BOS at column 0, right-padded; then pass ``langs`` and ``lengths``). Returns
+    ``{"ppl_<lang>": ..., "ppl_all": ..., "tokens_<lang>": ..., "tokens_all": ...}``. Logits
+    are formed in chunks of at most ``logits_budget_bytes`` (see :mod:`sae_bilingual.ce`).
+    """
+    tokens, lengths, langs, languages = _windows_parts(token_windows, langs, languages, lengths)
+    nll_sum = torch.zeros(len(languages), dtype=torch.float64)
+    count = torch.zeros(len(languages), dtype=torch.float64)
+    device = getattr(getattr(model, "cfg", None), "device", None) or "cpu"
+    kwargs = {"padding_side": "right"} if getattr(model, "tokenizer", None) is not None else {}
+    for i in range(0, tokens.shape[0], batch_size):
+        ln, lg = lengths[i : i + batch_size], langs[i : i + batch_size]
+        tok = tokens[i : i + batch_size, : int(ln.max())].to(device)  # drop all-padding columns
+        with model.hooks(fwd_hooks=list(fwd_hooks or [])):
+            nll = nll_rows(model, final_residual(model, tok, **kwargs), tok, ln, budget_bytes=logits_budget_bytes)
+        nll_sum.index_add_(0, lg, nll.cpu())
+        count.index_add_(0, lg, (ln - 1).clamp_min(0).double())
+    out: dict[str, float] = {}
+    for j, code in enumerate(languages):
+        out[f"ppl_{code}"] = math.exp(nll_sum[j] / count[j]) if count[j] > 0 else float("nan")
+        out[f"tokens_{code}"] = int(count[j])
+    tot = count.sum()
+    out["ppl_all"] = math.exp(nll_sum.sum() / tot) if tot > 0 else float("nan")
+    out["tokens_all"] = int(tot)
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Translation
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class PromptTemplate:
+    """Few-shot translation prompt; ``{src_name}``/``{tgt_name}`` are language names."""
+
+    shot: str = "{src_name}: {src}\n{tgt_name}: {tgt}\n\n"
+    """One worked example."""
+    query: str = "{src_name}: {src}\n{tgt_name}:"
+    """The sentence to translate; generation continues after it."""
+    stops: tuple[str, ...] = ("\n",)
+    """The hypothesis is cut at the first of these strings."""
+    names: dict[str, str] = field(default_factory=lambda: dict(LANG_NAMES))
+    """Language code -> name shown in the prompt (the code itself when absent)."""
+
+    def build(self, shots: Iterable[tuple[str, str]], src_text: str, src: str, tgt: str) -> str:
+        """The prompt for ``src_text`` after the worked ``shots`` (src, tgt) pairs."""
+        sn, tn = self.names.get(src, src), self.names.get(tgt, tgt)
+        head = "".join(self.shot.format(src_name=sn, tgt_name=tn, src=s, tgt=t) for s, t in shots)
+        return head + self.query.format(src_name=sn, tgt_name=tn, src=src_text)
+
+    def cut(self, text: str) -> str:
+        """The hypothesis: generated text up to the first stop string, stripped."""
+        text = text.lstrip(" ")
+        ends = [text.find(s) for s in self.stops if s and s in text]
+        return (text[: min(ends)] if ends else text).strip()
+
+
+def split_pairs(pairs_df: pd.DataFrame, few_shot: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The first ``few_shot`` rows are the worked examples; the rest are translated."""
+    if few_shot < 0 or few_shot >= len(pairs_df):
+        raise DataError(f"few_shot={few_shot} needs at least {few_shot + 1} sentence pairs; got {len(pairs_df)}")
+    return pairs_df.iloc[:few_shot], pairs_df.iloc[few_shot:]
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    ids = list(tokenizer.encode(text))
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is not None and (not ids or ids[0] != bos):
+        ids = [bos] + ids
+    return ids
+
+
+@torch.no_grad()
+def translate(
+    model: Any,
+    pairs_df: pd.DataFrame,
+    src: str,
+    tgt: str,
+    few_shot: int = 3,
+    fwd_hooks: list | None = None,
+    max_new_tokens: int = 48,
+    *,
+    shots_df: pd.DataFrame | None = None,
+    tokenizer: Any = None,
+    template: PromptTemplate | None = None,
+    batch_size: int = 8,
+    stack: int = 1,
+) -> list[str]:
+    """Greedy few-shot translation ``src`` -> ``tgt`` of every row of ``pairs_df``.
+
+    Worked examples come from ``shots_df`` (first ``few_shot`` rows); when it is None they
+    are the first ``few_shot`` rows of ``pairs_df`` and only the remaining rows are
+    translated (see :func:`split_pairs`). Returns hypotheses aligned with the translated
+    rows. Prompts of equal token length are batched together (no padding), generation is
+    ``model.generate`` (KV cache) under ``model.hooks(fwd_hooks)``. ``stack=G`` repeats each
+    batch G times (``repeat(G, 1)``) for a hook that applies one condition per copy (a
+    FeatureInjection with G masks) and returns G blocks of hypotheses, copy after copy.
+    """
+    for c in (src, tgt):
+        if c not in pairs_df.columns:
+            raise DataError(f"pairs table has no column {c!r}; columns are {list(pairs_df.columns)}")
+    if shots_df is None:
+        shots_df, pairs_df = split_pairs(pairs_df, few_shot)
+    shots = list(zip(shots_df[src].astype(str), shots_df[tgt].astype(str)))[:few_shot]
+    tok = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+    if tok is None:
+        raise ConfigError("translate needs a tokenizer: pass tokenizer= or load the model with one")
+    template = template or PromptTemplate()
+    prompts = [_encode(tok, template.build(shots, s, src, tgt)) for s in pairs_df[src].astype(str)]
+    eos = getattr(tok, "eos_token_id", None)
+    device = getattr(model.cfg, "device", "cpu")
+    hyps: list[str | None] = [None] * (len(prompts) * stack)
+    by_len: dict[int, list[int]] = {}
+    for i, p in enumerate(prompts):
+        by_len.setdefault(len(p), []).append(i)
+    with model.hooks(fwd_hooks=list(fwd_hooks or [])):
+        for n, idxs in sorted(by_len.items()):
+            if n + max_new_tokens > model.cfg.n_ctx:
+                raise DataError(
+                    f"a prompt of {n} tokens + {max_new_tokens} new tokens exceeds the model context "
+                    f"{model.cfg.n_ctx}; use fewer shots or a smaller max_new_tokens"
+                )
+            for j in range(0, len(idxs), batch_size):
+                chunk = idxs[j : j + batch_size]
+                inp = torch.tensor([prompts[i] for i in chunk], dtype=torch.long, device=device).repeat(stack, 1)
+                out = model.generate(
+                    inp, max_new_tokens=max_new_tokens, do_sample=False, use_past_kv_cache=True,
+                    stop_at_eos=eos is not None, eos_token_id=eos, verbose=False, return_type="tokens",
+                )
+                at = [g * len(prompts) + i for g in range(stack) for i in chunk]
+                for row, i in zip(out[:, n:].tolist(), at):
+                    if eos is not None and eos in row:
+                        row = row[: row.index(eos)]
+                    hyps[i] = template.cut(tok.decode(row))
+    return [h or "" for h in hyps]
+
+
+def chrf(hyps: Sequence[str], refs: Sequence[str]) -> float:
+    """Corpus chrF (sacrebleu defaults, 0..100)."""
+    import sacrebleu
+
+    if len(hyps) != len(refs):
+        raise DataError(f"{len(hyps)} hypotheses but {len(refs)} references")
+    return float(sacrebleu.corpus_chrf(list(hyps), [list(refs)]).score)
+
+
+# --------------------------------------------------------------------------------------
+# Tables (rows from sae_bilingual.intervention.experiment.run_intervention_table)
+# --------------------------------------------------------------------------------------
+
+
+METRIC_PREFIXES = ("ppl_", "chrf_", "comet_")
+
+
+def metric_columns(df: pd.DataFrame) -> list[str]:
+    """Metric columns of an intervention table, in table order."""
+    return [c for c in df.columns if c.startswith(METRIC_PREFIXES)]
+
+
+def aggregate_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std over draws per (condition, alpha, m): columns ``<metric>_mean``/``_std``."""
+    metrics = metric_columns(df)
+    order = list(dict.fromkeys(df["condition"]))
+    g = df.groupby(["condition", "alpha", "m"], sort=False)[metrics]
+    mean = g.mean().add_suffix("_mean")
+    std = g.std(ddof=1).fillna(0.0).add_suffix("_std")
+    out = pd.concat([mean, std], axis=1)
+    out["n_draws"] = g.size()
+    cols = [c for m_ in metrics for c in (f"{m_}_mean", f"{m_}_std")] + ["n_draws"]
+    out = out[cols].reset_index()
+    out["condition"] = pd.Categorical(out["condition"], categories=order, ordered=True)
+    return out.sort_values(["alpha", "m", "condition"]).reset_index(drop=True)
+
+
+def table1(df_or_agg: pd.DataFrame, alpha: float | None = None, m: int | None = None) -> pd.DataFrame:
+    """Table 1: one (alpha, m) cell (default the paper's 0.1 / 5000, else the first), by condition."""
+    agg = df_or_agg if any(c.endswith("_mean") for c in df_or_agg.columns) else aggregate_table(df_or_agg)
+    cells = list(dict.fromkeys(zip(agg["alpha"], agg["m"])))
+    if alpha is None and m is None:
+        alpha, m = (0.1, 5000) if (0.1, 5000) in cells else cells[0]
+    sel = agg[(agg["alpha"] == alpha) & (agg["m"] == m)]
+    if sel.empty:
+        raise DataError(f"no rows for alpha={alpha}, m={m}; cells present: {cells}")
+    return sel.set_index("condition")
+
+
+def table4(df_or_agg: pd.DataFrame, metric: str = "ppl_all", relative_to_none: bool = True) -> pd.DataFrame:
+    """Table 4 grid: rows (alpha, m), columns condition, values mean ``metric`` (minus "none")."""
+    agg = df_or_agg if any(c.endswith("_mean") for c in df_or_agg.columns) else aggregate_table(df_or_agg)
+    col = f"{metric}_mean"
+    if col not in agg.columns:
+        raise DataError(f"metric {metric!r} is not in the table; choose one of {[c[:-5] for c in agg.columns if c.endswith('_mean')]}")
+    grid = agg.pivot_table(index=["alpha", "m"], columns="condition", values=col, observed=True)
+    if relative_to_none and "none" in grid.columns:
+        grid = grid.sub(grid["none"], axis=0).drop(columns="none")
+    return grid
+
+
+def _fmt(v: float, digits: int) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def to_markdown(table: pd.DataFrame, metrics: Sequence[str] | None = None, digits: int = 2) -> str:
+    """Markdown of Table 1 (``mean ± std`` per metric) or of a plain grid (Table 4)."""
+    if any(c.endswith("_mean") for c in table.columns):
+        t = table if table.index.name == "condition" else table.set_index("condition")
+        metrics = list(metrics or [c[:-5] for c in t.columns if c.endswith("_mean")])
+        lines = ["| condition | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+        for cond, r in t.iterrows():
+            cells = [f"{_fmt(r[f'{k}_mean'], digits)} ± {_fmt(r[f'{k}_std'], digits)}" for k in metrics]
+            lines.append(f"| {cond} | " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+    idx_names = [str(n) for n in (table.index.names or ["index"])]
+    cols = [str(c) for c in table.columns]
+    lines = ["| " + " | ".join(idx_names + cols) + " |", "|---" * (len(idx_names) + len(cols)) + "|"]
+    for key, r in table.iterrows():
+        key = key if isinstance(key, tuple) else (key,)
+        lines.append("| " + " | ".join([str(k) for k in key] + [_fmt(float(v), digits) for v in r]) + " |")
+    return "\n".join(lines)
+
+
+def compare_with_paper(df_or_agg: pd.DataFrame, digits: int = 2) -> str:
+    """Markdown: our Table 1 cell beside the paper's published Table 1 (LLM-jp recipe)."""
+    ours = table1(df_or_agg)
+    metrics = [c for c in PAPER_TABLE1.columns if f"{c}_mean" in ours.columns]
+    lines = ["| condition | " + " | ".join(f"{k} (ours) | {k} (paper)" for k in metrics) + " |",
+             "|---" * (2 * len(metrics) + 1) + "|"]
+    for cond in ours.index:
+        cells = []
+        for k in metrics:
+            cells.append(f"{_fmt(ours.loc[cond, f'{k}_mean'], digits)} ± {_fmt(ours.loc[cond, f'{k}_std'], digits)}")
+            cells.append(_fmt(PAPER_TABLE1.loc[cond, k], digits) if cond in PAPER_TABLE1.index else "–")
+        lines.append(f"| {cond} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

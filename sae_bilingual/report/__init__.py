@@ -1,0 +1,1 @@
+"""What a study shows: figures, report.html and its feature browser, exports."""

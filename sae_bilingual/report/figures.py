@@ -1,0 +1,544 @@
+"""Figures of the study (paper Figs 3, 5/8/12-14, 6/9, 11, Table 1 and the size comparison).
+
+Every function takes pandas DataFrames (mostly the study's summary table, one row per
+(model, iteration, tokens, layer); columns in the module contract), renders with matplotlib's
+Agg backend into memory, writes ``<name>.png`` and ``<name>.svg`` atomically through
+:func:`sae_bilingual.io.atomic_write_bytes`, and returns the list of written paths.
+``make_all_figures(study_dir)`` draws whatever the study's tables support.
+
+Languages are never hard-coded: every ``frac_<lang>`` column other than ``frac_mixed``
+is a language share.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # noqa: E402  (headless; must precede pyplot)
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.colors import Normalize  # noqa: E402
+from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
+
+from sae_bilingual.errors import DataError  # noqa: E402
+from sae_bilingual.io import atomic_write_bytes  # noqa: E402
+from sae_bilingual.study.manifest import read_json  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "fig_language_distribution",
+    "fig_layer_checkpoint_heatmaps",
+    "fig_span_by_layer",
+    "fig_lr_grid",
+    "fig_intervention",
+    "fig_sizes",
+    "fig_world_loss",
+    "make_all_figures",
+    "language_columns",
+    "format_tokens",
+    "FIGURE_CAPTIONS",
+]
+
+#: Colours per class; languages beyond these get tab10 colours.
+_CLASS_COLOURS = {"en": "#4C72B0", "ja": "#DD5555", "mixed": "#8C8C8C"}
+_DPI = 110
+
+#: Caption per figure-name prefix (used by the HTML report).
+FIGURE_CAPTIONS = {
+    "lang_dist": "Share of live features per class (stacked) against training tokens, with mean "
+    "monosemanticity R (right axis); lower panel: FVU and dead-feature share of the same SAEs "
+    "(paper Fig. 3). Step 0 (0 tokens) sits at the left edge, marked 'init'.",
+    "heatmaps": "Layer x checkpoint heatmaps of the Mixed (bilingual) share and of mean "
+    "monosemanticity R (paper Figs. 5, 8, 12-14).",
+    "span": "Mean span length by layer, one line per checkpoint, coloured by training progress "
+    "(paper Figs. 6, 9).",
+    "lr_grid": "Validation reconstruction MSE against learning rate; the best LR is starred "
+    "(paper Fig. 11).",
+    "intervention": "Perplexity (and COMET when present) of the mid-training model with "
+    "final-model features added, per condition; error bars are the std over random draws "
+    "(paper Table 1). Y axes do not start at zero.",
+    "sizes": "Mixed share at the final checkpoint against relative depth (layer / deepest "
+    "layer), one line per model size.",
+    "world_loss": "Pre-training of the toy world's LM: training loss per optimizer step and "
+    "held-out loss at each saved checkpoint (the checkpoints the study analyses), against "
+    "tokens seen; the title gives the build's wall time.",
+    "lineage": "Feature classes per checkpoint (stacked bars, dead features in grey) and the "
+    "features matched one-to-one between consecutive checkpoints (bands, coloured by the "
+    "earlier class; Jaccard of co-firing on the same evaluation tokens above the threshold).",
+}
+
+
+# --------------------------------------------------------------------------- helpers
+def language_columns(df: pd.DataFrame) -> list[str]:
+    """Language codes present as ``frac_<lang>`` columns (``frac_mixed`` excluded), in order."""
+    return [c[5:] for c in df.columns if c.startswith("frac_") and c != "frac_mixed"]
+
+
+def _class_colour(cls: str, i: int) -> str:
+    if cls in _CLASS_COLOURS:
+        return _CLASS_COLOURS[cls]
+    return plt.get_cmap("tab10")((i + 3) % 10)
+
+
+def format_tokens(t: float) -> str:
+    """Compact token count: 0, 4M, 400M, 4B, 2.1T (used for axis and colour-bar labels)."""
+    t = float(t)
+    if t <= 0:
+        return "0"
+    for div, suf in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if t >= div:
+            v = t / div
+            return f"{v:.0f}{suf}" if v >= 10 or v == int(v) else f"{v:.1f}{suf}"
+    return f"{t:.0f}"
+
+
+def _slug(s: object) -> str:
+    """Filesystem-safe name part (model names may contain '/')."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(s)).strip("_") or "x"
+
+
+def _require(df: pd.DataFrame, cols: list[str], what: str) -> None:
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise DataError(
+            f"{what} needs columns {missing}, but the table has {list(df.columns)}. "
+            "Pass the study's tables/summary.parquet (see the module contract)."
+        )
+
+
+def _select_model(summary: pd.DataFrame, model: str) -> pd.DataFrame:
+    _require(summary, ["model", "layer", "tokens"], "this figure")
+    sub = summary[summary["model"].astype(str) == str(model)]
+    if sub.empty:
+        raise DataError(
+            f"model {model!r} is not in the summary table; choose one of "
+            f"{sorted(summary['model'].astype(str).unique())}."
+        )
+    return sub
+
+
+def _save(fig: plt.Figure, out_dir: str | Path, name: str) -> list[Path]:
+    """Render ``fig`` to PNG and SVG in memory, write both atomically, close the figure."""
+    out_dir = Path(out_dir)
+    paths = []
+    try:
+        for ext in ("png", "svg"):
+            buf = io.BytesIO()
+            fig.savefig(buf, format=ext, dpi=_DPI, bbox_inches="tight",
+                        metadata={"Date": None} if ext == "svg" else None)
+            paths.append(atomic_write_bytes(out_dir / f"{name}.{ext}", buf.getvalue()))
+    finally:
+        plt.close(fig)
+    log.info("wrote figure %s", out_dir / name)
+    return paths
+
+
+def _token_positions(tokens: np.ndarray) -> tuple[np.ndarray, float | None]:
+    """x positions for a log axis: tokens > 0 stay; 0 (init) goes one decade left of the
+    smallest positive count (returned as the second value, None if no zero)."""
+    tokens = np.asarray(tokens, dtype=float)
+    pos = tokens[tokens > 0]
+    if (tokens <= 0).any():
+        left = (pos.min() if pos.size else 1.0) / 10.0
+        return np.where(tokens > 0, tokens, left), left
+    return tokens, None
+
+
+def _setup_token_axis(ax: plt.Axes, x: np.ndarray, init_x: float | None) -> None:
+    ax.set_xscale("log")
+    if init_x is not None:
+        # The decade ticks stay; "init" labels the step-0 point, a dotted line marks the break.
+        ax.axvline(init_x * np.sqrt(10), color="k", lw=0.6, ls=":", alpha=0.6)
+        lo, hi = ax.get_xlim()
+        decades = [10.0 ** e for e in range(math.ceil(math.log10(init_x * 3)), math.floor(math.log10(max(hi, 1))) + 1)]
+        ticks = [init_x] + decades
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.set_xticklabels(["init"] + [format_tokens(d) for d in decades])
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xlim(init_x / 1.6, max(x) * 1.6)
+
+
+def _checkpoint_table(sub: pd.DataFrame, value: str) -> pd.DataFrame:
+    """Pivot layer x tokens (mean over duplicate rows, e.g. SAE seeds)."""
+    return sub.pivot_table(index="layer", columns="tokens", values=value, aggfunc="mean").sort_index()
+
+
+# --------------------------------------------------------------------------- figures
+def fig_language_distribution(summary: pd.DataFrame, model: str, layer: int, out_dir: str | Path) -> list[Path]:
+    """Paper Fig. 3 for one (model, layer): class shares over training, with R, FVU, dead share.
+
+    Rows with equal ``tokens`` (e.g. several SAE seeds) are averaged.
+    """
+    sub = _select_model(summary, model)
+    sub = sub[sub["layer"] == layer]
+    if sub.empty:
+        raise DataError(f"layer {layer} of {model!r} is not in the summary table; layers present: "
+                        f"{sorted(_select_model(summary, model)['layer'].unique().tolist())}.")
+    langs = language_columns(sub)
+    classes = langs + ["mixed"]
+    _require(sub, [f"frac_{c}" for c in classes], "fig_language_distribution")
+    num = [c for c in sub.columns if c in {f"frac_{k}" for k in classes}
+           | {"mean_R", "fvu", "n_dead", "n_features"}]
+    g = sub.groupby("tokens")[num].mean().sort_index()
+    x, init_x = _token_positions(g.index.to_numpy())
+
+    fig, (ax, axq) = plt.subplots(2, 1, figsize=(9.0, 5.6), sharex=True,
+                                  gridspec_kw={"height_ratios": [3, 1.1], "hspace": 0.08})
+    shares = np.vstack([g[f"frac_{c}"].to_numpy() for c in classes])
+    labels = {"mixed": "Mixed (bilingual)"}
+    ax.stackplot(x, shares, labels=[labels.get(c, c) for c in classes],
+                 colors=[_class_colour(c, i) for i, c in enumerate(classes)], alpha=0.85)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("share of live features")
+    ax.set_title(f"{model}, layer {layer}: feature classes over training")
+    handles, lbls = ax.get_legend_handles_labels()
+    if "mean_R" in g:
+        axr = ax.twinx()
+        (hr,) = axr.plot(x, g["mean_R"], "k-o", ms=4, lw=1.6, label="mean R (right)")
+        axr.set_ylim(0, 1.02)
+        axr.set_ylabel("mean monosemanticity R")
+        handles.append(hr)
+        lbls.append(hr.get_label())
+    ax.legend(handles, lbls, loc="upper left", bbox_to_anchor=(1.1, 1.0), fontsize=8, framealpha=0.9)
+
+    qh = []
+    if "fvu" in g:
+        qh += axq.plot(x, g["fvu"], "-s", color="#6A3D9A", ms=3, label="FVU")
+    if "n_dead" in g and "n_features" in g:
+        dead = g["n_dead"] / g["n_features"].replace(0, np.nan)
+        qh += axq.plot(x, dead, "--^", color="#E08214", ms=3, label="dead share")
+    axq.set_ylabel("FVU / dead", fontsize=9)
+    axq.set_ylim(bottom=0)
+    if qh:
+        axq.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.1, 1.0))
+    axq.set_xlabel("training tokens (log scale)")
+    _setup_token_axis(axq, x, init_x)
+    if init_x is not None:
+        ax.axvline(init_x * np.sqrt(10), color="k", lw=0.6, ls=":", alpha=0.6)
+    for a in (ax, axq):
+        a.grid(alpha=0.25, which="major")
+    return _save(fig, out_dir, f"lang_dist_{_slug(model)}_L{int(layer):02d}")
+
+
+def _heat(ax: plt.Axes, tab: pd.DataFrame, title: str, cmap: str, vmin: float, vmax: float,
+          dark_high: bool) -> None:
+    data = tab.to_numpy(dtype=float)
+    im = ax.imshow(data, origin="lower", aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax)
+    ax.set_xticks(range(tab.shape[1]))
+    ax.set_xticklabels([format_tokens(t) for t in tab.columns], rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(tab.shape[0]))
+    ax.set_yticklabels([str(v) for v in tab.index], fontsize=8)
+    ax.set_xlabel("checkpoint (training tokens)")
+    ax.set_ylabel("layer")
+    ax.set_title(title, fontsize=10)
+    if data.size <= 300:
+        mid = (vmin + vmax) / 2
+        for (i, j), v in np.ndenumerate(data):
+            if np.isfinite(v):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6.5,
+                        color="white" if (v > mid) == dark_high else "black")
+    plt.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+
+
+def fig_layer_checkpoint_heatmaps(summary: pd.DataFrame, model: str, out_dir: str | Path) -> list[Path]:
+    """Paper Figs. 5/8/12-14: layer x checkpoint heatmaps of the Mixed share and of mean R."""
+    sub = _select_model(summary, model)
+    _require(sub, ["frac_mixed", "mean_R"], "fig_layer_checkpoint_heatmaps")
+    mixed = _checkpoint_table(sub, "frac_mixed")
+    r = _checkpoint_table(sub, "mean_R")
+    w = max(9.0, 3.0 + 0.9 * mixed.shape[1])
+    h = max(3.2, 1.4 + 0.28 * mixed.shape[0])
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(w, h), constrained_layout=True)
+    _heat(a1, mixed, "Mixed (bilingual) share", "magma_r", 0.0, max(0.01, float(np.nanmax(mixed.to_numpy()))), True)
+    _heat(a2, r, "mean monosemanticity R", "viridis", float(np.nanmin(r.to_numpy())), 1.0, False)
+    fig.suptitle(str(model))
+    return _save(fig, out_dir, f"heatmaps_{_slug(model)}")
+
+
+def fig_span_by_layer(summary: pd.DataFrame, model: str, out_dir: str | Path) -> list[Path]:
+    """Paper Figs. 6/9: mean span length by layer, one line per checkpoint."""
+    sub = _select_model(summary, model)
+    _require(sub, ["mean_span"], "fig_span_by_layer")
+    tab = _checkpoint_table(sub, "mean_span")
+    n = tab.shape[1]
+    cmap = plt.get_cmap("viridis")
+    norm = Normalize(0, max(n - 1, 1))
+    fig, ax = plt.subplots(figsize=(7, 4.2), constrained_layout=True)
+    for j, t in enumerate(tab.columns):
+        ax.plot(tab.index, tab[t], "-o", ms=3, color=cmap(norm(j)), label=format_tokens(t))
+    ax.set_xlabel("layer")
+    ax.set_ylabel("mean span length (tokens)")
+    ax.set_title(f"{model}: span length by layer")
+    ax.set_xticks(tab.index.to_list() if len(tab.index) <= 30 else ax.get_xticks())
+    ax.grid(alpha=0.25)
+    sm = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
+    cb = fig.colorbar(sm, ax=ax, pad=0.02)
+    idx = np.unique(np.linspace(0, n - 1, min(n, 8)).round().astype(int))
+    cb.set_ticks(idx)
+    cb.set_ticklabels([format_tokens(tab.columns[i]) for i in idx])
+    cb.set_label("checkpoint (training tokens)")
+    return _save(fig, out_dir, f"span_{_slug(model)}")
+
+
+def _pick(df: pd.DataFrame, names: tuple[str, ...], what: str) -> str:
+    for n in names:
+        if n in df.columns:
+            return n
+    raise DataError(f"{what}: the table needs one of the columns {list(names)}; it has {list(df.columns)}.")
+
+
+def fig_lr_grid(lr_df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+    """Paper Fig. 11: validation MSE against LR (log x), one line per model (and layer), best starred.
+
+    Columns: ``lr`` (or ``learning_rate``), ``val_mse`` (or ``mse``/``val_loss``/``loss``),
+    optional ``model``/``size``/``layer`` for grouping.
+    """
+    lr = _pick(lr_df, ("lr", "learning_rate"), "fig_lr_grid")
+    y = _pick(lr_df, ("val_mse", "mse", "val_loss", "loss"), "fig_lr_grid")
+    keys = [k for k in ("model", "layer") if k in lr_df.columns]
+    fig, ax = plt.subplots(figsize=(6.5, 4.2), constrained_layout=True)
+    groups = lr_df.groupby(keys) if keys else [((), lr_df)]
+    for i, (key, g) in enumerate(groups):
+        g = g.groupby(lr)[y].mean().sort_index()
+        key = key if isinstance(key, tuple) else (key,)
+        label = ", ".join(f"{k}={v}" if k == "layer" else str(v) for k, v in zip(keys, key)) or y
+        c = plt.get_cmap("tab10")(i % 10)
+        ax.plot(g.index, g.values, "-o", color=c, label=label)
+        best = g.idxmin()
+        ax.plot([best], [g[best]], "*", ms=16, color=c, mec="k", zorder=5)
+        ax.annotate(f"best {best:g}", (best, g[best]), textcoords="offset points", xytext=(6, 8), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_ylabel(f"validation {y}")
+    ax.set_title("LR grid (star = lowest validation loss)")
+    ax.grid(alpha=0.25, which="both")
+    ax.legend(fontsize=8)
+    return _save(fig, out_dir, "lr_grid")
+
+
+_INTERVENTION_METRICS = ("ppl_en", "ppl_ja", "ppl_all", "comet_en_ja", "comet_ja_en", "chrf_en_ja", "chrf_ja_en")
+
+
+def intervention_long(table_df: pd.DataFrame) -> pd.DataFrame:
+    """Normalise an intervention table to long form: columns condition, metric, mean, std.
+
+    Accepted inputs:
+    - wide: ``condition`` + ``<metric>_mean`` and optional ``<metric>_std`` (metric e.g.
+      ppl_en, ppl_ja, ppl_all, comet_en_ja, ...);
+    - long: ``condition, metric, mean[, std]``;
+    - per draw: ``condition`` + ``<metric>`` value columns (one row per random draw);
+      mean and sample std (ddof=1, as ``evaluation.aggregate_table``) over draws are computed here.
+    Extra ``alpha``/``m`` columns with several values are folded into the condition label.
+    """
+    df = table_df.copy()
+    _require(df, ["condition"], "fig_intervention")
+    extra = [k for k in ("alpha", "m") if k in df.columns and df[k].nunique() > 1]
+    if extra:
+        df["condition"] = df["condition"].astype(str) + df[extra].apply(
+            lambda r: " " + " ".join(f"{k}={v:g}" for k, v in r.items()), axis=1)
+    if {"metric", "mean"} <= set(df.columns):
+        out = df[["condition", "metric", "mean"] + (["std"] if "std" in df.columns else [])].copy()
+    elif any(c.endswith("_mean") for c in df.columns):
+        rows = []
+        for c in [c for c in df.columns if c.endswith("_mean")]:
+            m = c[: -len("_mean")]
+            part = pd.DataFrame({"condition": df["condition"], "metric": m, "mean": df[c]})
+            part["std"] = df[f"{m}_std"].to_numpy() if f"{m}_std" in df.columns else np.nan
+            rows.append(part)
+        out = pd.concat(rows, ignore_index=True)
+    else:
+        vals = [c for c in df.columns if c.startswith(("ppl_", "comet_", "chrf_"))]
+        if not vals:
+            raise DataError("fig_intervention: no metric columns (ppl_*/comet_*, *_mean, or metric/mean) "
+                            f"in {list(df.columns)}.")
+        order = list(dict.fromkeys(df["condition"]))
+        g = df.groupby("condition", sort=False)[vals]
+        out = g.mean().reset_index().melt("condition", var_name="metric", value_name="mean")
+        sd = g.std(ddof=1).fillna(0.0).reset_index().melt("condition", var_name="metric", value_name="std")
+        out = out.merge(sd, on=["condition", "metric"])
+        out["_o"] = out["condition"].map({c: i for i, c in enumerate(order)})
+        out = out.sort_values(["metric", "_o"]).drop(columns="_o")
+    if "std" not in out.columns:
+        out["std"] = np.nan
+    return out.reset_index(drop=True)
+
+
+def fig_intervention(table_df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+    """Paper Table 1 as bars: one panel per metric (PPL en/ja/all, COMET when present),
+    one bar per condition, error bars = std over random draws. See :func:`intervention_long`
+    for the accepted table formats (wide ``<metric>_mean/_std``, long, or per-draw rows)."""
+    title = "Intervention: mid model + final-model features (mean ± std over draws)"
+    cells = [k for k in ("alpha", "m") if k in table_df.columns]
+    if cells and len(table_df[cells].drop_duplicates()) > 1:
+        # Table 4 grid present: draw the paper's cell (alpha=0.1, m=5000) when there, else the first.
+        combos = table_df[cells].drop_duplicates()
+        paper = combos[(combos.get("alpha", 0.1) == 0.1) & (combos.get("m", 5000) == 5000)]
+        pick = (paper if len(paper) else combos).iloc[0]
+        table_df = table_df[(table_df[cells] == pick).all(axis=1)]
+        title += " — " + ", ".join(f"{k}={pick[k]:g}" for k in cells)
+    long = intervention_long(table_df)
+    metrics = [m for m in _INTERVENTION_METRICS if m in set(long["metric"])]
+    metrics += [m for m in dict.fromkeys(long["metric"]) if m not in metrics]
+    conds = list(dict.fromkeys(long["condition"]))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(2.0 + 2.3 * len(metrics) + 0.15 * len(conds), 3.8),
+                             constrained_layout=True, squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    for ax, m in zip(axes[0], metrics):
+        d = long[long["metric"] == m].set_index("condition").reindex(conds)
+        mean, std = d["mean"].to_numpy(float), np.nan_to_num(d["std"].to_numpy(float))
+        xs = np.arange(len(conds))
+        ax.bar(xs, mean, yerr=std, capsize=3, color=[cmap(i % 10) for i in range(len(conds))], alpha=0.85)
+        ok = np.isfinite(mean)
+        if ok.any():
+            lo, hi = np.min((mean - std)[ok]), np.max((mean + std)[ok])
+            pad = max((hi - lo) * 0.25, abs(hi) * 0.002, 1e-6)
+            ax.set_ylim(lo - pad, hi + pad)
+        for x_, v, e in zip(xs, mean, std):
+            if np.isfinite(v):
+                ax.text(x_, v + e, f"{v:.2f}", ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(xs)
+        ax.set_xticklabels(conds, rotation=30, ha="right", fontsize=8)
+        ax.set_title(m.replace("ppl_", "PPL ").replace("comet_", "COMET ").replace("_", "→" if m.startswith("comet") else " "), fontsize=10)
+        ax.grid(alpha=0.25, axis="y")
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, out_dir, "intervention")
+
+
+def _size_key(s: object) -> tuple[float, str]:
+    m = re.search(r"([\d.]+)\s*([kmbt]?)", str(s).lower())
+    if not m:
+        return (math.inf, str(s))
+    mult = {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}[m.group(2)]
+    try:
+        return (float(m.group(1)) * mult, str(s))
+    except ValueError:
+        return (math.inf, str(s))
+
+
+def fig_sizes(summary: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+    """Mixed share at each model's final checkpoint vs relative depth, one line per size.
+
+    Relative depth = layer / n_layers (column ``n_layers`` when present, else the deepest
+    layer in the table for that model).
+    """
+    _require(summary, ["model", "layer", "tokens", "frac_mixed"], "fig_sizes")
+    label_col = "size" if "size" in summary.columns else "model"
+    fig, ax = plt.subplots(figsize=(6.8, 4.2), constrained_layout=True)
+    models = sorted(summary["model"].astype(str).unique(),
+                    key=lambda m: _size_key(summary.loc[summary["model"].astype(str) == m, label_col].iloc[0]))
+    cmap = plt.get_cmap("plasma")
+    for i, m in enumerate(models):
+        sub = summary[summary["model"].astype(str) == m]
+        final = sub[sub["tokens"] == sub["tokens"].max()]
+        g = final.groupby("layer")["frac_mixed"].mean().sort_index()
+        depth = float(final["n_layers"].iloc[0]) if "n_layers" in final.columns else float(max(g.index.max(), 1))
+        lab = f"{sub[label_col].iloc[0]} ({format_tokens(final['tokens'].iloc[0])} tokens)"
+        ax.plot(g.index / depth, g.values, "-o", ms=3, color=cmap(i / max(len(models), 2) * 0.9), label=lab)
+    ax.set_xlabel("relative depth (layer / number of layers)")
+    ax.set_ylabel("Mixed (bilingual) share")
+    ax.set_title("Bilingual features by model size (final checkpoints)")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.25)
+    ax.legend(fontsize=8)
+    return _save(fig, out_dir, "sizes")
+
+
+def fig_world_loss(steps: pd.DataFrame, checkpoints: pd.DataFrame, out_dir: str | Path,
+                   build_seconds: float | None = None) -> list[Path]:
+    """The toy world's pre-training curve: why the checkpoints differ, at a glance.
+
+    ``steps``: columns ``step``, ``loss`` (per optimizer step); ``checkpoints``: ``iteration``,
+    ``tokens``, ``loss`` (held-out loss of each saved checkpoint). Tokens on a symlog x axis so
+    step 0 shows.
+    """
+    _require(steps, ["step", "loss"], "fig_world_loss (steps)")
+    _require(checkpoints, ["iteration", "tokens", "loss"], "fig_world_loss (checkpoints)")
+    ck = checkpoints.sort_values("iteration")
+    per_it = ck["tokens"].iloc[-1] / max(int(ck["iteration"].iloc[-1]), 1)
+    fig, ax = plt.subplots(figsize=(6.5, 4.0), constrained_layout=True)
+    ax.plot(steps["step"] * per_it, steps["loss"], lw=1, color="#4C72B0", alpha=0.7, label="training loss (per step)")
+    ax.plot(ck["tokens"], ck["loss"], "o-", color="#DD5555", label="held-out loss (checkpoints)")
+    for _, r in ck.iterrows():
+        ax.annotate(f"{int(r['iteration'])}", (r["tokens"], r["loss"]), textcoords="offset points",
+                    xytext=(0, 6), fontsize=7, ha="center")
+    ax.set_xscale("symlog", linthresh=max(per_it, 1.0))
+    ax.set_xlabel("tokens seen (symlog; labels: checkpoint iteration)")
+    ax.set_ylabel("cross-entropy (nats / token)")
+    title = "Toy world pre-training"
+    if build_seconds is not None:
+        title += f" (world built in {build_seconds / 60:.1f} min)"
+    ax.set_title(title)
+    ax.grid(alpha=0.25, which="both")
+    ax.legend(fontsize=8)
+    return _save(fig, out_dir, "world_loss")
+
+
+# --------------------------------------------------------------------------- driver
+def _middle_layer(layers: list[int]) -> int:
+    layers = sorted(layers)
+    return layers[len(layers) // 2]
+
+
+def make_all_figures(study_dir: str | Path, *, layers: str | list[int] = "middle") -> dict[str, list[Path]]:
+    """Draw every figure the study's tables support into ``<study_dir>/figures``.
+
+    ``layers`` picks the layers that get a Fig.-3 plot: "middle" (the middle analysed
+    layer of each model, as in the paper), "all", or a list of paper layer numbers.
+    Returns {figure name: [png, svg]}; figures whose data is absent are skipped (logged).
+    """
+    study_dir = Path(study_dir)
+    out = study_dir / "figures"
+    tables = study_dir / "tables"
+    made: dict[str, list[Path]] = {}
+
+    def keep(paths: list[Path]) -> None:
+        made[paths[0].stem] = paths
+
+    summ_path = tables / "summary.parquet"
+    if summ_path.exists():
+        summary = pd.read_parquet(summ_path)
+        if summary.empty:
+            log.warning("%s is empty: no summary figures", summ_path)
+        else:
+            for model in sorted(summary["model"].astype(str).unique()):
+                sub = summary[summary["model"].astype(str) == model]
+                present = sorted(int(v) for v in sub["layer"].unique())
+                if layers == "middle":
+                    chosen = [_middle_layer(present)]
+                elif layers == "all":
+                    chosen = present
+                else:
+                    chosen = [int(v) for v in layers if int(v) in present]
+                for layer in chosen:
+                    keep(fig_language_distribution(summary, model, layer, out))
+                if len(present) > 1 or sub["tokens"].nunique() > 1:
+                    keep(fig_layer_checkpoint_heatmaps(summary, model, out))
+                if "mean_span" in sub and len(present) > 1:
+                    keep(fig_span_by_layer(summary, model, out))
+            if summary["model"].nunique() > 1:
+                keep(fig_sizes(summary, out))
+    else:
+        log.warning("%s absent: skipping summary figures", summ_path)
+    steps_p, ck_p = tables / "world_loss.csv", tables / "world_checkpoints.csv"
+    if steps_p.exists() and ck_p.exists():
+        meta = read_json(tables / "world.json")
+        keep(fig_world_loss(pd.read_csv(steps_p), pd.read_csv(ck_p), out,
+                            meta.get("build_seconds") if isinstance(meta, dict) else None))
+    for name, fn in (("lr_grid.csv", fig_lr_grid), ("intervention.csv", fig_intervention)):
+        p = tables / name
+        if p.exists():
+            df = pd.read_csv(p)
+            if df.empty:
+                log.warning("%s is empty: skipped", p)
+                continue
+            keep(fn(df, out))
+    return made

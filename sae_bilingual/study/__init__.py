@@ -1,0 +1,1 @@
+"""Running a study: plan, units, executors, resume, timings, controls."""

@@ -1,0 +1,132 @@
+"""The study's intervention stage (paper Tables 1 and 4): load the final and mid checkpoints,
+draw the masks, run :func:`~sae_bilingual.intervention.experiment.run_intervention_table` and write
+``tables/intervention*.{csv,md}``. Split out of ``pipeline.py`` (one work unit)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from sae_bilingual.errors import DataError
+from sae_bilingual.intervention.metrics import PromptTemplate, aggregate_table, compare_with_paper, table1, table4, to_markdown
+from sae_bilingual.intervention.experiment import run_intervention_table
+from sae_bilingual.io import atomic_write_text
+from sae_bilingual.layers import parse_layers
+from sae_bilingual.intervention.masks import scale_m
+from sae_bilingual.models.generic import is_paper_model
+from sae_bilingual.study.pipeline import _first_docs_per_lang, _torch_dtype
+from sae_bilingual.sae.model import load_sae
+from sae_bilingual.study.run import Unit
+
+log = logging.getLogger(__name__)
+
+
+def run_intervention(ctx, plan, out: Path, progress: bool = True):
+    """Table 1 / Table 4: inject final-model features into the mid checkpoint."""
+    iv = ctx.recipe.intervention
+    path = out / "tables" / "intervention.csv"
+    if path.exists():
+        return pd.read_csv(path)
+    fam = ctx.family(iv.model)
+    cat = fam.catalogue()
+    final = cat.final
+    if iv.mid_checkpoint is not None:
+        mid = cat.select(iteration=iv.mid_checkpoint)
+    else:
+        analysed = sorted(u.iteration for u in plan.units if u.model_index == iv.model)
+        mid = cat.select(iteration=analysed[len(analysed) // 2])
+    layer = parse_layers(iv.layer, fam.n_layers)[0]
+    name = next(u.family for u in plan.units if u.model_index == iv.model)  # the model's output name
+    ldir = Unit(iv.model, name, final.iteration, final.tokens, [layer]).layer_dir(out, layer)
+    sae = load_sae(ldir / "sae", device=ctx.recipe.device)
+    features = pd.read_parquet(ldir / "features.parquet")
+    dtype = _torch_dtype(ctx.recipe.dtype)
+    final_model = fam.load(final, device=ctx.recipe.device, dtype=dtype)
+    mid_model = fam.load(mid, device=ctx.recipe.device, dtype=dtype)
+    windows = ctx.windows("eval", iv.model)
+    windows = _first_docs_per_lang(windows, iv.eval_docs_per_lang)
+    pairs = _translation_pairs(ctx)
+    if pairs is not None:
+        pairs = pairs.iloc[: iv.translation_pairs + iv.few_shot].reset_index(drop=True)
+    comet = True if (iv.comet_python or iv.comet_model) else None
+    ms = _feasible_ms(features, iv, sae.cfg.d_sae)
+    draws = run_intervention_table(
+        final_model, mid_model, sae, features, layer,
+        conditions=tuple(iv.conditions), alpha=list(iv.alphas), m=ms, n_draws=iv.draws,
+        seed=ctx.recipe.seed, windows=windows, pairs=pairs, languages=tuple(ctx.recipe.data.languages),
+        few_shot=iv.few_shot, max_new_tokens=iv.max_new_tokens, tokenizer=ctx.tokenizer(iv.model),
+        template=_translation_template(ctx),
+        scale=iv.scale, add_bias=iv.add_bias, scale_m_to_sae=False, comet=comet,
+        comet_kwargs={"python": iv.comet_python, "model_path": iv.comet_model} if comet else None,
+        stack=iv.stack, logits_budget_bytes=int(ctx.recipe.data.logits_budget_mb * 2**20),
+    )
+    draws["mid_iteration"], draws["final_iteration"], draws["layer"] = mid.iteration, final.iteration, layer
+    agg = aggregate_table(draws)
+    variant = decoder_variant(iv.add_bias, iv.scale)
+    draws["decoder"] = agg["decoder"] = variant
+    md = [f"Injected: alpha * D(mask * E(X_full)) with {variant}.", "",
+          "## Table 1", to_markdown(table1(agg)), "", "## Table 4 (PPL all, relative to none)", to_markdown(table4(agg))]
+    if is_paper_model(fam):  # the paper's numbers are for LLM-jp-3 3.7B only
+        md += ["", "## Beside the paper", compare_with_paper(agg)]
+    atomic_write_text(out / "tables" / "intervention_draws.csv", draws.to_csv(index=False))
+    atomic_write_text(out / "tables" / "intervention.md", "\n".join(md) + "\n")
+    atomic_write_text(path, agg.to_csv(index=False))
+    return agg
+
+
+def decoder_variant(add_bias: bool, scale: str) -> str:
+    """How the injected vector was decoded, in words for tables and the report."""
+    d = "D(z) = W_dec z + b_pre (the paper's decoder)" if add_bias else "D(z) = W_dec z without b_pre (not the paper's)"
+    s = "rescaled by ||X_full|| (residual scale)" if scale == "residual" else "left in unit-norm space"
+    return f"{d}, {s}"
+
+
+def _feasible_ms(features, iv, d_sae: int) -> list[int]:
+    """Mask sizes per recipe m: scaled to this SAE's n, capped at the smallest class.
+
+    Every class must be drawn with the same m for the comparison to be fair; a small SAE
+    may have fewer live Mixed features than the scaled m, so we cap (and say so).
+    """
+    classes = [c for c in iv.conditions if c != "none"]
+    counts = features.loc[~features["dead"], "cls"].value_counts()
+    smallest = min(int(counts.get(c, 0)) for c in classes) if classes else 0
+    out = []
+    for m in iv.ms:
+        want = scale_m(m, d_sae) if iv.scale_m else m
+        if want > smallest:
+            log.warning("intervention m=%d (scaled %d) exceeds the smallest class (%d live features; %s): "
+                        "using m=%d for every class", m, want, smallest, dict(counts), smallest)
+            want = smallest
+        out.append(want)
+    if min(out, default=0) < 1:
+        raise DataError(f"intervention: a class in {classes} has no live features ({dict(counts)}); "
+                        "train a larger SAE or drop that condition")
+    return out
+
+
+def _translation_pairs(ctx):
+    """Parallel test pairs: files named in the recipe, else the toy world's own, else none."""
+    iv = ctx.recipe.intervention
+    if iv.pairs_paths:
+        cols = {}
+        for lang, path in iv.pairs_paths.items():
+            lines = Path(path).read_text(encoding="utf-8").splitlines()
+            cols[lang] = [l.replace(" ", "") if lang in iv.unspace_languages else l.strip() for l in lines]
+        lengths = {lang: len(v) for lang, v in cols.items()}
+        if len(set(lengths.values())) != 1:
+            raise DataError(f"intervention.pairs_paths are not line-aligned: {lengths} lines")
+        return pd.DataFrame(cols)
+    if ctx.recipe.data.corpus == "toy":
+        return ctx.world.translation_pairs
+    return None
+
+
+def _translation_template(ctx):
+    """The toy world has no 'English:' tokens: its bilingual documents are bare sentence
+    pairs, so the prompt is the same form ("src tgt src tgt src") and generation stops at
+    the target sentence's end mark."""
+    if ctx.recipe.data.corpus == "toy" and not ctx.recipe.intervention.pairs_paths:
+        return PromptTemplate(shot="{src} {tgt} ", query="{src}", stops=("。", "."))
+    return PromptTemplate()

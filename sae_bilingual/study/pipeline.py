@@ -1,0 +1,377 @@
+"""What one work unit does: LM pass -> SAEs -> codes -> feature table -> summary.
+
+Kept apart from ``study.py`` (planning, resume, manifest) so each reads top to bottom.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from sae_bilingual import __version__
+from sae_bilingual.io import atomic_write_json, atomic_write_text
+from sae_bilingual.layers import hook_for_layer
+from sae_bilingual.study.memplan import unit_groups
+from sae_bilingual.models.registry import get_family
+from sae_bilingual.study.timing import StageTimer
+from sae_bilingual.analysis.semantic import (
+    TokenGraph,
+    clusters_from_ground_truth,
+    token_clusters_from_embeddings,
+    token_graph_from_embeddings,
+)
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _torch_dtype(name: str) -> torch.dtype:
+    return _DTYPES[name]
+
+
+def train_config(ctx, lr: float, n_vectors: int):
+    """SAETrainConfig from the recipe; one pass over ``n_vectors`` training vectors."""
+    from sae_bilingual.sae.train import SAETrainConfig
+
+    s = ctx.recipe.sae
+    return SAETrainConfig(
+        k=s.k,
+        d_sae=s.d_sae,
+        expansion=s.expansion,
+        lr=lr,
+        batch_size=min(s.batch_size, n_vectors),
+        total_training_tokens=n_vectors,
+        warmup_steps=s.warmup_steps,
+        adam_eps=s.adam_eps,
+        seed=ctx.recipe.seed,
+        device=ctx.recipe.device,
+        checkpoint_every=s.checkpoint_every,
+        aux_k_coefficient=s.aux_k_coefficient,
+        dead_feature_window=s.dead_feature_window,
+        wandb=ctx.recipe.wandb,
+    )
+
+
+def _metadata(ctx, unit, layer: int) -> dict[str, Any]:
+    spec = ctx.recipe.models[unit.model_index]
+    data = ctx.recipe.data
+    return {
+        "model_name": unit.family,
+        "model_family": spec.family,
+        "model_source": spec.source or ("toy-world" if spec.family == "toy" else spec.family),
+        "checkpoint_iteration": unit.iteration,
+        "checkpoint_tokens": unit.tokens,
+        "paper_layer": layer,
+        "corpus": data.corpus,
+        "languages": list(data.languages),
+        "train_tokens_per_lang": data.train_tokens_per_lang,
+        "context_size": data.context,
+        "sae_bilingual_version": __version__,
+    }
+
+
+def _load_model(ctx, unit):
+    fam = ctx.family(unit.model_index)
+    ck = fam.catalogue().select(iteration=unit.iteration)
+    return fam.load(ck, device=ctx.recipe.device, dtype=_torch_dtype(ctx.recipe.dtype))
+
+
+def _store(ctx, unit, model, hooks: list[str], batch_size: int, out: Path | None = None):
+    """A shuffling store over the study's training windows: one LM pass feeds all ``hooks``."""
+    from sae_bilingual.data.store import ActivationStore
+
+    data = ctx.recipe.data
+    cache = {}
+    if data.activation_cache and out is not None:
+        cache = {"cache_dir": out / "cache" / "activations",
+                 "cache_id": {"unit": unit.id, "hooks": hooks, "seed": ctx.recipe.seed,
+                              "context": data.context, "train_tokens_per_lang": data.train_tokens_per_lang}}
+    return ActivationStore(
+        model, ctx.windows("train", unit.model_index), hooks,
+        batch_size=batch_size,
+        buffer_vectors=data.buffer_vectors,
+        lm_batch_size=data.lm_batch_size,
+        seed=ctx.recipe.seed,
+        device=ctx.recipe.device,
+        **cache,
+    )
+
+
+UNIT_STAGES = {"model load": "load", "LM + SAE training": "train", "eval activations": "eval_acts",
+               "clusters": "clusters", "CE metrics": "ce"}
+"""A unit's shared stages -> their ``seconds_<name>`` column in the summary (per layer)."""
+
+
+def run_unit(ctx, unit, layers: list[int], out: Path, *, lr: float) -> None:
+    """Train, save and analyse the SAEs of ``layers`` at one checkpoint (each stage timed).
+
+    The layers are trained in as few LM passes as fit the memory budget (memplan.py); each
+    pass trains and analyses its group, with the results of training all layers at once.
+    """
+    groups = unit_groups(ctx.recipe, ctx.family(unit.model_index).hf_config, layers, unit.id)
+    timer = StageTimer(unit.id)
+    model = timer.call("model load", _load_model, ctx, unit)
+    load_per_layer = timer.seconds["model load"] / len(layers)
+    for group in groups:
+        _train_and_analyse(ctx, unit, model, group, out, lr=lr, load_per_layer=load_per_layer)
+
+
+def _train_and_analyse(ctx, unit, model, layers: list[int], out: Path, *, lr: float,
+                       load_per_layer: float) -> None:
+    """One LM pass: train the SAEs of ``layers`` from one store, then analyse each layer."""
+    from sae_bilingual.ce import ce_metrics_many
+    from sae_bilingual.sae.model import save_sae
+    from sae_bilingual.data.store import collect_activations
+    from sae_bilingual.study.run import write_unit_summary
+    from sae_bilingual.sae.train import reconstruction_metrics, train_saes
+
+    timer = StageTimer(unit.id if len(layers) == len(unit.layers) else f"{unit.id} layers {layers}")
+    hooks = [hook_for_layer(l) for l in layers]
+    with timer.stage("LM + SAE training"):
+        cfg = train_config(ctx, lr, ctx.windows("train", unit.model_index).n_vectors)
+        store = _store(ctx, unit, model, hooks, cfg.batch_size)
+        metas = {hook_for_layer(l): _metadata(ctx, unit, l) for l in layers}
+        # SAELens training checkpoints (optimizer state included) when the recipe asks for them;
+        # a killed unit is still redone from the start (deterministic), not resumed from these.
+        ckpt_dir = unit.dir(out) / "training" if ctx.recipe.sae.checkpoint_every else None
+        init = warm_start_saes(ctx, unit, layers, out) if ctx.recipe.sae.warm_start else None
+        saes = train_saes(store, hooks, cfg, metas, save_dir=ckpt_dir, init_from=init)
+    eval_windows = ctx.windows("eval", unit.model_index)
+    acts, labels = timer.call("eval activations", collect_activations, model, eval_windows, hooks,
+                              batch_size=ctx.recipe.data.lm_batch_size, device=ctx.recipe.device)
+    clusters = timer.call("clusters", token_clusters, ctx, unit, labels)
+    ce_windows = _first_docs_per_lang(eval_windows, ctx.recipe.analysis.ce_docs_per_lang)
+    ce = timer.call("CE metrics", ce_metrics_many, model, [saes[h] for h in hooks], ce_windows,  # one clean pass
+                    budget_bytes=int(ctx.recipe.data.logits_budget_mb * 2**20))
+    shared = {"seconds_load": load_per_layer,
+              **{f"seconds_{UNIT_STAGES[k]}": v / len(layers) for k, v in timer.seconds.items()}}
+    for layer, hook in zip(layers, hooks):
+        with timer.stage(f"layer {layer} analysis"):
+            t1 = time.perf_counter()
+            ldir = unit.layer_dir(out, layer)
+            ldir.mkdir(parents=True, exist_ok=True)
+            sae = saes[hook]
+            save_sae(sae, ldir / "sae")
+            metrics = {**reconstruction_metrics(sae, acts[hook]), **ce[hook]}
+            row = analyse_layer(ctx, unit, layer, sae, acts[hook], labels, clusters, ldir)
+            row.update({k: v if isinstance(v, str) else float(v) for k, v in metrics.items() if np.isscalar(v)})
+            md = sae.cfg.metadata
+            row.update({k: md[k] for k in ("warm_start", "train_loss_final", "train_loss_first_tenth",
+                                            "train_steps_to_final", "aux_k_coefficient") if k in md})
+            # the unit's shared stages split evenly over its layers + this layer's own analysis
+            row.update({k: round(v, 2) for k, v in shared.items()})
+            row["seconds_analysis"] = round(time.perf_counter() - t1, 2)
+            row["seconds"] = round(sum(shared.values()) + row["seconds_analysis"], 2)
+            write_unit_summary(ldir / "summary.json", row)
+    timer.log_split()
+
+
+def warm_start_saes(ctx, unit, layers: list[int], out: Path) -> dict[str, Any]:
+    """The previous analysed checkpoint's trained SAEs of ``layers`` ({hook: SAE}), or {} at the
+    first checkpoint. They are read from disk, so a resumed study warm-starts exactly as an
+    uninterrupted one."""
+    from sae_bilingual.errors import DataError
+    from sae_bilingual.sae.model import load_sae
+    from sae_bilingual.study.run import select_checkpoints
+
+    spec = ctx.recipe.models[unit.model_index]
+    earlier = [c for c in select_checkpoints(spec, ctx.family(unit.model_index).catalogue())
+               if c.iteration < unit.iteration]
+    if not earlier:
+        return {}
+    prev = dataclasses.replace(unit, iteration=earlier[-1].iteration, tokens=earlier[-1].tokens)
+    init = {}
+    for layer in layers:
+        path = prev.layer_dir(out, layer) / "sae"
+        if not (path / "cfg.json").exists():
+            raise DataError(f"sae.warm_start: {unit.id} layer {layer} starts from the SAE of {prev.id}, "
+                            f"but {path} does not exist; run the study's units in checkpoint order "
+                            "(executor: local), or turn warm_start off")
+        init[hook_for_layer(layer)] = load_sae(path, device=ctx.recipe.device)
+    log.info("warm start: %s from %s (%d layers)", unit.id, prev.id, len(init))
+    return init
+
+
+def input_embeddings(fam, ck) -> torch.Tensor:
+    """The input embedding matrix [vocab, d] of a checkpoint, read alone from its safetensors
+    when possible (a 3.7B model need not be loaded whole for its 1.2 GB of embeddings)."""
+    from safetensors import safe_open
+
+    name = "model.embed_tokens.weight"
+    for f in sorted(Path(ck.path).glob("*.safetensors")) if ck.path else []:
+        with safe_open(str(f), framework="pt") as st:
+            if name in st.keys():
+                return st.get_tensor(name).float()
+    model = fam.load(ck, device="cpu", dtype=torch.float32)
+    return model.W_E.detach().float()
+
+
+def _embedding_checkpoint(ctx, unit):
+    """(family, checkpoint) whose input embeddings cluster the tokens of ``unit``."""
+    a = ctx.recipe.analysis
+    if a.embedding_source == "model":
+        em = a.embedding_model
+        fam = get_family(em.family, source=em.source, **({"revision": em.revision} if em.revision else {}))
+        cat = fam.catalogue()
+        return fam, cat.final if em.checkpoint == "final" else cat.select(iteration=int(em.checkpoint))
+    fam = ctx.family(unit.model_index)
+    cat = fam.catalogue()
+    return fam, cat.final if a.embedding_source == "final" else cat.select(iteration=unit.iteration)
+
+
+@dataclass
+class SemanticClusters:
+    """What H_sem is computed from, for one unit."""
+
+    embeddings: TokenGraph | np.ndarray
+    """The cosine > threshold graph over the eval set's token ids (the analysis forms each
+    feature's clusters C_i from its own tokens, the paper), or with ``analysis.cluster_scope:
+    global`` one global clustering of those ids."""
+    threshold: float
+    """The cosine threshold in force."""
+    ground_truth: np.ndarray | None = None
+    """Toy world only: token id -> ground-truth concept (a partition the paper never had)."""
+
+
+def token_clusters(ctx, unit, labels) -> SemanticClusters:
+    """Semantic clusters of the token ids of the eval set, from the configured embeddings
+    (built once per embedding checkpoint and study)."""
+    a = ctx.recipe.analysis
+    fam, ck = _embedding_checkpoint(ctx, unit)
+    key = (fam.name, str(fam.source), ck.iteration)
+    if key not in ctx.cluster_cache:
+        emb = input_embeddings(fam, ck)
+        token_ids = np.unique(labels.token_id.numpy())
+        threshold = cluster_threshold(ctx, emb.shape[1])
+        if a.cluster_scope == "feature":
+            graph = token_graph_from_embeddings(emb, threshold=threshold, token_ids=token_ids)
+        else:
+            graph = token_clusters_from_embeddings(emb, threshold=threshold, token_ids=token_ids)
+        ctx.cluster_cache[key] = (graph, threshold)
+    graph, threshold = ctx.cluster_cache[key]
+    gt = clusters_from_ground_truth(ctx.world.ground_truth["concept"]) if ctx.recipe.data.corpus == "toy" else None
+    return SemanticClusters(graph, threshold, gt)
+
+
+PAPER_EMBEDDING_DIM = 3072
+"""Width of the LLM-jp-3 3.7B input embeddings the paper clusters tokens with."""
+
+
+def cluster_threshold(ctx, d_embedding: int) -> float:
+    """The cosine threshold in force (optionally scaled to the embedding width)."""
+    a = ctx.recipe.analysis
+    if a.cluster_threshold_scaling:
+        return float(a.cluster_threshold * (PAPER_EMBEDDING_DIM / d_embedding) ** 0.5)
+    return float(a.cluster_threshold)
+
+
+def analysis_config(ctx):
+    """AnalysisConfig from the recipe's analysis section."""
+    from sae_bilingual.analysis.features import AnalysisConfig
+
+    a = ctx.recipe.analysis
+    cfg = AnalysisConfig(threshold_ratio=a.act_threshold, lang_threshold=a.lang_threshold,
+                         lang_rule=a.language_rule, span_mode=a.span_rule)
+    if a.language_rule == "script":
+        from sae_bilingual.analysis.features import script_of_tokens
+
+        tok = ctx.tokenizer()
+        pieces = tok.convert_ids_to_tokens(list(range(len(tok))))
+        cfg.token_script = script_of_tokens(pieces, tuple(ctx.recipe.data.languages))
+    return cfg
+
+
+def analyse_layer(ctx, unit, layer, sae, vectors, labels, clusters, ldir: Path) -> dict[str, Any]:
+    """Codes -> per-feature table (+ examples) -> summary row for one SAE."""
+    from sae_bilingual.analysis.features import analyse_features, summarise
+    from sae_bilingual.analysis.examples import top_examples
+    from sae_bilingual.analysis.codes import encode_to_codes
+    from sae_bilingual.io import save_parquet
+
+    a = ctx.recipe.analysis
+    languages = tuple(ctx.recipe.data.languages)
+    codes = encode_to_codes(sae, vectors, labels, languages=languages)
+    codes.save(ldir / "codes.safetensors")
+    acfg = analysis_config(ctx)
+    gt = clusters.ground_truth
+    use_gt = a.cluster_method == "ground_truth" and gt is not None
+    df = analyse_features(codes, sae.cfg.d_sae, token_clusters=gt if use_gt else clusters.embeddings, cfg=acfg)
+    row: dict[str, Any] = {}
+    if gt is not None:
+        if not use_gt:
+            gt_df = analyse_features(codes, sae.cfg.d_sae, token_clusters=gt, cfg=acfg)
+            df["R_gt"] = gt_df["R"]
+            row["mean_R_gt"] = float(gt_df.loc[~gt_df["dead"], "R"].mean())
+        from sae_bilingual.analysis.ground_truth import score_ground_truth
+
+        gt_cols, gt_scores = score_ground_truth(codes, df, ctx.world.ground_truth, cfg=acfg)
+        for c in gt_cols.columns:
+            df[c] = gt_cols[c]
+        row.update({k: v for k, v in gt_scores.items() if np.isscalar(v)})
+    tok = ctx.tokenizer(unit.model_index)
+    df["top_tokens"] = [[tok.convert_ids_to_tokens(int(t)) for t in ids] for ids in df["top_token_ids"]]
+    save_parquet(df, ldir / "features.parquet")
+    browse = _browser_features(df, a.n_browser_features, languages)
+    examples = top_examples(codes, None, browse, n_examples=a.n_examples, tokenizer=tok)
+    atomic_write_json(ldir / "examples.json", examples)
+    fam = ctx.family(unit.model_index)
+    row.update({
+        "model": unit.family, "size": unit.family, "iteration": unit.iteration, "tokens": unit.tokens,
+        "layer": layer, "hook": hook_for_layer(layer), "n_layers": fam.n_layers, "n_tokens": codes.n,
+        "d_sae": sae.cfg.d_sae, "k": sae.cfg.k, "cluster_threshold": clusters.threshold,
+        "cluster_scope": a.cluster_scope,
+    })
+    row.update(summarise(df, languages))
+    return row
+
+
+def _browser_features(df, n: int, languages) -> list[int]:
+    """A balanced pick of live features per class for the browser (most active first)."""
+    live = df[~df["dead"]]
+    classes = list(languages) + ["mixed"]
+    per = max(1, n // len(classes))
+    picks: list[int] = []
+    for c in classes:
+        sub = live[live["cls"] == c].sort_values("n_active", ascending=False)
+        picks.extend(int(i) for i in sub.index[:per])
+    return picks
+
+
+def run_lr_grid(ctx, unit, out: Path, progress: bool = True) -> float:
+    """Train one SAE per LR on the final checkpoint's middle layer; pick the lowest val MSE."""
+    import pandas as pd
+
+    from sae_bilingual.io import save_parquet
+    from sae_bilingual.data.store import collect_activations
+    from sae_bilingual.sae.train import lr_grid
+
+    grid = list(ctx.recipe.sae.lr_grid)
+    path = out / "tables" / "lr_grid.csv"
+    if path.exists():
+        df = pd.read_csv(path)
+        if sorted(df["lr"]) == sorted(grid):
+            return float(df.loc[df["val_mse"].idxmin(), "lr"])
+    model = _load_model(ctx, unit)
+    hook = hook_for_layer(unit.layers[0])
+    eval_acts, _ = collect_activations(model, ctx.windows("eval", unit.model_index), [hook],
+                                       batch_size=ctx.recipe.data.lm_batch_size, device=ctx.recipe.device)
+    cfg = train_config(ctx, grid[0], ctx.windows("train", unit.model_index).n_vectors)
+    df, best = lr_grid(lambda: _store(ctx, unit, model, [hook], cfg.batch_size, out), hook, cfg, eval_acts[hook], grid)
+    df["model"], df["iteration"], df["layer"] = unit.family, unit.iteration, unit.layers[0]
+    save_parquet(df, out / "tables" / "lr_grid.parquet")
+    atomic_write_text(path, df.to_csv(index=False))  # last: its presence marks the grid done
+    return float(best)
+
+
+def _first_docs_per_lang(windows, n: int):
+    """The first ``n`` eval windows of each language (same tokens for every condition)."""
+    keep = torch.cat([torch.nonzero(windows.lang == i).flatten()[:n] for i in range(len(windows.languages))])
+    return windows.subset(keep.sort().values)

@@ -1,0 +1,178 @@
+"""Checks a planned study must pass before any LM forward or SAE step.
+
+Why a separate pass: the recipe schema (config.py) cannot know a model's width, its
+vocabulary or whether the COMET environment exists, and the planner only resolves names.
+Everything here is cheap next to the study (reading configs, tokenizing the corpus, which
+the study does anyway and caches), so a bad input fails in seconds, before the output
+directory is touched, with one error naming the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sae_bilingual.errors import CheckpointError, ConfigError, DataError, OutputError
+from sae_bilingual.config_checks import default_model_ids
+
+log = logging.getLogger(__name__)
+
+SAFE_PATH_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+
+
+def check_path_part(name: str, what: str = "model family") -> str:
+    """A name used as one directory level under the output dir: no '/', no '..', no leading dot."""
+    if not isinstance(name, str) or not SAFE_PATH_PART.fullmatch(name) or ".." in name:
+        raise OutputError(
+            f"{what} name {name!r} cannot be used as a directory name under the output dir "
+            "(it would write outside units/<family>/); use letters, digits, '.', '_', '+', '-' only"
+        )
+    return name
+
+
+def check_k_below_n(recipe: Any, d_model: int, family: str) -> None:
+    """TopK needs K < n latents (n = d_sae or expansion x d_model)."""
+    s = recipe.sae
+    n = s.d_sae or s.expansion * int(d_model)
+    if s.k >= n:
+        how = f"sae.d_sae = {s.d_sae}" if s.d_sae else f"sae.expansion x d_model = {s.expansion} x {d_model}"
+        raise ConfigError(
+            f"sae.k = {s.k} must be smaller than the number of latents n = {n} ({how}) for {family}; "
+            "lower sae.k or raise sae.expansion / sae.d_sae"
+        )
+
+
+def check_comet(recipe: Any) -> None:
+    """COMET requested (intervention.comet_python / comet_model) -> both must exist now."""
+    iv = recipe.intervention
+    if iv.enabled and (iv.comet_python or iv.comet_model):
+        from sae_bilingual.intervention.comet_bridge import comet_model_path, comet_python
+
+        comet_python(iv.comet_python)
+        comet_model_path(iv.comet_model)
+
+
+def check_model_names(recipe: Any, family_names: list[str]) -> list[str]:
+    """Each model's output id (``name`` or its family's name), unique and path-safe."""
+    ids = [str(mid) for mid in default_model_ids(recipe, family_names)]  # (all known once loaded)
+    for mid in ids:
+        check_path_part(mid, "model")
+    return ids
+
+
+def check_device(device: str) -> None:
+    """The recipe's device exists on this machine (cuda needs a visible GPU)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ConfigError(f"device {device!r} is not a torch device ({e}); use cpu, cuda, cuda:N or mps") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r}: no GPU is visible to torch (torch.cuda.is_available() is "
+                              "False); use device: cpu, or run where a GPU and a CUDA build of torch are")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise ConfigError(f"device {device!r}: this machine has {n} GPU(s) (cuda:0..cuda:{n - 1})")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {device!r}: MPS is not available here; use device: cpu")
+
+
+def check_context(recipe: Any, fam: Any, model: str) -> None:
+    """data.context fits the model's position embeddings (else a tensor-size error mid-run)."""
+    n_ctx = getattr(fam.hf_config, "max_position_embeddings", None)
+    if n_ctx is not None and recipe.data.context > int(n_ctx):
+        raise ConfigError(
+            f"data.context = {recipe.data.context} is longer than the context window of {model} "
+            f"(n_ctx = max_position_embeddings = {n_ctx}); lower data.context to at most {n_ctx}"
+        )
+
+
+def check_safetensors(path: Path) -> None:
+    """A safetensors file is complete: its header parses and the data ends where it says.
+
+    Only the header is read, so checking every checkpoint of a study costs milliseconds.
+    """
+    fix = "download or copy the checkpoint again"
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if size < 8 or n > size - 8:
+                raise ValueError(f"header of {n} bytes in a {size}-byte file")
+            header = json.loads(f.read(n).decode("utf-8"))
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+        raise CheckpointError(f"{path} is truncated or corrupt ({e}); {fix}") from e
+    if size != 8 + n + end:
+        raise CheckpointError(f"{path} is truncated or corrupt: {size} bytes on disk, the header says "
+                              f"{8 + n + end}; {fix}")
+
+
+def check_checkpoint_files(ctx: Any, model_index: int, iteration: int) -> None:
+    """Every safetensors file of one local checkpoint is complete."""
+    ck = ctx.family(model_index).catalogue().select(iteration=iteration)
+    if ck.path is not None:
+        for f in sorted(Path(ck.path).glob("*.safetensors")):
+            check_safetensors(f)
+
+
+def check_pairs_files(recipe: Any) -> None:
+    """intervention.pairs_paths: readable UTF-8 files, line-aligned, enough pairs (else the
+    intervention would fail only after every unit had trained)."""
+    iv = recipe.intervention
+    if not (iv.enabled and iv.pairs_paths):
+        return
+    counts = {}
+    for lang, path in iv.pairs_paths.items():
+        p, field = Path(path), f"intervention.pairs_paths.{lang}"
+        if lang not in recipe.data.languages:
+            raise ConfigError(f"{field}: {lang!r} is not one of data.languages {recipe.data.languages}")
+        if not p.is_file():
+            what = "is a directory" if p.is_dir() else "does not exist"
+            raise DataError(f"{field}: {p} {what}; give a text file with one sentence a line")
+        try:
+            counts[lang] = len(p.read_text(encoding="utf-8").splitlines())
+        except UnicodeDecodeError as e:
+            raise DataError(f"{field}: {p} is not valid UTF-8 ({e.reason} at byte {e.start}); "
+                            "re-encode it as UTF-8") from None
+    if len(set(counts.values())) != 1:
+        raise DataError(f"intervention.pairs_paths are not line-aligned: {counts} lines; give parallel "
+                        "files with one sentence pair per line number")
+    if min(counts.values()) <= iv.few_shot:
+        raise DataError(f"intervention.pairs_paths hold {min(counts.values())} pairs, but few_shot = "
+                        f"{iv.few_shot} examples plus at least one test pair are needed")
+
+
+def preflight(recipe: Any, plan: Any, ctx: Any) -> None:
+    """Run every pre-study check on a resolved plan; raises a SaeBilingualError subclass.
+
+    ``plan``: the :class:`~sae_bilingual.study.run.Plan`; ``ctx``: its StudyContext (world,
+    families, windows are built and cached there, so the study reuses them).
+    """
+    from sae_bilingual.data.store import check_token_ids
+
+    check_device(recipe.device)
+    for unit in plan.units:
+        check_path_part(unit.family)
+    for i, spec in enumerate(recipe.models):
+        fam = ctx.family(i)
+        check_k_below_n(recipe, fam.d_model, spec.family)
+        check_context(recipe, fam, spec.family)
+    checkpoints = {(u.model_index, u.iteration) for u in plan.units}
+    if recipe.intervention.enabled and recipe.intervention.mid_checkpoint is not None:
+        checkpoints.add((recipe.intervention.model, recipe.intervention.mid_checkpoint))
+    for i, it in sorted(checkpoints):
+        check_checkpoint_files(ctx, i, it)
+    check_comet(recipe)
+    check_pairs_files(recipe)
+    indices = sorted({u.model_index for u in plan.units}) or [0]
+    for split in ("train", "eval"):
+        for i in indices:
+            w = ctx.windows(split, i)  # raises DataError: empty, one language, budget > corpus
+            vocab = getattr(ctx.family(i).hf_config, "vocab_size", None)
+            check_token_ids(w, vocab)
