@@ -28,7 +28,7 @@ from sae_bilingual.intervention.experiment import run_intervention_table, run_in
 from sae_bilingual.layers import hook_for_layer, parse_layers
 from sae_bilingual.study.pipeline import _first_docs_per_lang
 from sae_bilingual.sae.model import make_metadata, new_paper_sae
-from sae_bilingual.study.run import StudyContext
+from sae_bilingual.study.context import StudyContext
 
 
 def main() -> None:

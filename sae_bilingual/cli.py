@@ -11,13 +11,23 @@ from pathlib import Path
 
 import yaml
 
+from sae_bilingual.config import load_recipe
 from sae_bilingual.errors import OutputError, SaeBilingualError
+from sae_bilingual.report.figures import make_all_figures
+from sae_bilingual.report.html import write_report
+from sae_bilingual.report.neuronpedia import export_all_neuronpedia
+from sae_bilingual.report.release import export_release
+from sae_bilingual.sae.convert import convert_released
 from sae_bilingual.study.outdir import is_study_folder, output_lock
+from sae_bilingual.study.run import run_study
+from sae_bilingual.study.summary import collect_summary
+from sae_bilingual.world import WorldConfig, build_world
 
 EMBEDDED_RECIPES = Path(__file__).parent / "recipes"
 
 
-def _parse_set(items: Sequence[str]) -> dict[str, object]:
+def parse_set(items: Sequence[str]) -> dict[str, object]:
+    """``--set FIELD=VALUE`` items as recipe overrides (values read as YAML)."""
     out: dict[str, object] = {}
     for item in items:
         if "=" not in item:
@@ -50,10 +60,7 @@ def resolve_recipe_path(name: str | None) -> Path:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from sae_bilingual.config import load_recipe
-    from sae_bilingual.study.run import run_study
-
-    overrides = _parse_set(args.set or [])
+    overrides = parse_set(args.set or [])
     if args.output_dir:
         overrides["output_dir"] = args.output_dir
     recipe = load_recipe(resolve_recipe_path(args.recipe), overrides)
@@ -63,8 +70,6 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 
 def cmd_world(args: argparse.Namespace) -> int:
-    from sae_bilingual.world import WorldConfig, build_world
-
     cfg = WorldConfig.tiny() if args.tiny else WorldConfig()
     world = build_world(cfg, progress=not args.quiet)
     print(f"world: {world.root}")
@@ -76,10 +81,6 @@ def cmd_world(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from sae_bilingual.report.figures import make_all_figures
-    from sae_bilingual.report.html import write_report
-    from sae_bilingual.study.run import collect_summary, export_all_neuronpedia
-
     out = Path(args.study_dir)
     if not out.is_dir():
         raise OutputError(f"study folder {out} does not exist; pass the output_dir of a study")
@@ -94,16 +95,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from sae_bilingual.sae.convert import convert_released
-
     path = convert_released(args.src, args.dst, hook_name=args.hook, model_name=args.model, force=args.force)
     print(f"converted: {path}")
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from sae_bilingual.report.release import export_release
-
     out = export_release(args.run_dir, args.out, release=args.release, repo_id=args.repo_id)
     print(f"release: {out}")
     return 0

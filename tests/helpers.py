@@ -1,4 +1,4 @@
-"""Shared test helpers: locating ../shared data and tiny model builders."""
+"""Shared test helpers: locating the read-only ../shared data (skipping when it is absent)."""
 
 from __future__ import annotations
 

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from sae_bilingual.study.run import Unit, _summary_ok, collect_summary, write_unit_summary
+from sae_bilingual.study.artefacts import write_unit_summary
+from sae_bilingual.study.summary import collect_summary
+from sae_bilingual.study.unit import Unit
 
 
 def _finished_layer(out: Path) -> tuple[Unit, Path]:
@@ -22,7 +24,7 @@ def _finished_layer(out: Path) -> tuple[Unit, Path]:
     (ldir / "codes.safetensors").write_bytes(b"\x02" * 128)
     pd.DataFrame({"cls": ["en", "ja"]}).to_parquet(ldir / "features.parquet")
     (ldir / "examples.json").write_text("{}")
-    write_unit_summary(ldir / "summary.json", {"model": "toy", "iteration": 120, "layer": 1, "mean_R": 0.5})
+    write_unit_summary(ldir, {"model": "toy", "iteration": 120, "layer": 1, "mean_R": 0.5})
     return unit, ldir
 
 
@@ -39,16 +41,16 @@ def test_summary_records_size_and_sha256_of_every_artefact(tmp_path):
 
 def test_a_layer_with_a_damaged_artefact_is_not_finished(tmp_path):
     unit, ldir = _finished_layer(tmp_path)
-    assert _summary_ok(unit, tmp_path, 1)
+    assert unit.missing_layers(tmp_path) == []
     feats = ldir / "features.parquet"
     blob = bytearray(feats.read_bytes())
     blob[len(blob) // 2] ^= 0xFF  # same size, one byte flipped
     feats.write_bytes(bytes(blob))
-    assert not _summary_ok(unit, tmp_path, 1)
+    assert unit.missing_layers(tmp_path) == [1]
     feats.write_bytes(bytes(blob[:-10]))  # truncated
-    assert not _summary_ok(unit, tmp_path, 1)
+    assert unit.missing_layers(tmp_path) == [1]
     feats.unlink()  # gone
-    assert not _summary_ok(unit, tmp_path, 1)
+    assert unit.missing_layers(tmp_path) == [1]
 
 
 def test_summary_without_checksums_is_still_trusted(tmp_path):
@@ -57,7 +59,7 @@ def test_summary_without_checksums_is_still_trusted(tmp_path):
     row = json.loads((ldir / "summary.json").read_text())
     del row["artefacts"]
     (ldir / "summary.json").write_text(json.dumps(row))
-    assert _summary_ok(unit, tmp_path, 1)
+    assert unit.missing_layers(tmp_path) == []
 
 
 def test_checksums_stay_out_of_the_summary_table(tmp_path):

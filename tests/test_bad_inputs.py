@@ -83,7 +83,8 @@ class ExpensiveWork(AssertionError):
 @pytest.fixture
 def no_lm_no_sae(monkeypatch):
     """Any LM activation pass or SAE training fails the test."""
-    from sae_bilingual.data import store, train
+    from sae_bilingual.data import store
+    from sae_bilingual.sae import train
 
     def boom(*a, **k):
         raise ExpensiveWork("expensive work started before the bad input was reported")
@@ -277,7 +278,7 @@ def test_intervention_layer_not_analysed(world, no_lm_no_sae, earlier):
 
 
 def test_different_recipe_in_same_output_dir_is_refused(world, tmp_path, no_lm_no_sae):
-    from sae_bilingual.study.run import prepare_output_dir
+    from sae_bilingual.study.outdir import prepare_output_dir
 
     out = tmp_path / "s"
     prepare_output_dir(recipe(out))
@@ -339,7 +340,8 @@ def test_train_budget_too_large_fails_in_plan(world, no_lm_no_sae, earlier):
 
 def test_preflight_catches_budget(world, tmp_path):
     from sae_bilingual.study.preflight import preflight
-    from sae_bilingual.study.run import StudyContext, plan_study
+    from sae_bilingual.study.context import StudyContext
+    from sae_bilingual.study.plan import plan_study
 
     ok = recipe(tmp_path / "s")
     ctx = StudyContext(ok, progress=False)
@@ -694,7 +696,7 @@ def test_unit_path_part_check():
 
 
 def test_unit_dir_refuses_escape(tmp_path):
-    from sae_bilingual.study.run import Unit
+    from sae_bilingual.study.unit import Unit
 
     with pytest.raises(SaeBilingualError):
         Unit(0, "../../outside", 1, 1, [1]).dir(tmp_path)
@@ -748,7 +750,8 @@ def test_two_models_with_one_family_name_are_refused_at_load(tmp_path):
 
 
 def test_named_models_get_their_own_units(world, tmp_path):
-    from sae_bilingual.study.run import StudyContext, plan_study
+    from sae_bilingual.study.context import StudyContext
+    from sae_bilingual.study.plan import plan_study
 
     rec = recipe(tmp_path / "s", models=[
         {"name": "toy-a", "family": "toy", "checkpoints": "final", "layers": [1]},

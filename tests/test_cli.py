@@ -58,7 +58,7 @@ def test_convert(tmp_path, capsys):
 
 def test_report(world_cache, tmp_path, capsys):
     from sae_bilingual.config import load_recipe
-    from sae_bilingual.study.run import prepare_output_dir
+    from sae_bilingual.study.outdir import prepare_output_dir
 
     out = tmp_path / "s"
     prepare_output_dir(load_recipe(REPO / "recipes" / "smoke.yaml", {"output_dir": str(out)}))

@@ -31,6 +31,7 @@ from sae_bilingual.study.executors import (
     run_job,
 )
 from sae_bilingual.study.distributed import split_layers
+from sae_bilingual.study.unit import Unit
 
 REPO = Path(__file__).resolve().parents[1]
 TIMING = ("seconds",)  # every seconds* column: the unit's stage times
@@ -72,13 +73,13 @@ def _recipe(out: Path, **over):
 def _final_unit_job(ref: Path, out: Path) -> UnitJob:
     """The smoke study's last unit as a job, at the LR the reference run chose."""
     from sae_bilingual.config import recipe_to_dict
-    from sae_bilingual.study.run import plan_study
+    from sae_bilingual.study.plan import plan_study
 
     recipe = _recipe(out)
     unit = plan_study(recipe).units[-1]
     grid = pd.read_csv(ref / "tables" / "lr_grid.csv")
     lr = float(grid.loc[grid["val_mse"].idxmin(), "lr"])
-    return UnitJob(recipe_to_dict(recipe), dataclasses.asdict(unit), tuple(unit.layers), str(out), lr)
+    return UnitJob(recipe_to_dict(recipe), unit, tuple(unit.layers), str(out), lr)
 
 
 # --------------------------------------------------------------------------- fast
@@ -111,7 +112,7 @@ def test_executor_options_from_env(monkeypatch):
 
 def test_ray_resources_follow_device():
     ex = RayExecutor(num_gpus=1, num_cpus=4, max_retries=2)
-    job = UnitJob({"device": "cuda"}, {"family": "toy", "iteration": 5}, (1,), "/x", 1e-3)
+    job = UnitJob({"device": "cuda"}, Unit(0, "toy", 5, 0, [1]), (1,), "/x", 1e-3)
     assert ex.options(job)["num_gpus"] == 1 and ex.options(job)["max_retries"] == 2
     cpu = dataclasses.replace(job, recipe={"device": "cpu"})
     assert ex.options(cpu)["num_gpus"] == 0 and ex.options(cpu)["num_cpus"] == 4
@@ -122,9 +123,37 @@ def test_ray_resources_follow_device():
 def test_missing_package_names_the_extra(monkeypatch, tmp_path, name, module, extra):
     monkeypatch.delenv(OPTIONS_ENV, raising=False)
     monkeypatch.setitem(sys.modules, module, None)  # makes `import <module>` raise ImportError
-    job = UnitJob({"device": "cpu"}, {"family": "toy", "iteration": 0}, (1,), str(tmp_path), 1e-3)
+    job = UnitJob({"device": "cpu"}, Unit(0, "toy", 0, 0, [1]), (1,), str(tmp_path), 1e-3)
     with pytest.raises(ExtraMissingError, match=rf"pip install 'sae-bilingual{re.escape(extra)}'"):
         list(get_executor(name).run([job]))
+
+
+def test_local_executor_runs_each_job_through_run_job(tmp_path, monkeypatch):
+    """One code path for a unit: LocalExecutor hands its shared context to run_job."""
+    from sae_bilingual.config import recipe_to_dict
+    from sae_bilingual.study import pipeline
+    from sae_bilingual.study.context import StudyContext
+    from sae_bilingual.study.executors import LocalExecutor
+
+    calls = []
+
+    def record(ctx, unit, layers, out, *, lr):
+        calls.append((ctx, unit.id, layers, out, lr))
+
+    monkeypatch.setattr(pipeline, "run_unit", record)
+    recipe = _recipe(tmp_path)
+    jobs = [UnitJob(recipe_to_dict(recipe), Unit(0, "toy", it, 0, [1, 2]), (2,), str(tmp_path), 1e-3) for it in (5, 9)]
+    shared = StudyContext(recipe, progress=False)
+    results = list(LocalExecutor(shared).run(jobs))
+    assert [(r.unit_id, r.layers) for r in results] == [("toy/iter_0000005", (2,)), ("toy/iter_0000009", (2,))]
+    assert calls == [(shared, "toy/iter_0000005", [2], tmp_path, 1e-3), (shared, "toy/iter_0000009", [2], tmp_path, 1e-3)]
+    calls.clear()
+    list(LocalExecutor().run(jobs))  # no shared context: each job builds one from its recipe
+    assert [type(c[0]) for c in calls] == [StudyContext, StudyContext] and calls[0][0] is not calls[1][0]
+    assert calls[0][0].recipe.output_dir == recipe.output_dir and calls[0][0].recipe.seed == recipe.seed
+    calls.clear()
+    custom = list(LocalExecutor(shared).run(jobs[:1], fn=lambda j: UnitResult("custom", j.layers, 0.0)))
+    assert [r.unit_id for r in custom] == ["custom"] and calls == []
 
 
 # --------------------------------------------------------------------------- slow
@@ -177,8 +206,7 @@ def test_ray_killed_worker_unit_is_retried(smoke_study, ray_local, tmp_path):
     assert len(pids) == 2 and pids[0] != pids[1], pids  # a second worker process redid the unit
     assert [r.layers for r in results] == [job.layers]
     for layer in job.layers:
-        rel = Path("units") / job.unit["family"] / f"iter_{job.unit['iteration']:07d}" / f"L{layer:02d}"
-        _assert_same_layer(ref / rel, out / rel)
+        _assert_same_layer(job.unit.layer_dir(ref, layer), job.unit.layer_dir(out, layer))
 
 
 @pytest.mark.slow
@@ -196,17 +224,48 @@ def test_submitit_local_study_matches_local(smoke_study, monkeypatch, tmp_path):
 
 
 @pytest.mark.slow
+def test_torchrun_driver_resumes_by_the_study_rule(smoke_study, tmp_path, monkeypatch):
+    """Before (issue 18): the torchrun driver also wanted a layer's manifest entry, so a layer
+    finished on disk but not yet in the manifest (a kill between the two) was trained again."""
+    import shutil
+
+    from sae_bilingual.study import pipeline
+    from sae_bilingual.study.distributed import run_unit_distributed
+    from sae_bilingual.study.outdir import recipe_hash
+
+    ref, _ = smoke_study
+    out = tmp_path / "copy"
+    shutil.copytree(ref, out)
+    recipe = _recipe(out)
+    unit = _final_unit_job(ref, out).unit
+    shutil.rmtree(unit.layer_dir(out, 2))
+    (out / "manifest.json").write_text(json.dumps({"recipe_hash": recipe_hash(recipe), "units": {}}))
+    trained = []
+
+    def restore(ctx, u, layers, out_dir, *, lr):  # stands in for training: the reference's files
+        trained.append((u.id, list(layers)))
+        for layer in layers:
+            shutil.copytree(u.layer_dir(ref, layer), u.layer_dir(out_dir, layer))
+
+    monkeypatch.setattr(pipeline, "run_unit", restore)
+    assert run_unit_distributed(recipe, unit.id) == [2]
+    assert trained == [(unit.id, [2])]
+    entry = json.loads((out / "manifest.json").read_text())["units"][unit.id]
+    assert entry["status"] == "done" and sorted(entry["layers"]) == ["1", "2"]
+
+
+@pytest.mark.slow
 def test_torchrun_two_ranks_same_saes_as_one_process(smoke_study, tmp_path):
     ref, _ = smoke_study
     out = tmp_path / "dist"
     job = _final_unit_job(ref, out)
     assert len(job.layers) >= 2  # else nothing is split
-    from sae_bilingual.study.run import prepare_output_dir
+    from sae_bilingual.study.outdir import prepare_output_dir
 
     prepare_output_dir(_recipe(out))  # a study folder (a foreign one would be refused)
     (out / "tables").mkdir(parents=True)
     (out / "tables" / "lr_grid.csv").write_text((ref / "tables" / "lr_grid.csv").read_text())
-    unit_id = f"{job.unit['family']}/iter_{job.unit['iteration']:07d}"
+    unit_id = job.unit.id
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "sae_bilingual.study.distributed", str(REPO / "recipes" / "smoke.yaml"),
@@ -215,8 +274,7 @@ def test_torchrun_two_ranks_same_saes_as_one_process(smoke_study, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"layers {split_layers(list(job.layers), 2)[0]} of {list(job.layers)}" in proc.stderr
     for layer in job.layers:
-        rel = Path("units") / job.unit["family"] / f"iter_{job.unit['iteration']:07d}" / f"L{layer:02d}"
-        _assert_same_layer(ref / rel, out / rel)
+        _assert_same_layer(job.unit.layer_dir(ref, layer), job.unit.layer_dir(out, layer))
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["units"][unit_id]["status"] == "done"
     assert sorted(manifest["units"][unit_id]["layers"]) == sorted(str(l) for l in job.layers)

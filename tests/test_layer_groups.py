@@ -17,7 +17,8 @@ from safetensors.torch import load_file
 from sae_bilingual.study import pipeline
 from sae_bilingual.config import load_recipe
 from sae_bilingual.study.memplan import PLAN_FRACTION, LMShape, pass_peak, plan_unit, unit_components
-from sae_bilingual.study.run import StudyContext, run_study
+from sae_bilingual.study.context import StudyContext
+from sae_bilingual.study.run import run_study
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,9 +52,9 @@ def test_layer_groups_give_the_same_saes_and_tables(world_cache, tmp_path, monke
     passes: list[list[int]] = []
     real = pipeline._train_and_analyse
 
-    def spy(ctx, unit, model, layers, out, *, lr):
+    def spy(ctx, unit, model, layers, out, **kw):
         passes.append(list(layers))
-        return real(ctx, unit, model, layers, out, lr=lr)
+        return real(ctx, unit, model, layers, out, **kw)
 
     monkeypatch.setattr(pipeline, "_train_and_analyse", spy)
     run_study(one, progress=False)

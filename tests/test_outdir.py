@@ -87,7 +87,8 @@ def live_pid():
 
 
 def test_second_study_names_the_lock_holder(world_cache, holder, monkeypatch):
-    from sae_bilingual.data import store, train
+    from sae_bilingual.data import store
+    from sae_bilingual.sae import train
     from sae_bilingual.study.run import run_study
 
     out, proc = holder
@@ -131,7 +132,7 @@ def test_cli_report_refused_while_a_study_holds_the_folder(holder, capsys):
 
 def test_start_keeps_temp_files_of_live_processes(world_cache, tmp_path, live_pid, dead_pid):
     """Before: every `.*.tmp` under the folder was deleted, another live run's cache included."""
-    from sae_bilingual.study.run import prepare_output_dir
+    from sae_bilingual.study.outdir import prepare_output_dir
 
     out = tmp_path / "study"
     prepare_output_dir(_recipe(out))
@@ -193,7 +194,7 @@ def test_replaced_temp_folder_is_not_swapped_in(tmp_path):
 
 
 def test_symlinked_unit_path_is_refused(tmp_path):
-    from sae_bilingual.study.run import Unit
+    from sae_bilingual.study.unit import Unit
 
     out, outside = tmp_path / "study", tmp_path / "elsewhere"
     (outside / "sae").mkdir(parents=True)
@@ -226,8 +227,10 @@ def test_atomic_dir_refuses_a_symlink_target(tmp_path):
 
 def test_study_refuses_a_folder_of_unrelated_files(world_cache, tmp_path, monkeypatch):
     """Before: recipe.yaml, tables/summary.csv and *.tmp of the folder were overwritten, rc 0."""
-    from sae_bilingual.data import store, train
-    from sae_bilingual.study.run import prepare_output_dir, run_study
+    from sae_bilingual.data import store
+    from sae_bilingual.sae import train
+    from sae_bilingual.study.outdir import prepare_output_dir
+    from sae_bilingual.study.run import run_study
 
     out = tmp_path / "mine"
     (out / "tables").mkdir(parents=True)
@@ -247,7 +250,7 @@ def test_study_refuses_a_folder_of_unrelated_files(world_cache, tmp_path, monkey
 
 
 def test_empty_or_study_folders_are_accepted(world_cache, tmp_path):
-    from sae_bilingual.study.run import prepare_output_dir
+    from sae_bilingual.study.outdir import prepare_output_dir
 
     empty = tmp_path / "empty"
     empty.mkdir()

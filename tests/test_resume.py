@@ -1,30 +1,34 @@
-"""A study SIGKILLed during SAE training and again during analysis resumes to the same result.
+"""A study killed during SAE training and again during analysis resumes to the same result.
 
 Runs the smoke study in subprocesses (shared world cache, one thread each): once without
-interruption (the reference), then in a second dir killed (1) as soon as the LR grid is
-written, i.e. while the first unit loads/trains, and (2) as soon as a new layer's
-summary.json appears, i.e. while the rest of that unit is analysed; then to completion.
-Asserts that the run completes, that layers finished before the last run were not
-recomputed (their summary.json mtimes are unchanged), and that every result file equals
-the reference (``benchmarks/soak.py::compare_outputs``: tables without timing columns,
-features.parquet, codes/SAE safetensors bytes).
+interruption (the reference), then in a second dir killed at two deterministic points with
+``$SAE_BILINGUAL_CRASH_AFTER`` (study/faults.py: the process ends itself with exit status
+137 and no cleanup, as a SIGKILL would): (1) right after the first unit's SAEs are trained,
+before any of their files is written; (2) right after the first layer of a unit is finished,
+while the rest of that unit is not; then to completion. Asserts that the run completes,
+that the layer finished before the last run was not recomputed (its summary.json mtime is
+unchanged), and that every result file equals the reference
+(``benchmarks/soak.py::compare_outputs``: tables without timing columns, features.parquet,
+codes/SAE safetensors bytes).
 
-A layer counts as finished when its summary.json exists, whatever the manifest says (the
-driver marks the manifest only when a whole unit returns), so a kill between two layers of
-one unit does not retrain the first.
+A layer counts as finished when its summary.json exists and its artefacts match their
+checksums, whatever the manifest says (the driver marks the manifest only when a whole unit
+returns), so a kill between two layers of one unit does not retrain the first.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
+
+from sae_bilingual.study.faults import CRASH_ENV, KILLED_STATUS
 
 REPO = Path(__file__).resolve().parents[1]
 BUILD_WORLD = ("from sae_bilingual.world import WorldConfig, build_world; "
@@ -58,25 +62,11 @@ def _run(out: Path, env: dict[str, str]) -> None:
     assert p.returncode == 0, p.stderr[-3000:]
 
 
-def _kill_when(out: Path, env: dict[str, str], ready, what: str) -> None:
-    """Start the study and SIGKILL it the moment ``ready(out)`` becomes true."""
-    proc = subprocess.Popen(_cmd(out), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    t0 = time.time()
-    try:
-        while not ready(out):
-            if proc.poll() is not None:
-                err = proc.stderr.read().decode()[-3000:] if proc.stderr else ""
-                pytest.fail(f"the study ended (exit {proc.returncode}) before {what}: {err}")
-            if time.time() - t0 > TIMEOUT:
-                pytest.fail(f"timed out waiting for {what}")
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
+def _crash_after(out: Path, env: dict[str, str], point: str) -> None:
+    """Run the study until it ends itself at ``point`` (``<name>:<n>``, study/faults.py)."""
+    p = subprocess.run(_cmd(out), cwd=REPO, env={**env, CRASH_ENV: point}, capture_output=True, text=True,
+                       timeout=TIMEOUT)
+    assert p.returncode == KILLED_STATUS, f"exit {p.returncode}, not the kill at {point}: {p.stderr[-3000:]}"
 
 
 def _summaries(out: Path) -> dict[str, int]:
@@ -125,29 +115,24 @@ def test_killed_twice_resumes_to_the_uninterrupted_result(tmp_path: Path, env: d
     soak = _soak()
     ref, out = tmp_path / "clean", tmp_path / "killed"
     _run_with_an_intruder(ref, env)
+    first_iter = int(pd.read_csv(ref / "tables" / "summary.csv")["iteration"].min())
 
-    # 1. during SAE training of the first unit: the LR grid is done, no layer analysed yet
-    _kill_when(out, env, lambda o: (o / "tables" / "lr_grid.csv").exists(), "the LR grid")
-    assert not (out / "report.html").exists()
-    first = _summaries(out)
+    # 1. the first unit's SAEs are trained (the LR grid is done), none of their files written
+    _crash_after(out, env, "trained:1")
+    assert (out / "tables" / "lr_grid.csv").exists()
+    assert _summaries(out) == {} and not list(out.glob("units/*/*/L*/sae"))
 
-    # 2. during analysis: a new layer is finished but the rest of its unit is not
-    def new_layer_done(o: Path) -> bool:
-        return any(k not in first and k.endswith("L01/summary.json") for k in _summaries(o))
-
-    _kill_when(out, env, new_layer_done, "a new L01/summary.json")
-    assert not (out / "report.html").exists()
+    # 2. the first layer of the first unit is finished, its second layer is not
+    _crash_after(out, env, "layer:1")
     finished = _summaries(out)
-    assert len(finished) > len(first)
-    partial = [k for k in finished if k.replace("L01", "L02") not in finished]
-    # (under heavy load the kill can land after L02 too; the partial unit is the point)
-    if not partial:
-        pytest.xfail("the kill landed after the whole unit was finished; rerun on a quieter machine")
+    assert sorted(finished) == [f"units/toy/iter_{first_iter:07d}/L01/summary.json"]
+    assert not (out / "report.html").exists()
 
     # 3. resume to completion
     _run(out, env)
     assert (out / "report.html").exists()
     after = _summaries(out)
+    assert len(after) == len(_summaries(ref)) > len(finished)
     diffs = soak.compare_outputs(ref, out)
     assert not diffs, "resumed study differs from the uninterrupted one:\n" + "\n".join(diffs)
     recomputed = sorted(k for k in finished if after[k] != finished[k])

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
-import os
+import math
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pandas as pd
@@ -12,7 +14,9 @@ import torch
 
 from sae_bilingual.config import load_recipe
 from sae_bilingual.errors import ConfigError
-from sae_bilingual.study.run import plan_study, recipe_hash, run_study
+from sae_bilingual.study.outdir import recipe_hash
+from sae_bilingual.study.plan import plan_study
+from sae_bilingual.study.run import run_study
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "recipes" / "smoke.yaml"
@@ -20,9 +24,60 @@ SMOKE = REPO / "recipes" / "smoke.yaml"
 pytestmark = pytest.mark.slow
 
 
+class _Report(HTMLParser):
+    """The report's sections: per section id, its images {alt: PNG bytes} and tables (rows of cell texts)."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__()
+        self.section, self.cell = "", None
+        self.images: dict[str, dict[str, bytes]] = {}
+        self.tables: dict[str, list[list[list[str]]]] = {}
+        self.feed(html)
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "section":
+            self.section = a.get("id", "")
+        elif tag == "img" and a.get("src", "").startswith("data:image/png;base64,"):
+            self.images.setdefault(self.section, {})[a["alt"]] = base64.b64decode(a["src"].split(",", 1)[1])
+        elif tag == "table":
+            self.tables.setdefault(self.section, []).append([])
+        elif tag == "tr" and self.section in self.tables:
+            self.tables[self.section][-1].append([])
+        elif tag in ("td", "th"):
+            self.cell = []
+
+    def handle_data(self, data):
+        if self.cell is not None:
+            self.cell.append(data)
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self.cell is not None:
+            self.tables[self.section][-1][-1].append("".join(self.cell).strip())
+            self.cell = None
+
+
+def _shown(v) -> str:
+    """A table value as the report prints it (4 significant digits, blank for NaN)."""
+    if isinstance(v, float):
+        return "" if math.isnan(v) else f"{v:.4g}"
+    return str(v)
+
+
 def test_smoke_study_writes_every_artefact(smoke_study) -> None:
     out, report = smoke_study
-    assert Path(report) == out / "report.html" and Path(report).stat().st_size > 10_000
+    assert Path(report) == out / "report.html"
+    shown = _Report(Path(report).read_text(encoding="utf-8"))
+    # every figure the study drew is in the report, as the very PNG on disk
+    embedded = {alt: png for imgs in shown.images.values() for alt, png in imgs.items()}
+    figures = {p.stem: p.read_bytes() for p in (out / "figures").glob("*.png")}
+    assert figures and embedded == figures
+    # Table 1: one row per condition with the numbers of tables/intervention.csv
+    agg = pd.read_csv(out / "tables" / "intervention.csv")
+    (table,) = shown.tables["intervention"]
+    assert table[0] == list(agg.columns)
+    assert table[1:] == [[_shown(v) for v in row] for row in agg.itertuples(index=False)]
+    assert [r[0] for r in table[1:]] == ["none", "en", "ja", "mixed"]
     summary = pd.read_parquet(out / "tables" / "summary.parquet")
     recipe = load_recipe(SMOKE)
     # 3 log-spaced checkpoints x every layer of the 2-layer tiny model
@@ -56,6 +111,13 @@ def test_smoke_study_writes_every_artefact(smoke_study) -> None:
     world_html = html.split('<section id="world">')[1].split("</section>")[0]
     assert f"{world['build_seconds']:.1f} s" in world_html and 'alt="world_loss"' in world_html
     assert len(list((out / "neuronpedia").glob("*.json"))) == len(summary)
+    # the summary table: one row per SAE, with its numbers
+    (rows,) = shown.tables["summary"]
+    csv = pd.read_csv(out / "tables" / "summary.csv")
+    assert rows[0] == list(csv.columns) and len(rows) == 1 + len(csv)
+    col = {c: rows[0].index(c) for c in ("iteration", "layer", "fvu", "frac_mixed")}
+    got = {(r[col["iteration"]], r[col["layer"]]): (r[col["fvu"]], r[col["frac_mixed"]]) for r in rows[1:]}
+    assert got == {(str(r.iteration), str(r.layer)): (_shown(r.fvu), _shown(r.frac_mixed)) for r in csv.itertuples()}
 
 
 def test_rerun_skips_finished_units(smoke_study, monkeypatch) -> None:

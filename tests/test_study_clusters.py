@@ -14,7 +14,8 @@ from sae_bilingual.errors import ConfigError
 from sae_bilingual.study.pipeline import token_clusters
 from sae_bilingual.analysis.semantic import TokenGraph, token_graph_from_embeddings
 from sae_bilingual.data.store import Labels
-from sae_bilingual.study.run import StudyContext, plan_study
+from sae_bilingual.study.context import StudyContext
+from sae_bilingual.study.plan import plan_study
 
 SMOKE = Path(__file__).resolve().parents[1] / "recipes" / "smoke.yaml"
 

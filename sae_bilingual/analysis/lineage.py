@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +54,7 @@ import scipy.sparse as sp
 
 from sae_bilingual.analysis.codes import Codes
 from sae_bilingual.errors import ConfigError, DataError
+from sae_bilingual.study.unit import layer_dirs
 
 log = logging.getLogger(__name__)
 
@@ -641,7 +641,7 @@ def fig_lineage_flows(flows: pd.DataFrame, class_counts: pd.DataFrame, title: st
 
 
 # --------------------------------------------------------------------------- study entry point
-_ITER_RE = re.compile(r"^iter_(\d+)$")
+_UNIT_FILES = ("codes.safetensors", "features.parquet")
 
 
 def run_lineage(study_dir: Path, model: str, layer: int, cfg: MatchConfig | None = None) -> dict[str, Any]:
@@ -658,11 +658,7 @@ def run_lineage(study_dir: Path, model: str, layer: int, cfg: MatchConfig | None
 
     cfg = cfg or MatchConfig()
     study_dir = Path(study_dir)
-    units = []
-    for d in sorted((study_dir / "units" / model).glob(f"iter_*/L{int(layer):02d}")):
-        mi = _ITER_RE.match(d.parent.name)
-        if mi and (d / "codes.safetensors").exists() and (d / "features.parquet").exists():
-            units.append((int(mi.group(1)), d))
+    units = [(d.iteration, d.path) for d in layer_dirs(study_dir, family=model, layer=int(layer), having=_UNIT_FILES)]
     if len(units) < 2:
         raise DataError(
             f"lineage of {model} layer {layer} needs >= 2 analysed checkpoints with codes.safetensors "
@@ -698,8 +694,6 @@ def run_all_lineage(study_dir: Path, cfg: MatchConfig | None = None) -> list[dic
     """`run_lineage` for every (model, layer) of a study with >= 2 analysed checkpoints."""
     study_dir = Path(study_dir)
     seen: dict[tuple[str, int], int] = {}
-    for d in (study_dir / "units").glob("*/iter_*/L*"):
-        if (d / "codes.safetensors").exists() and (d / "features.parquet").exists():
-            key = (d.parent.parent.name, int(d.name[1:]))
-            seen[key] = seen.get(key, 0) + 1
+    for d in layer_dirs(study_dir, having=_UNIT_FILES):
+        seen[(d.family, d.layer)] = seen.get((d.family, d.layer), 0) + 1
     return [run_lineage(study_dir, m, l, cfg) for (m, l), n in sorted(seen.items()) if n >= 2]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import html
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +18,12 @@ import pandas as pd
 
 from sae_bilingual.study.controls import world_label
 from sae_bilingual.errors import DataError
+from sae_bilingual.models.catalogue import iter_dirname
 from sae_bilingual.study.manifest import read_json
+from sae_bilingual.study.unit import layer_dirs
 
 #: Languages whose tokens are joined without spaces when an example is displayed.
 NOSPACE_LANGUAGES = ("ja", "zh", "th", "ko_nospace")
-
-_UNIT_RE = re.compile(r"^iter_(\d+)$")
-_LAYER_RE = re.compile(r"^L(\d+)$")
 
 
 def _esc(x: Any) -> str:
@@ -49,15 +47,8 @@ def _json_default(o: Any) -> Any:
 
 def discover_units(study_dir: str | Path) -> list[dict[str, Any]]:
     """SAE units with a features.parquet: [{model, iteration, layer, path}], sorted."""
-    out = []
-    root = Path(study_dir) / "units"
-    for fp in root.glob("*/*/*/features.parquet") if root.exists() else []:
-        unit = fp.parent
-        mi, ml = _UNIT_RE.match(unit.parent.name), _LAYER_RE.match(unit.name)
-        if not (mi and ml):
-            continue
-        out.append({"model": unit.parent.parent.name, "iteration": int(mi.group(1)),
-                    "layer": int(ml.group(1)), "path": unit})
+    out = [{"model": d.family, "iteration": d.iteration, "layer": d.layer, "path": d.path}
+           for d in layer_dirs(study_dir, having=("features.parquet",))]
     return sorted(out, key=lambda u: (u["model"], u["iteration"], u["layer"]))
 
 
@@ -204,7 +195,7 @@ def browser(study: Path, max_saes: int, max_features: int, max_examples: int) ->
     index, scripts = [], []
     for i, u in enumerate(chosen):
         payload, summary = _browser_data(u, max_features, max_examples)
-        index.append({"label": f"{u['model']} / iter_{u['iteration']:07d} / layer {u['layer']}", "summary": summary,
+        index.append({"label": f"{u['model']} / {iter_dirname(u['iteration'])} / layer {u['layer']}", "summary": summary,
                       "default": i == first})
         scripts.append(_json_script(payload, f"fb-sae-{i}"))
     note = (f'<p class="note">{len(chosen)} of {len(units)} SAEs embedded'

@@ -31,6 +31,7 @@ from sae_bilingual.io import atomic_write_text
 from sae_bilingual.study.manifest import read_json
 from sae_bilingual.report.browser import NOSPACE_LANGUAGES, _esc, _json_default, browser, discover_units
 from sae_bilingual.study.timing import TIMINGS_FILE, last_run_split
+from sae_bilingual.study.unit import layer_path
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +245,7 @@ def _lineage_section(study: Path, max_features: int = 40) -> str:
         final_iter = summ.get("final_iteration") if sj.exists() else None
         unit = None
         if final_iter is not None:
-            unit = study / "units" / model / f"iter_{int(final_iter):07d}" / f"L{layer:02d}"
+            unit = layer_path(study, model, int(final_iter), layer)
         feats: list[int] = []
         if unit is not None and (unit / "examples.json").exists():
             try:

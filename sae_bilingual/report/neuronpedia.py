@@ -50,7 +50,9 @@ import pandas as pd
 
 from sae_bilingual.errors import DataError
 from sae_bilingual.io import atomic_write_json
-from sae_bilingual.study.manifest import SUMMARY_FILE
+from sae_bilingual.models.catalogue import iter_dirname
+from sae_bilingual.study.artefacts import SUMMARY_FILE
+from sae_bilingual.study.unit import layer_dirname, layer_dirs
 
 log = logging.getLogger(__name__)
 
@@ -155,10 +157,8 @@ def export_neuronpedia(unit_dir: str | Path, out_path: str | Path, model_id: str
 def export_all_neuronpedia(out: Path) -> list[Path]:
     """Every analysed SAE's features as Neuronpedia-style JSON under ``neuronpedia/``."""
     paths = []
-    for ldir in sorted((out / "units").glob("*/*/L*")):
-        if not (ldir / SUMMARY_FILE).exists():
-            continue
-        family, it, layer = ldir.parents[1].name, ldir.parent.name, ldir.name
+    for d in layer_dirs(out, having=(SUMMARY_FILE,)):
+        ldir, family, it, layer = d.path, d.family, iter_dirname(d.iteration), layer_dirname(d.layer)
         dst = out / "neuronpedia" / f"{family}_{it}_{layer}.json"
         if not dst.exists():
             export_neuronpedia(ldir, dst, model_id=f"{family}@{it}", sae_id=f"{layer}-paper_topk")

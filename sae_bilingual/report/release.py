@@ -33,6 +33,7 @@ from sae_bilingual.errors import OutputError, SAEFileError
 from sae_bilingual.io import atomic_dir
 from sae_bilingual.models.public import PUBLIC_FAMILIES, hub_location
 from sae_bilingual.sae.model import ARCHITECTURE, export_stock_topk, load_sae
+from sae_bilingual.study.unit import layer_dirs, layer_id
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ class ExportedSAE:
     @property
     def sae_id(self) -> str:
         """Id within its model's release, e.g. "iter_0000120/L02"."""
-        return f"iter_{self.iteration:07d}/L{self.layer:02d}"
+        return layer_id(self.iteration, self.layer)
 
     @property
     def path(self) -> str:
@@ -73,13 +74,9 @@ class ExportedSAE:
 def finished_saes(run_dir: str | Path) -> list[ExportedSAE]:
     """Every layer of a study whose summary.json (written last) and SAE exist."""
     out = []
-    for summ in sorted(Path(run_dir).glob("units/*/iter_*/L*/summary.json")):
-        ldir = summ.parent
-        if not (ldir / "sae" / "cfg.json").exists():
-            continue
-        row = json.loads(summ.read_text(encoding="utf-8"))
-        out.append(ExportedSAE(ldir.parents[1].name, int(ldir.parent.name[len("iter_"):]), int(ldir.name[1:]),
-                               ldir / "sae", row))
+    for d in layer_dirs(run_dir, having=("summary.json", "sae/cfg.json")):
+        row = json.loads((d.path / "summary.json").read_text(encoding="utf-8"))
+        out.append(ExportedSAE(d.family, d.iteration, d.layer, d.path / "sae", row))
     return out
 
 

@@ -9,18 +9,28 @@ with its size and SHA-256; a resume redoes a layer whose files no longer match.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from pathlib import Path
 from typing import Any
 
-from sae_bilingual.io import atomic_write_json, atomic_write_text, is_temp_name, save_parquet
-from sae_bilingual.study.manifest import SUMMARY_FILE, read_json
+from sae_bilingual.io import atomic_write_json, is_temp_name
 
 log = logging.getLogger(__name__)
 
+SUMMARY_FILE = "summary.json"
+"""A layer's summary row, written last: its presence marks the layer finished."""
 ARTEFACTS_KEY = "artefacts"
 """Key of the {relative path: {size, sha256}} record in summary.json."""
 _CHUNK = 1 << 20
+
+
+def read_json(path: Path) -> Any | None:
+    """Parsed JSON, or None when the file is missing or unreadable (a crash leftover)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def sha256_file(path: Path) -> str:
@@ -63,27 +73,14 @@ def mismatches(ldir: Path, recorded: Any) -> list[str]:
     return bad
 
 
-def write_unit_summary(path: Path, row: dict[str, Any]) -> None:
-    """The last artefact of a layer: its presence marks the layer finished. It records the
-    size and SHA-256 of the layer's other files, checked when the study resumes."""
-    atomic_write_json(path, {**row, ARTEFACTS_KEY: fingerprint(Path(path).parent)})
+def write_unit_summary(ldir: Path, row: dict[str, Any]) -> None:
+    """The last artefact of a layer (``ldir/summary.json``): its presence marks the layer
+    finished. It records the size and SHA-256 of the layer's other files, checked when the
+    study resumes."""
+    atomic_write_json(Path(ldir) / SUMMARY_FILE, {**row, ARTEFACTS_KEY: fingerprint(Path(ldir))})
 
 
-def layer_finished(unit: Any, out: Path, layer: int) -> bool:
+def layer_finished(ldir: Path) -> bool:
     """The layer's summary.json parses and its artefacts still match their checksums."""
-    ldir = unit.layer_dir(out, layer)
     row = read_json(ldir / SUMMARY_FILE)
     return isinstance(row, dict) and not mismatches(ldir, row.get(ARTEFACTS_KEY))
-
-
-def collect_summary(out: Path) -> Any:
-    """Stack every layer's summary.json into tables/summary.{parquet,csv} (a DataFrame)."""
-    import pandas as pd
-
-    rows = [read_json(p) for p in sorted((out / "units").glob(f"*/*/L*/{SUMMARY_FILE}"))]
-    df = pd.DataFrame([{k: v for k, v in r.items() if k != ARTEFACTS_KEY} for r in rows if isinstance(r, dict)])
-    if len(df):
-        df = df.sort_values(["model", "iteration", "layer"]).reset_index(drop=True)
-    save_parquet(df, out / "tables" / "summary.parquet")
-    atomic_write_text(out / "tables" / "summary.csv", df.to_csv(index=False))
-    return df

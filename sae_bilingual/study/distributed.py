@@ -35,19 +35,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
-from sae_bilingual.study import pipeline
+from sae_bilingual.cli import parse_set, resolve_recipe_path
+from sae_bilingual.config import Recipe, load_recipe
 from sae_bilingual.errors import ConfigError, SaeBilingualError
+from sae_bilingual.study import pipeline
+from sae_bilingual.study.context import StudyContext
 from sae_bilingual.study.manifest import Manifest
-from sae_bilingual.study.run import (
-    StudyContext,
-    _summary_ok,
-    check_output_dir,
-    output_lock,
-    plan_study,
-    prepare_output_dir,
-    recipe_hash,
-)
+from sae_bilingual.study.outdir import check_output_dir, output_lock, prepare_output_dir, recipe_hash
+from sae_bilingual.study.plan import Plan, plan_study
+from sae_bilingual.study.unit import Unit
 
 log = logging.getLogger(__name__)
 
@@ -70,26 +68,20 @@ def split_layers(layers: Sequence[int], world_size: int) -> list[list[int]]:
     return out
 
 
-def _dist() -> Any:
-    import torch.distributed as dist
-
-    return dist
-
-
 def _broadcast(obj: Any, rank: int, world_size: int) -> Any:
     if world_size == 1:
         return obj
     box = [obj if rank == 0 else None]
-    _dist().broadcast_object_list(box, src=0)
+    dist.broadcast_object_list(box, src=0)
     return box[0]
 
 
 def _barrier(world_size: int) -> None:
     if world_size > 1:
-        _dist().barrier()
+        dist.barrier()
 
 
-def run_unit_distributed(recipe: Any, unit_id: str, *, rank: int = 0, world_size: int = 1,
+def run_unit_distributed(recipe: Recipe, unit_id: str, *, rank: int = 0, world_size: int = 1,
                          progress: bool = False, force: bool = False) -> list[int]:
     """This rank's share of one unit (call on every rank, process group initialised).
 
@@ -104,12 +96,11 @@ def run_unit_distributed(recipe: Any, unit_id: str, *, rank: int = 0, world_size
     unit = units[unit_id]
     out = Path(recipe.output_dir)
     with contextlib.ExitStack() as held:
-        return _run_unit_ranks(recipe, ctx, plan, unit, out, held, rank=rank, world_size=world_size,
-                               progress=progress, force=force)
+        return _run_unit_ranks(recipe, ctx, plan, unit, out, held, rank=rank, world_size=world_size, force=force)
 
 
-def _run_unit_ranks(recipe: Any, ctx: Any, plan: Any, unit: Any, out: Path, held: contextlib.ExitStack, *,
-                    rank: int, world_size: int, progress: bool, force: bool) -> list[int]:
+def _run_unit_ranks(recipe: Recipe, ctx: StudyContext, plan: Plan, unit: Unit, out: Path,
+                    held: contextlib.ExitStack, *, rank: int, world_size: int, force: bool) -> list[int]:
     """run_unit_distributed after planning; rank 0 holds the output folder's lock in ``held``."""
     unit_id = unit.id
     plan_msg: dict[str, Any] | None = None
@@ -120,8 +111,9 @@ def _run_unit_ranks(recipe: Any, ctx: Any, plan: Any, unit: Any, out: Path, held
             out, manifest = prepare_output_dir(recipe, force=force)
             lr = recipe.sae.lr
             if plan.lr_grid is not None:
-                lr = pipeline.run_lr_grid(ctx, plan.lr_grid, out, progress=progress)
-            missing = [l for l in unit.layers if not (manifest.layer_done(unit.id, l) and _summary_ok(unit, out, l))]
+                lr = pipeline.run_lr_grid(ctx, plan.lr_grid, out)
+            missing = unit.missing_layers(out)  # the study's resume rule (unit.py)
+            manifest.mark_finished(unit, missing)
             plan_msg = {"lr": float(lr), "missing": missing}
         except Exception as e:  # tell the other ranks instead of leaving them in the broadcast
             _broadcast({"error": f"{type(e).__name__}: {e}"}, rank, world_size)
@@ -139,7 +131,8 @@ def _run_unit_ranks(recipe: Any, ctx: Any, plan: Any, unit: Any, out: Path, held
     _barrier(world_size)
     if rank == 0 and missing:
         manifest = Manifest.open(out, recipe_hash(recipe))
-        done = [l for l in missing if _summary_ok(unit, out, l)]
+        still = unit.missing_layers(out)
+        done = [l for l in missing if l not in still]
         for layer in done:
             manifest.mark_layer(unit.id, layer)
         manifest.mark_unit(unit.id, "done" if len(done) == len(missing) else "partial")
@@ -155,7 +148,6 @@ def _setup(device: str) -> tuple[int, int, int]:
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if world_size > 1:
-        dist = _dist()
         if device.startswith("cuda"):
             torch.cuda.set_device(local_rank)  # "cuda" in the recipe now means this rank's GPU
             dist.init_process_group("nccl", device_id=torch.device("cuda", local_rank))
@@ -166,9 +158,6 @@ def _setup(device: str) -> tuple[int, int, int]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point for ``torchrun ... -m sae_bilingual.study.distributed RECIPE --unit ID``."""
-    from sae_bilingual.cli import _parse_set, resolve_recipe_path
-    from sae_bilingual.config import load_recipe
-
     p = argparse.ArgumentParser(prog="python -m sae_bilingual.study.distributed",
                                 description="Train one unit's layers across the ranks of torchrun.")
     p.add_argument("recipe", help="recipe YAML path or embedded recipe name")
@@ -177,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a recipe field (repeatable)")
     p.add_argument("--force", action="store_true", help="reuse an output dir made by another recipe")
     args = p.parse_args(argv)
-    overrides = _parse_set(args.set or [])
+    overrides = parse_set(args.set or [])
     if args.output_dir:
         overrides["output_dir"] = args.output_dir
     recipe = load_recipe(resolve_recipe_path(args.recipe), overrides)
@@ -191,8 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error (rank {rank}): {e}", file=sys.stderr)
         return 2
     finally:
-        if world_size > 1 and _dist().is_initialized():
-            _dist().destroy_process_group()
+        if world_size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
     return 0
 
 

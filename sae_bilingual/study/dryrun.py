@@ -31,7 +31,8 @@ from sae_bilingual.study.memplan import (
 )
 from sae_bilingual.models.catalogue import Checkpoint, CheckpointCatalogue
 from sae_bilingual.models.registry import get_family
-from sae_bilingual.study.preflight import check_k_below_n, check_path_part
+from sae_bilingual.study.preflight import check_k_below_n
+from sae_bilingual.study.unit import check_path_part
 
 log = logging.getLogger(__name__)
 

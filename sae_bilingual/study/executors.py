@@ -1,8 +1,9 @@
 """Where work units run: in this process (default), as Ray tasks, or as SLURM jobs.
 
-A job is a plain, picklable :class:`UnitJob` (the recipe as a dict, the unit, the layers
-still missing, the output dir and the LR). Whatever runs it rebuilds its own
-:class:`~sae_bilingual.study.run.StudyContext` (the toy world and token windows come from
+A job is a plain, picklable :class:`UnitJob` (the recipe as a dict, the
+:class:`~sae_bilingual.study.unit.Unit`, the layers still missing, the output dir and the
+LR). Whatever runs it rebuilds its own
+:class:`~sae_bilingual.study.context.StudyContext` (the toy world and token windows come from
 the cache, deterministic from the seed) and writes the layer artefacts atomically into
 the shared output dir. Workers never touch the manifest: the driver marks layers done as
 jobs return, and the ``summary.json`` files on disk stay the single source of truth — so a
@@ -14,12 +15,19 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import torch
+
+from sae_bilingual.config import Recipe, from_dict
 from sae_bilingual.errors import ConfigError, ExtraMissingError, SaeBilingualError
+from sae_bilingual.study import pipeline
+from sae_bilingual.study.context import StudyContext
+from sae_bilingual.study.unit import Unit
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +36,10 @@ OPTIONS_ENV = "SAE_BILINGUAL_EXECUTOR_OPTIONS"
 
 @dataclass(frozen=True)
 class UnitJob:
-    """Everything a worker needs to run one unit, as plain data."""
+    """Everything a worker needs to run one unit, as picklable data."""
 
     recipe: dict[str, Any]
-    unit: dict[str, Any]
+    unit: Unit
     layers: tuple[int, ...]
     out: str
     lr: float
@@ -44,20 +52,14 @@ class UnitResult:
     seconds: float
 
 
-def run_job(job: UnitJob) -> UnitResult:
-    """Run one unit from plain data (the function every executor calls)."""
-    import time
-
-    from sae_bilingual.study import pipeline
-    from sae_bilingual.config import Recipe, from_dict
-    from sae_bilingual.study.run import StudyContext, Unit
-
+def run_job(job: UnitJob, ctx: StudyContext | None = None) -> UnitResult:
+    """Run one unit (the function every executor calls); ``ctx``: the study's context when
+    the job runs in the study's process, else one is rebuilt from the job's recipe."""
     t0 = time.time()
-    recipe = from_dict(Recipe, job.recipe).validate()
-    ctx = StudyContext(recipe, progress=False)
-    unit = Unit(**job.unit)
-    pipeline.run_unit(ctx, unit, list(job.layers), Path(job.out), lr=job.lr)
-    return UnitResult(unit.id, job.layers, time.time() - t0)
+    if ctx is None:
+        ctx = StudyContext(from_dict(Recipe, job.recipe).validate(), progress=False)
+    pipeline.run_unit(ctx, job.unit, list(job.layers), Path(job.out), lr=job.lr)
+    return UnitResult(job.unit.id, job.layers, time.time() - t0)
 
 
 class Executor(Protocol):
@@ -69,24 +71,12 @@ class Executor(Protocol):
 class LocalExecutor:
     """Sequential, in this process, sharing one context (no world/window rebuilds)."""
 
-    def __init__(self, ctx: Any = None):
+    def __init__(self, ctx: StudyContext | None = None):
         self.ctx = ctx
 
     def run(self, jobs: Sequence[UnitJob], fn: Callable[[UnitJob], UnitResult] = run_job) -> Iterator[UnitResult]:
-        import time
-
-        from sae_bilingual.study import pipeline
-        from sae_bilingual.study.run import Unit
-
         for job in jobs:
-            if self.ctx is None or fn is not run_job:
-                yield fn(job)
-                continue
-            t0 = time.time()
-            unit = Unit(**job.unit)
-            pipeline.run_unit(self.ctx, unit, list(job.layers), Path(job.out), lr=job.lr)
-            yield UnitResult(unit.id, job.layers, time.time() - t0)
-
+            yield run_job(job, self.ctx) if fn is run_job else fn(job)
 
 
 # --------------------------------------------------------------------------- scale-out
@@ -178,7 +168,7 @@ class RayExecutor:
         gpu = _wants_gpu(job)
         return {"num_gpus": self.num_gpus if gpu else 0, "num_cpus": self.num_cpus,
                 "max_retries": self.max_retries, "retry_exceptions": False,
-                "name": f"unit:{job.unit['family']}/iter_{job.unit['iteration']:07d}"}
+                "name": f"unit:{job.unit.id}"}
 
     def run(self, jobs: Sequence[UnitJob], fn: Callable[[UnitJob], UnitResult] = run_job) -> Iterator[UnitResult]:
         if not jobs:
@@ -195,9 +185,8 @@ class RayExecutor:
                 try:
                     yield ray.get(ref)
                 except (ray.exceptions.RayError, SaeBilingualError) as e:
-                    uid = f"{job.unit['family']}/iter_{job.unit['iteration']:07d}"
-                    log.error("unit %s failed: %s", uid, e)
-                    failures.append((uid, e))
+                    log.error("unit %s failed: %s", job.unit.id, e)
+                    failures.append((job.unit.id, e))
         _raise_failures(failures, len(jobs))
 
 
@@ -210,8 +199,6 @@ class _Requeueable:
 
     def __call__(self, job: UnitJob) -> UnitResult:
         if self.threads:
-            import torch
-
             torch.set_num_threads(self.threads)  # the job's CPU share, not every core of the node
         return self.fn(job)
 
@@ -260,8 +247,6 @@ class SubmititExecutor:
     def run(self, jobs: Sequence[UnitJob], fn: Callable[[UnitJob], UnitResult] = run_job) -> Iterator[UnitResult]:
         if not jobs:
             return
-        import time
-
         ex = self.executor(jobs)
         submitted = ex.map_array(_Requeueable(fn, self.parameters.get("cpus_per_task")), list(jobs))
         log.info("submitted %d units as %s job array %s (logs: %s)", len(jobs), ex.cluster,
@@ -279,7 +264,7 @@ class SubmititExecutor:
                 try:
                     yield sjob.result()
                 except Exception as e:  # submitit re-raises the worker's error or FailedJobError
-                    uid = f"{jobs[i].unit['family']}/iter_{jobs[i].unit['iteration']:07d}"
+                    uid = jobs[i].unit.id
                     log.error("unit %s failed (job %s, logs %s): %s", uid, sjob.job_id, sjob.paths.stderr, e)
                     failures.append((uid, e))
         _raise_failures(failures, len(jobs))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -16,14 +17,16 @@ from sae_bilingual.io import atomic_write_text
 from sae_bilingual.layers import parse_layers
 from sae_bilingual.intervention.masks import scale_m
 from sae_bilingual.models.generic import is_paper_model
+from sae_bilingual.study.context import StudyContext
 from sae_bilingual.study.pipeline import _first_docs_per_lang, _torch_dtype
 from sae_bilingual.sae.model import load_sae
-from sae_bilingual.study.run import Unit
+from sae_bilingual.study.plan import Plan
+from sae_bilingual.study.unit import Unit
 
 log = logging.getLogger(__name__)
 
 
-def run_intervention(ctx, plan, out: Path, progress: bool = True):
+def run_intervention(ctx: StudyContext, plan: Plan, out: Path) -> pd.DataFrame:
     """Table 1 / Table 4: inject final-model features into the mid checkpoint."""
     iv = ctx.recipe.intervention
     path = out / "tables" / "intervention.csv"
@@ -83,7 +86,7 @@ def decoder_variant(add_bias: bool, scale: str) -> str:
     return f"{d}, {s}"
 
 
-def _feasible_ms(features, iv, d_sae: int) -> list[int]:
+def _feasible_ms(features: pd.DataFrame, iv: Any, d_sae: int) -> list[int]:
     """Mask sizes per recipe m: scaled to this SAE's n, capped at the smallest class.
 
     Every class must be drawn with the same m for the comparison to be fair; a small SAE
@@ -106,7 +109,7 @@ def _feasible_ms(features, iv, d_sae: int) -> list[int]:
     return out
 
 
-def _translation_pairs(ctx):
+def _translation_pairs(ctx: StudyContext) -> pd.DataFrame | None:
     """Parallel test pairs: files named in the recipe, else the toy world's own, else none."""
     iv = ctx.recipe.intervention
     if iv.pairs_paths:
@@ -123,7 +126,7 @@ def _translation_pairs(ctx):
     return None
 
 
-def _translation_template(ctx):
+def _translation_template(ctx: StudyContext) -> PromptTemplate:
     """The toy world has no 'English:' tokens: its bilingual documents are bare sentence
     pairs, so the prompt is the same form ("src tgt src tgt src") and generation stops at
     the target sentence's end mark."""

@@ -8,7 +8,6 @@ half-way is simply redone.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -16,19 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from sae_bilingual.io import atomic_write_json
+from sae_bilingual.study.artefacts import SUMMARY_FILE, read_json
+from sae_bilingual.study.unit import Unit, layer_dirs
 
 log = logging.getLogger(__name__)
-
-SUMMARY_FILE = "summary.json"
-
-
-def read_json(path: Path) -> Any | None:
-    """Parsed JSON, or None when the file is missing or unreadable (a crash leftover)."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
 
 @dataclass
 class Manifest:
@@ -55,13 +45,12 @@ class Manifest:
     def rebuild(self, out_dir: Path) -> None:
         """Recover unit status from the ``summary.json`` files on disk."""
         self.units = {}
-        for summary in sorted((out_dir / "units").glob(f"*/*/L*/{SUMMARY_FILE}")):
-            row = read_json(summary)
+        for d in layer_dirs(out_dir, having=(SUMMARY_FILE,)):
+            row = read_json(d.path / SUMMARY_FILE)
             if not isinstance(row, dict):
                 continue
-            unit_id = f"{summary.parents[2].name}/{summary.parents[1].name}"
-            entry = self.units.setdefault(unit_id, {"status": "partial", "layers": {}})
-            entry["layers"][str(row.get("layer", summary.parent.name[1:]))] = "done"
+            entry = self.units.setdefault(d.unit_id, {"status": "partial", "layers": {}})
+            entry["layers"][str(row.get("layer", d.layer))] = "done"
 
     def layer_done(self, unit_id: str, layer: int) -> bool:
         return self.units.get(unit_id, {}).get("layers", {}).get(str(layer)) == "done"
@@ -70,6 +59,13 @@ class Manifest:
         entry = self.units.setdefault(unit_id, {"status": "running", "layers": {}})
         entry["layers"][str(layer)] = "done"
         self.save()
+
+    def mark_finished(self, unit: Unit, missing: list[int]) -> None:
+        """Mark the layers of ``unit`` finished on disk (not in ``missing``) that the manifest
+        does not list yet (finished before a kill the driver did not see)."""
+        for layer in unit.layers:
+            if layer not in missing and not self.layer_done(unit.id, layer):
+                self.mark_layer(unit.id, layer)
 
     def mark_unit(self, unit_id: str, status: str, **info: Any) -> None:
         entry = self.units.setdefault(unit_id, {"layers": {}})

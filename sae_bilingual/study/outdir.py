@@ -277,20 +277,3 @@ def prepare_output_dir(recipe: Recipe, force: bool = False) -> tuple[Path, Manif
     atomic_write_text(out / "recipe.yaml", dump_recipe(recipe))
     return out, manifest
 
-
-def check_no_symlinks(out: Path, path: Path) -> Path:
-    """``path`` (inside ``out``) with no symlink between ``out`` and it; else OutputError.
-
-    Why: a link planted inside the output folder would make a unit's writes (and the
-    replacement of its SAE folder) land outside it.
-    """
-    rel = path.relative_to(out)
-    cur = out
-    for part in rel.parts:
-        cur = cur / part
-        if cur.is_symlink():
-            raise OutputError(
-                f"{cur} is a symlink (to {os.readlink(cur)}); unit folders must be plain folders inside the "
-                "output folder. Remove the link, then rerun"
-            )
-    return path

@@ -1,6 +1,9 @@
 """What one work unit does: LM pass -> SAEs -> codes -> feature table -> summary.
 
-Kept apart from ``study.py`` (planning, resume, manifest) so each reads top to bottom.
+Kept apart from planning (plan.py), resume (unit.py, manifest.py) and the study's driver
+(run.py) so each reads top to bottom. The store and the SAE trainer are called through
+their modules (``store.collect_activations``, ``train.train_saes``): tests replace them
+there to prove that no LM pass or SAE step runs.
 """
 
 from __future__ import annotations
@@ -13,20 +16,36 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
+from safetensors import safe_open
 
 from sae_bilingual import __version__
-from sae_bilingual.io import atomic_write_json, atomic_write_text
-from sae_bilingual.layers import hook_for_layer
-from sae_bilingual.study.memplan import unit_groups
-from sae_bilingual.models.registry import get_family
-from sae_bilingual.study.timing import StageTimer
+from sae_bilingual.analysis.codes import encode_to_codes
+from sae_bilingual.analysis.examples import top_examples
+from sae_bilingual.analysis.features import AnalysisConfig, analyse_features, script_of_tokens, summarise
+from sae_bilingual.analysis.ground_truth import score_ground_truth
 from sae_bilingual.analysis.semantic import (
     TokenGraph,
     clusters_from_ground_truth,
     token_clusters_from_embeddings,
     token_graph_from_embeddings,
 )
+from sae_bilingual.ce import ce_metrics_many
+from sae_bilingual.data import store
+from sae_bilingual.errors import DataError
+from sae_bilingual.io import atomic_write_json, atomic_write_text, save_parquet
+from sae_bilingual.layers import hook_for_layer
+from sae_bilingual.models.registry import get_family
+from sae_bilingual.sae import train
+from sae_bilingual.sae.model import load_sae, save_sae
+from sae_bilingual.study.artefacts import write_unit_summary
+from sae_bilingual.study.context import StudyContext
+from sae_bilingual.study.faults import crash_point
+from sae_bilingual.study.memplan import unit_groups
+from sae_bilingual.study.plan import select_checkpoints
+from sae_bilingual.study.timing import StageTimer
+from sae_bilingual.study.unit import Unit
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +79,7 @@ def train_config(ctx, lr: float, n_vectors: int):
     )
 
 
-def _metadata(ctx, unit, layer: int) -> dict[str, Any]:
+def _metadata(ctx: StudyContext, unit: Unit, layer: int) -> dict[str, Any]:
     spec = ctx.recipe.models[unit.model_index]
     data = ctx.recipe.data
     return {
@@ -78,23 +97,22 @@ def _metadata(ctx, unit, layer: int) -> dict[str, Any]:
     }
 
 
-def _load_model(ctx, unit):
+def _load_model(ctx: StudyContext, unit: Unit) -> Any:
     fam = ctx.family(unit.model_index)
     ck = fam.catalogue().select(iteration=unit.iteration)
     return fam.load(ck, device=ctx.recipe.device, dtype=_torch_dtype(ctx.recipe.dtype))
 
 
-def _store(ctx, unit, model, hooks: list[str], batch_size: int, out: Path | None = None):
+def _store(ctx: StudyContext, unit: Unit, model: Any, hooks: list[str], batch_size: int,
+           out: Path | None = None) -> store.ActivationStore:
     """A shuffling store over the study's training windows: one LM pass feeds all ``hooks``."""
-    from sae_bilingual.data.store import ActivationStore
-
     data = ctx.recipe.data
     cache = {}
     if data.activation_cache and out is not None:
         cache = {"cache_dir": out / "cache" / "activations",
                  "cache_id": {"unit": unit.id, "hooks": hooks, "seed": ctx.recipe.seed,
                               "context": data.context, "train_tokens_per_lang": data.train_tokens_per_lang}}
-    return ActivationStore(
+    return store.ActivationStore(
         model, ctx.windows("train", unit.model_index), hooks,
         batch_size=batch_size,
         buffer_vectors=data.buffer_vectors,
@@ -110,7 +128,7 @@ UNIT_STAGES = {"model load": "load", "LM + SAE training": "train", "eval activat
 """A unit's shared stages -> their ``seconds_<name>`` column in the summary (per layer)."""
 
 
-def run_unit(ctx, unit, layers: list[int], out: Path, *, lr: float) -> None:
+def run_unit(ctx: StudyContext, unit: Unit, layers: list[int], out: Path, *, lr: float) -> None:
     """Train, save and analyse the SAEs of ``layers`` at one checkpoint (each stage timed).
 
     The layers are trained in as few LM passes as fit the memory budget (memplan.py); each
@@ -124,28 +142,23 @@ def run_unit(ctx, unit, layers: list[int], out: Path, *, lr: float) -> None:
         _train_and_analyse(ctx, unit, model, group, out, lr=lr, load_per_layer=load_per_layer)
 
 
-def _train_and_analyse(ctx, unit, model, layers: list[int], out: Path, *, lr: float,
+def _train_and_analyse(ctx: StudyContext, unit: Unit, model: Any, layers: list[int], out: Path, *, lr: float,
                        load_per_layer: float) -> None:
     """One LM pass: train the SAEs of ``layers`` from one store, then analyse each layer."""
-    from sae_bilingual.ce import ce_metrics_many
-    from sae_bilingual.sae.model import save_sae
-    from sae_bilingual.data.store import collect_activations
-    from sae_bilingual.study.run import write_unit_summary
-    from sae_bilingual.sae.train import reconstruction_metrics, train_saes
-
     timer = StageTimer(unit.id if len(layers) == len(unit.layers) else f"{unit.id} layers {layers}")
     hooks = [hook_for_layer(l) for l in layers]
     with timer.stage("LM + SAE training"):
         cfg = train_config(ctx, lr, ctx.windows("train", unit.model_index).n_vectors)
-        store = _store(ctx, unit, model, hooks, cfg.batch_size)
+        acts_store = _store(ctx, unit, model, hooks, cfg.batch_size)
         metas = {hook_for_layer(l): _metadata(ctx, unit, l) for l in layers}
         # SAELens training checkpoints (optimizer state included) when the recipe asks for them;
         # a killed unit is still redone from the start (deterministic), not resumed from these.
         ckpt_dir = unit.dir(out) / "training" if ctx.recipe.sae.checkpoint_every else None
         init = warm_start_saes(ctx, unit, layers, out) if ctx.recipe.sae.warm_start else None
-        saes = train_saes(store, hooks, cfg, metas, save_dir=ckpt_dir, init_from=init)
+        saes = train.train_saes(acts_store, hooks, cfg, metas, save_dir=ckpt_dir, init_from=init)
+    crash_point("trained")
     eval_windows = ctx.windows("eval", unit.model_index)
-    acts, labels = timer.call("eval activations", collect_activations, model, eval_windows, hooks,
+    acts, labels = timer.call("eval activations", store.collect_activations, model, eval_windows, hooks,
                               batch_size=ctx.recipe.data.lm_batch_size, device=ctx.recipe.device)
     clusters = timer.call("clusters", token_clusters, ctx, unit, labels)
     ce_windows = _first_docs_per_lang(eval_windows, ctx.recipe.analysis.ce_docs_per_lang)
@@ -160,7 +173,7 @@ def _train_and_analyse(ctx, unit, model, layers: list[int], out: Path, *, lr: fl
             ldir.mkdir(parents=True, exist_ok=True)
             sae = saes[hook]
             save_sae(sae, ldir / "sae")
-            metrics = {**reconstruction_metrics(sae, acts[hook]), **ce[hook]}
+            metrics = {**train.reconstruction_metrics(sae, acts[hook]), **ce[hook]}
             row = analyse_layer(ctx, unit, layer, sae, acts[hook], labels, clusters, ldir)
             row.update({k: v if isinstance(v, str) else float(v) for k, v in metrics.items() if np.isscalar(v)})
             md = sae.cfg.metadata
@@ -170,18 +183,15 @@ def _train_and_analyse(ctx, unit, model, layers: list[int], out: Path, *, lr: fl
             row.update({k: round(v, 2) for k, v in shared.items()})
             row["seconds_analysis"] = round(time.perf_counter() - t1, 2)
             row["seconds"] = round(sum(shared.values()) + row["seconds_analysis"], 2)
-            write_unit_summary(ldir / "summary.json", row)
+            write_unit_summary(ldir, row)
+        crash_point("layer")
     timer.log_split()
 
 
-def warm_start_saes(ctx, unit, layers: list[int], out: Path) -> dict[str, Any]:
+def warm_start_saes(ctx: StudyContext, unit: Unit, layers: list[int], out: Path) -> dict[str, Any]:
     """The previous analysed checkpoint's trained SAEs of ``layers`` ({hook: SAE}), or {} at the
     first checkpoint. They are read from disk, so a resumed study warm-starts exactly as an
     uninterrupted one."""
-    from sae_bilingual.errors import DataError
-    from sae_bilingual.sae.model import load_sae
-    from sae_bilingual.study.run import select_checkpoints
-
     spec = ctx.recipe.models[unit.model_index]
     earlier = [c for c in select_checkpoints(spec, ctx.family(unit.model_index).catalogue())
                if c.iteration < unit.iteration]
@@ -200,11 +210,9 @@ def warm_start_saes(ctx, unit, layers: list[int], out: Path) -> dict[str, Any]:
     return init
 
 
-def input_embeddings(fam, ck) -> torch.Tensor:
+def input_embeddings(fam: Any, ck: Any) -> torch.Tensor:
     """The input embedding matrix [vocab, d] of a checkpoint, read alone from its safetensors
     when possible (a 3.7B model need not be loaded whole for its 1.2 GB of embeddings)."""
-    from safetensors import safe_open
-
     name = "model.embed_tokens.weight"
     for f in sorted(Path(ck.path).glob("*.safetensors")) if ck.path else []:
         with safe_open(str(f), framework="pt") as st:
@@ -214,7 +222,7 @@ def input_embeddings(fam, ck) -> torch.Tensor:
     return model.W_E.detach().float()
 
 
-def _embedding_checkpoint(ctx, unit):
+def _embedding_checkpoint(ctx: StudyContext, unit: Unit) -> tuple[Any, Any]:
     """(family, checkpoint) whose input embeddings cluster the tokens of ``unit``."""
     a = ctx.recipe.analysis
     if a.embedding_source == "model":
@@ -241,7 +249,7 @@ class SemanticClusters:
     """Toy world only: token id -> ground-truth concept (a partition the paper never had)."""
 
 
-def token_clusters(ctx, unit, labels) -> SemanticClusters:
+def token_clusters(ctx: StudyContext, unit: Unit, labels: Any) -> SemanticClusters:
     """Semantic clusters of the token ids of the eval set, from the configured embeddings
     (built once per embedding checkpoint and study)."""
     a = ctx.recipe.analysis
@@ -265,7 +273,7 @@ PAPER_EMBEDDING_DIM = 3072
 """Width of the LLM-jp-3 3.7B input embeddings the paper clusters tokens with."""
 
 
-def cluster_threshold(ctx, d_embedding: int) -> float:
+def cluster_threshold(ctx: StudyContext, d_embedding: int) -> float:
     """The cosine threshold in force (optionally scaled to the embedding width)."""
     a = ctx.recipe.analysis
     if a.cluster_threshold_scaling:
@@ -273,29 +281,21 @@ def cluster_threshold(ctx, d_embedding: int) -> float:
     return float(a.cluster_threshold)
 
 
-def analysis_config(ctx):
+def analysis_config(ctx: StudyContext) -> AnalysisConfig:
     """AnalysisConfig from the recipe's analysis section."""
-    from sae_bilingual.analysis.features import AnalysisConfig
-
     a = ctx.recipe.analysis
     cfg = AnalysisConfig(threshold_ratio=a.act_threshold, lang_threshold=a.lang_threshold,
                          lang_rule=a.language_rule, span_mode=a.span_rule)
     if a.language_rule == "script":
-        from sae_bilingual.analysis.features import script_of_tokens
-
         tok = ctx.tokenizer()
         pieces = tok.convert_ids_to_tokens(list(range(len(tok))))
         cfg.token_script = script_of_tokens(pieces, tuple(ctx.recipe.data.languages))
     return cfg
 
 
-def analyse_layer(ctx, unit, layer, sae, vectors, labels, clusters, ldir: Path) -> dict[str, Any]:
+def analyse_layer(ctx: StudyContext, unit: Unit, layer: int, sae: Any, vectors: torch.Tensor, labels: Any,
+                  clusters: SemanticClusters, ldir: Path) -> dict[str, Any]:
     """Codes -> per-feature table (+ examples) -> summary row for one SAE."""
-    from sae_bilingual.analysis.features import analyse_features, summarise
-    from sae_bilingual.analysis.examples import top_examples
-    from sae_bilingual.analysis.codes import encode_to_codes
-    from sae_bilingual.io import save_parquet
-
     a = ctx.recipe.analysis
     languages = tuple(ctx.recipe.data.languages)
     codes = encode_to_codes(sae, vectors, labels, languages=languages)
@@ -310,8 +310,6 @@ def analyse_layer(ctx, unit, layer, sae, vectors, labels, clusters, ldir: Path) 
             gt_df = analyse_features(codes, sae.cfg.d_sae, token_clusters=gt, cfg=acfg)
             df["R_gt"] = gt_df["R"]
             row["mean_R_gt"] = float(gt_df.loc[~gt_df["dead"], "R"].mean())
-        from sae_bilingual.analysis.ground_truth import score_ground_truth
-
         gt_cols, gt_scores = score_ground_truth(codes, df, ctx.world.ground_truth, cfg=acfg)
         for c in gt_cols.columns:
             df[c] = gt_cols[c]
@@ -333,7 +331,7 @@ def analyse_layer(ctx, unit, layer, sae, vectors, labels, clusters, ldir: Path) 
     return row
 
 
-def _browser_features(df, n: int, languages) -> list[int]:
+def _browser_features(df: pd.DataFrame, n: int, languages: tuple[str, ...]) -> list[int]:
     """A balanced pick of live features per class for the browser (most active first)."""
     live = df[~df["dead"]]
     classes = list(languages) + ["mixed"]
@@ -345,14 +343,8 @@ def _browser_features(df, n: int, languages) -> list[int]:
     return picks
 
 
-def run_lr_grid(ctx, unit, out: Path, progress: bool = True) -> float:
+def run_lr_grid(ctx: StudyContext, unit: Unit, out: Path) -> float:
     """Train one SAE per LR on the final checkpoint's middle layer; pick the lowest val MSE."""
-    import pandas as pd
-
-    from sae_bilingual.io import save_parquet
-    from sae_bilingual.data.store import collect_activations
-    from sae_bilingual.sae.train import lr_grid
-
     grid = list(ctx.recipe.sae.lr_grid)
     path = out / "tables" / "lr_grid.csv"
     if path.exists():
@@ -361,17 +353,18 @@ def run_lr_grid(ctx, unit, out: Path, progress: bool = True) -> float:
             return float(df.loc[df["val_mse"].idxmin(), "lr"])
     model = _load_model(ctx, unit)
     hook = hook_for_layer(unit.layers[0])
-    eval_acts, _ = collect_activations(model, ctx.windows("eval", unit.model_index), [hook],
+    eval_acts, _ = store.collect_activations(model, ctx.windows("eval", unit.model_index), [hook],
                                        batch_size=ctx.recipe.data.lm_batch_size, device=ctx.recipe.device)
     cfg = train_config(ctx, grid[0], ctx.windows("train", unit.model_index).n_vectors)
-    df, best = lr_grid(lambda: _store(ctx, unit, model, [hook], cfg.batch_size, out), hook, cfg, eval_acts[hook], grid)
+    df, best = train.lr_grid(lambda: _store(ctx, unit, model, [hook], cfg.batch_size, out), hook, cfg, eval_acts[hook], grid)
     df["model"], df["iteration"], df["layer"] = unit.family, unit.iteration, unit.layers[0]
     save_parquet(df, out / "tables" / "lr_grid.parquet")
     atomic_write_text(path, df.to_csv(index=False))  # last: its presence marks the grid done
+    crash_point("lr_grid")
     return float(best)
 
 
-def _first_docs_per_lang(windows, n: int):
+def _first_docs_per_lang(windows: Any, n: int) -> Any:
     """The first ``n`` eval windows of each language (same tokens for every condition)."""
     keep = torch.cat([torch.nonzero(windows.lang == i).flatten()[:n] for i in range(len(windows.languages))])
     return windows.subset(keep.sort().values)

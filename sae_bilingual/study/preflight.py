@@ -11,28 +11,18 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from sae_bilingual.errors import CheckpointError, ConfigError, DataError, OutputError
 from sae_bilingual.config_checks import default_model_ids
+from sae_bilingual.data.store import check_token_ids
+from sae_bilingual.errors import CheckpointError, ConfigError, DataError
+from sae_bilingual.intervention.comet_bridge import comet_model_path, comet_python
+from sae_bilingual.study.unit import check_path_part
 
 log = logging.getLogger(__name__)
-
-SAFE_PATH_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
-
-
-def check_path_part(name: str, what: str = "model family") -> str:
-    """A name used as one directory level under the output dir: no '/', no '..', no leading dot."""
-    if not isinstance(name, str) or not SAFE_PATH_PART.fullmatch(name) or ".." in name:
-        raise OutputError(
-            f"{what} name {name!r} cannot be used as a directory name under the output dir "
-            "(it would write outside units/<family>/); use letters, digits, '.', '_', '+', '-' only"
-        )
-    return name
 
 
 def check_k_below_n(recipe: Any, d_model: int, family: str) -> None:
@@ -51,8 +41,6 @@ def check_comet(recipe: Any) -> None:
     """COMET requested (intervention.comet_python / comet_model) -> both must exist now."""
     iv = recipe.intervention
     if iv.enabled and (iv.comet_python or iv.comet_model):
-        from sae_bilingual.intervention.comet_bridge import comet_model_path, comet_python
-
         comet_python(iv.comet_python)
         comet_model_path(iv.comet_model)
 
@@ -151,11 +139,9 @@ def check_pairs_files(recipe: Any) -> None:
 def preflight(recipe: Any, plan: Any, ctx: Any) -> None:
     """Run every pre-study check on a resolved plan; raises a SaeBilingualError subclass.
 
-    ``plan``: the :class:`~sae_bilingual.study.run.Plan`; ``ctx``: its StudyContext (world,
+    ``plan``: the :class:`~sae_bilingual.study.plan.Plan`; ``ctx``: its StudyContext (world,
     families, windows are built and cached there, so the study reuses them).
     """
-    from sae_bilingual.data.store import check_token_ids
-
     check_device(recipe.device)
     for unit in plan.units:
         check_path_part(unit.family)

@@ -1,0 +1,23 @@
+"""The study's summary table: every finished layer's ``summary.json`` stacked into
+``tables/summary.{parquet,csv}``, one row per SAE (the report, figures and lineage read it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from sae_bilingual.io import atomic_write_text, save_parquet
+from sae_bilingual.study.artefacts import ARTEFACTS_KEY, SUMMARY_FILE, read_json
+from sae_bilingual.study.unit import layer_dirs
+
+
+def collect_summary(out: Path) -> pd.DataFrame:
+    """Stack every layer's summary.json (checksums left out) into tables/summary.{parquet,csv}."""
+    rows = [read_json(d.path / SUMMARY_FILE) for d in layer_dirs(out, having=(SUMMARY_FILE,))]
+    df = pd.DataFrame([{k: v for k, v in r.items() if k != ARTEFACTS_KEY} for r in rows if isinstance(r, dict)])
+    if len(df):
+        df = df.sort_values(["model", "iteration", "layer"]).reset_index(drop=True)
+    save_parquet(df, out / "tables" / "summary.parquet")
+    atomic_write_text(out / "tables" / "summary.csv", df.to_csv(index=False))
+    return df
