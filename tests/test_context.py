@@ -18,7 +18,8 @@ from sae_bilingual.data.corpus import make_windows
 from sae_bilingual.study.context import StudyContext, tokenizer_key
 
 EN = ["the cat sat", "a dog ran far", "the dog sat", "a cat ran", "the cat ran far", "a dog sat"]
-JA = ["ねこ が すわった", "いぬ が はしった", "ねこ が はしった", "いぬ が すわった", "ねこ と いぬ", "いぬ と ねこ"]
+JA = ["ねこ が すわった", "いぬ が はしった", "ねこ が はしった",
+      "いぬ が すわった", "ねこ と いぬ", "いぬ と ねこ"]
 WORDS = sorted({w for line in EN + JA for w in line.split()})
 
 

@@ -195,8 +195,8 @@ def browser(study: Path, max_saes: int, max_features: int, max_examples: int) ->
     index, scripts = [], []
     for i, u in enumerate(chosen):
         payload, summary = _browser_data(u, max_features, max_examples)
-        index.append({"label": f"{u['model']} / {iter_dirname(u['iteration'])} / layer {u['layer']}", "summary": summary,
-                      "default": i == first})
+        index.append({"label": f"{u['model']} / {iter_dirname(u['iteration'])} / layer {u['layer']}",
+                      "summary": summary, "default": i == first})
         scripts.append(_json_script(payload, f"fb-sae-{i}"))
     note = (f'<p class="note">{len(chosen)} of {len(units)} SAEs embedded'
             + (" (each model's final checkpoint and middle layers first)" if len(chosen) < len(units) else "")
