@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 
@@ -18,6 +19,7 @@ from sae_bilingual.world.generator import (
     Style,
     build_lexicon,
     generate_documents,
+    generate_translation_pairs,
     n_lexicon_concepts,
     realize_en,
     realize_ja,
@@ -106,6 +108,39 @@ def test_bilingual_documents_alternate_translation_pairs():
     mono = generate_documents(lex, GeneratorConfig(seed=0, bilingual_share=0.0), 30)
     assert all(len(set(d.token_langs)) == 1 and d.token_langs[0] == d.lang for d in mono)
     assert all(len(d.tokens) + 1 <= 64 for d in docs + mono)
+
+
+def _corpus_digest(cfg: WorldConfig) -> str:
+    """sha256 over everything the generator gives build_world: vocabulary, train/eval documents, pairs."""
+    gcfg = cfg.generator_config()
+    lex = build_lexicon(cfg.n_concepts, cfg.languages)
+    h = hashlib.sha256(json.dumps(vocabulary(lex), ensure_ascii=False).encode())
+    for n, offset, share in ((cfg.n_train_docs, 0, cfg.bilingual_share), (cfg.n_eval_docs, 1, 0.0)):
+        for d in generate_documents(lex, gcfg, n, seed_offset=offset, bilingual_share=share):
+            h.update(json.dumps([d.lang, d.tokens, d.concepts, d.token_langs, d.bilingual], ensure_ascii=False).encode())
+    h.update(json.dumps(generate_translation_pairs(lex, gcfg, cfg.n_translation_pairs), ensure_ascii=False).encode())
+    return h.hexdigest()
+
+
+# Pinned before the lexicon moved from Python tables to world/lexicon.tsv (issue 18): the
+# generated corpus must stay token for token what it was, or every cached world and every
+# study result changes. Update a hash only with a deliberate change of the generator (and
+# a WORLD_VERSION bump).
+_PINNED_CORPORA = [
+    (dict(), "f282ca5953059653a2bd3878c23ef6018164402d9dfc71c3ff7c2ac645748832"),
+    (dict(n_concepts=None, n_train_docs=300, n_eval_docs=50, n_translation_pairs=20),
+     "6e1cb578bc2e76d41d6f4340efb73f2dcc4bcef800cd2f4288b3c3b14d0caa02"),
+    (dict(languages=("en", "ja", "xx"), n_train_docs=300), "57a252d91d4e5568b6ac0a00de122cf11fc5bbbbd5f9734cb91c9f86562084a6"),
+    (dict(codeswitch_rate=0.5, n_train_docs=300), "3468c8c5c91951b2cb6646951f332899a707c9a8f75863462dc6069d8b5e3a59"),
+    (dict(disjoint=True, bilingual_share=0.0, n_train_docs=300),
+     "5a245fb8237dfa66b60dc30da721b008a629126f124ad84beea2b33b8cfc88e9"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "digest"), _PINNED_CORPORA, ids=["tiny", "default-lexicon", "trilingual",
+                                                                        "codeswitch", "disjoint"])
+def test_generated_corpus_is_pinned(overrides, digest):
+    assert _corpus_digest(WorldConfig.tiny(**overrides)) == digest
 
 
 def test_checkpoint_steps_log_spaced():
