@@ -229,9 +229,8 @@ def test_three_language_classes_and_mix_column():
 
 
 def test_pseudo_language_xx_lexicon_and_word_order():
-    from sae_bilingual.world.generator import (
-        GeneratorConfig, build_lexicon, generate_translation_pairs, vocabulary,
-    )
+    from sae_bilingual.world.generator import GeneratorConfig, generate_translation_pairs
+    from sae_bilingual.world.lexicon import build_lexicon, vocabulary
 
     lex = build_lexicon(90, ("en", "ja", "xx"))
     rows = vocabulary(lex)  # raises if a surface form maps to two (language, concept) pairs

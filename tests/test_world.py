@@ -10,22 +10,20 @@ import numpy as np
 import pytest
 import torch
 
+from sae_bilingual.errors import ConfigError
+from sae_bilingual.models.catalogue import iter_dirname
 from sae_bilingual.world import World, WorldConfig, build_world, is_complete, world_dir
-from sae_bilingual.world.generator import (
+from sae_bilingual.world.generator import FrameSampler, GeneratorConfig, generate_documents, generate_translation_pairs
+from sae_bilingual.world.grammar import Frame, Style, realize_en, realize_ja
+from sae_bilingual.world.lexicon import (
     NO_CONCEPT,
-    Frame,
-    FrameSampler,
-    GeneratorConfig,
-    Style,
     build_lexicon,
-    generate_documents,
-    generate_translation_pairs,
+    lexicon_table,
     n_lexicon_concepts,
-    realize_en,
-    realize_ja,
+    parse_lexicon,
     vocabulary,
 )
-from sae_bilingual.world.pretrain import checkpoint_steps, iteration_dirname
+from sae_bilingual.world.pretrain import checkpoint_steps
 
 # ------------------------------------------------------------------ generator (fast)
 
@@ -44,6 +42,29 @@ def test_lexicon_has_300_concepts_each_in_both_languages():
     # Japanese surface forms really are Japanese script
     ja_forms = [t for t, lang, *_ in rows if lang == "ja"]
     assert all(any("\u3000" <= ch <= "\u30ff" or "\u4e00" <= ch <= "\u9fff" for ch in t) for t in ja_forms)
+
+
+def test_lexicon_file_is_parsed_by_category_and_bad_files_are_named():
+    header = "pos\tnoun_class\tkey\ten\tja\tattrs\tditransitive"
+    text = "\n".join(["# comment", header, "verb\t\tgive\tgive gives gave\tあげる あげ あげた\tfood object\tditr",
+                      "verb\t\teat\teat eats ate\t食べる 食べ 食べた\tfood", "", "number\t\tone\tone\t一"])
+    table = parse_lexicon(text)
+    assert list(table) == ["verb", "number"]
+    give, eat = table["verb"]
+    assert (give.key, give.attrs, give.ditransitive) == ("give", "food object", True)
+    assert (eat.attrs, eat.ditransitive) == ("food", False)  # trailing empty column left out
+    assert table["number"][0].attrs == "" and table["number"][0].ja == "一"
+    with pytest.raises(ConfigError, match="header"):
+        parse_lexicon("verb\t\tgive\tgive gives gave\tあげる あげ あげた")
+    with pytest.raises(ConfigError, match=":3: expected 5"):
+        parse_lexicon(f"{header}\nnumber\t\tone\tone\t一\nnumber\tone")
+    with pytest.raises(ConfigError, match="keep its lines together"):
+        parse_lexicon(f"{header}\nnumber\t\tone\tone\t一\nadverb\t\tagain\tagain\tまた\nnumber\t\ttwo\ttwo\t二")
+    # the packaged file: 15 categories in the order concepts are numbered, ids follow file order
+    lex = build_lexicon()
+    packaged = [e.key for entries in lexicon_table().values() for e in entries]
+    assert [c.key for c in lex.concepts] == packaged and [c.id for c in lex.concepts] == list(range(len(packaged)))
+    assert list(lexicon_table())[:3] == ["name", "person", "animal"] and len(lexicon_table()) == 15
 
 
 def test_generator_is_deterministic_from_seed():
@@ -148,7 +169,7 @@ def test_checkpoint_steps_log_spaced():
     assert len(s) == 10 and s[0] == 0 and s[-1] == 600 and s == sorted(set(s))
     assert s[1] <= 2 and s[5] < 60  # dense early
     assert checkpoint_steps(5, 10) == [0, 1, 2, 3, 4, 5]
-    assert iteration_dirname(42) == "iter_0000042"
+    assert iter_dirname(42) == "iter_0000042"
 
 
 # ------------------------------------------------------------------ the tiny world
@@ -300,7 +321,6 @@ def test_partial_build_is_detected_and_rebuilt(tmp_path):
 
 
 def test_config_validation_and_thread_backoff(monkeypatch):
-    from sae_bilingual.errors import ConfigError
     from sae_bilingual.world import pretrain as pt
 
     with pytest.raises(ConfigError, match="bilingual_share"):
