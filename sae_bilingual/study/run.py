@@ -346,7 +346,7 @@ def _run_locked(recipe: Recipe, ctx: StudyContext, plan: Plan, timer: StageTimer
 
         timer.call("intervention", run_intervention, ctx, plan, out, progress=progress)
     from sae_bilingual.report.figures import make_all_figures
-    from sae_bilingual.analysis.lineage import run_all_lineage
+    from sae_bilingual.study.lineage_stage import run_all_lineage
     from sae_bilingual.report.html import write_report
 
     timer.call("lineage", run_all_lineage, out)
