@@ -13,7 +13,14 @@ import torch
 from sae_bilingual.intervention.experiment import run_intervention_table, run_intervention_table_one_at_a_time
 from sae_bilingual.intervention.hook import FeatureInjection
 from sae_bilingual.intervention.metrics import PromptTemplate, chrf, perplexity, translate
-from sae_bilingual.intervention.tables import PAPER_TABLE1, aggregate_table, compare_with_paper, table1, table4, to_markdown
+from sae_bilingual.intervention.tables import (
+    PAPER_TABLE1,
+    aggregate_table,
+    compare_with_paper,
+    table1,
+    table4,
+    to_markdown,
+)
 from tests.test_comet_bridge import fake_comet  # noqa: F401  (fixture)
 from tests.test_intervention import HOOK, StandInSAE, tiny_model
 

@@ -258,7 +258,8 @@ def test_span_figure_has_one_line_per_checkpoint():
 
 
 def test_lr_grid_stars_the_lowest_validation_loss():
-    lr = pd.DataFrame({"model": "toy-a", "layer": 2, "lr": [5e-3, 1e-4, 1e-3, 5e-4], "val_mse": [0.08, 0.05, 0.03, 0.02]})
+    lr = pd.DataFrame({"model": "toy-a", "layer": 2, "lr": [5e-3, 1e-4, 1e-3, 5e-4],
+                       "val_mse": [0.08, 0.05, 0.03, 0.02]})
     ax = plot_lr_grid(lr).axes[0]
     curve, star = ax.lines
     np.testing.assert_allclose(curve.get_xdata(), [1e-4, 5e-4, 1e-3, 5e-3])  # sorted by LR
@@ -316,4 +317,5 @@ def test_lineage_flows_draw_class_bars_and_one_band_per_flow():
     # one bar segment per non-empty (checkpoint, class) cell, heights = the class counts
     assert [p.get_height() for p in bars] == [5, 4, 1, 3, 2, 4, 1]
     assert len(ax.collections) == len(flows)  # one band per (class, class) flow
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["iter 0\n0", "iter 10\n640"]  # tokens < 0: unknown, no label
+    # x labels: iteration and tokens (a checkpoint with tokens < 0, unknown, gets no token line)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["iter 0\n0", "iter 10\n640"]

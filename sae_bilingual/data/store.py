@@ -339,4 +339,3 @@ class ActivationStore:
     def __next__(self) -> Any:
         a, lab = self.next_with_labels()
         return (a, lab) if self.with_labels else a
-

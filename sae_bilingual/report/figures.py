@@ -250,7 +250,6 @@ def fig_lr_grid(lr_df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     return save_figure(plot_lr_grid(lr_df), out_dir, "lr_grid")
 
 
-
 def _size_key(s: object) -> tuple[float, str]:
     m = re.search(r"([\d.]+)\s*([kmbt]?)", str(s).lower())
     if not m:

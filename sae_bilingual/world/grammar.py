@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from sae_bilingual.world.lexicon import NO_CONCEPT, Concept, Lexicon
 
 
-
 @dataclass
 class NP:
     """Noun phrase: head concept, optional adjective, number, possessor (a name/person)."""
@@ -273,4 +272,3 @@ def realize_xx(lex: Lexicon, fr: Frame, style: Style) -> list[Token]:
 REALIZERS: dict[str, Callable[[Lexicon, Frame, Style], list[Token]]] = {
     "en": realize_en, "ja": realize_ja, "xx": realize_xx,
 }
-

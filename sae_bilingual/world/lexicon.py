@@ -131,7 +131,8 @@ def parse_lexicon(text: str, source: str = LEXICON_FILE) -> dict[str, list[Entry
             raise ConfigError(f"{source}:{n}: column ditransitive must be empty or 'ditr', got {cells[6]!r}")
         pos = cells[0]
         if pos in out and pos != next(reversed(out)):
-            raise ConfigError(f"{source}:{n}: category {pos!r} continues after another category; keep its lines together")
+            raise ConfigError(f"{source}:{n}: category {pos!r} continues after another category; "
+                              "keep its lines together")
         out.setdefault(pos, []).append(Entry(*cells[:6], ditransitive=cells[6] == "ditr"))
     return out
 
