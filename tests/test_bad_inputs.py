@@ -83,7 +83,8 @@ class ExpensiveWork(AssertionError):
 @pytest.fixture
 def no_lm_no_sae(monkeypatch):
     """Any LM activation pass or SAE training fails the test."""
-    from sae_bilingual.data import store, train
+    from sae_bilingual.data import store
+    from sae_bilingual.sae import train
 
     def boom(*a, **k):
         raise ExpensiveWork("expensive work started before the bad input was reported")

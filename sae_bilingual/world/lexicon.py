@@ -120,7 +120,8 @@ def parse_lexicon(text: str, source: str = LEXICON_FILE) -> dict[str, list[Entry
     """
     lines = [(n, ln) for n, ln in enumerate(text.splitlines(), 1) if ln.strip() and not ln.startswith("#")]
     if not lines or tuple(lines[0][1].rstrip("\t").split("\t")) != _COLUMNS:
-        raise ConfigError(f"{source}: the first non-comment line must be the header {chr(9).join(_COLUMNS)!r}")
+        raise ConfigError(f"{source}: the first non-comment line must be the tab-separated header "
+                          f"{' '.join(_COLUMNS)}")
     out: dict[str, list[Entry]] = {}
     for n, line in lines[1:]:
         cells = line.split("\t")
