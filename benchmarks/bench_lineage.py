@@ -49,7 +49,7 @@ def main() -> None:
     ap.add_argument("--block", type=int, default=1024)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from sae_bilingual.analysis.lineage import MatchConfig, match_codes
+    from sae_bilingual.analysis.matching import MatchConfig, match_codes
 
     t = time.perf_counter()
     a, b, perm = synthetic_pair(args.rows, args.n, args.k)

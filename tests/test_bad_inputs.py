@@ -519,7 +519,7 @@ def test_tokenizer_larger_than_model_vocab_at_family_load(world):
 
 
 def test_class_with_fewer_than_m_features():
-    from sae_bilingual.intervention.hook import class_mask
+    from sae_bilingual.intervention.masks import class_mask
 
     df = pd.DataFrame({"cls": ["en"] * 5 + ["mixed"] * 2, "dead": [False] * 7})
     with pytest.raises(DataError) as e:

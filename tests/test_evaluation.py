@@ -10,20 +10,17 @@ import pandas as pd
 import pytest
 import torch
 
-from sae_bilingual.intervention.metrics import (
+from sae_bilingual.intervention.experiment import run_intervention_table, run_intervention_table_one_at_a_time
+from sae_bilingual.intervention.hook import FeatureInjection
+from sae_bilingual.intervention.metrics import PromptTemplate, chrf, perplexity, translate
+from sae_bilingual.intervention.tables import (
     PAPER_TABLE1,
-    PromptTemplate,
     aggregate_table,
-    chrf,
     compare_with_paper,
-    perplexity,
     table1,
     table4,
     to_markdown,
-    translate,
 )
-from sae_bilingual.intervention.hook import FeatureInjection
-from sae_bilingual.intervention.experiment import run_intervention_table, run_intervention_table_one_at_a_time
 from tests.test_comet_bridge import fake_comet  # noqa: F401  (fixture)
 from tests.test_intervention import HOOK, StandInSAE, tiny_model
 

@@ -11,15 +11,8 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from sae_bilingual.errors import ConfigError, DataError, SAEFileError
-from sae_bilingual.intervention.hook import (
-    FeatureInjection,
-    class_features,
-    class_mask,
-    class_masks,
-    final_residuals,
-    mask_tensor,
-    scale_m,
-)
+from sae_bilingual.intervention.hook import FeatureInjection, final_residuals
+from sae_bilingual.intervention.masks import class_features, class_mask, class_masks, mask_tensor, scale_m
 
 D = 32
 N_LAYERS = 3

@@ -11,10 +11,9 @@ import pytest
 
 from sae_bilingual.analysis.features import analyse_features
 from sae_bilingual.analysis.codes import Codes
-from sae_bilingual.analysis.lineage import (
-    Checkpoint, MatchConfig, classify_origins, coactivation_matrix, edge_precision,
-    lineage_over_checkpoints, match_codes, run_lineage,
-)
+from sae_bilingual.analysis.lineage import Checkpoint, classify_origins, edge_precision, lineage_over_checkpoints
+from sae_bilingual.analysis.matching import MatchConfig, coactivation_matrix, match_codes
+from sae_bilingual.study.lineage_stage import run_lineage
 
 
 def random_codes(m=600, n=48, k=4, seed=0) -> Codes:
@@ -229,9 +228,8 @@ def test_three_language_classes_and_mix_column():
 
 
 def test_pseudo_language_xx_lexicon_and_word_order():
-    from sae_bilingual.world.generator import (
-        GeneratorConfig, build_lexicon, generate_translation_pairs, vocabulary,
-    )
+    from sae_bilingual.world.generator import GeneratorConfig, generate_translation_pairs
+    from sae_bilingual.world.lexicon import build_lexicon, vocabulary
 
     lex = build_lexicon(90, ("en", "ja", "xx"))
     rows = vocabulary(lex)  # raises if a surface form maps to two (language, concept) pairs
@@ -256,7 +254,7 @@ TOY3_OVERRIDES = {"world.overrides": {"languages": ["en", "ja", "xx"]}, "data.la
 def test_three_language_toy_study_and_lineage(world_cache, tmp_path):
     """The smoke recipe with a third language end to end, then lineage of every layer."""
     from sae_bilingual.config import load_recipe
-    from sae_bilingual.analysis.lineage import run_all_lineage
+    from sae_bilingual.study.lineage_stage import run_all_lineage
     from sae_bilingual.report.html import write_report
     from sae_bilingual.study.run import run_study
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 
@@ -9,21 +10,20 @@ import numpy as np
 import pytest
 import torch
 
+from sae_bilingual.errors import ConfigError
+from sae_bilingual.models.catalogue import iter_dirname
 from sae_bilingual.world import World, WorldConfig, build_world, is_complete, world_dir
-from sae_bilingual.world.generator import (
+from sae_bilingual.world.generator import FrameSampler, GeneratorConfig, generate_documents, generate_translation_pairs
+from sae_bilingual.world.grammar import Frame, Style, realize_en, realize_ja
+from sae_bilingual.world.lexicon import (
     NO_CONCEPT,
-    Frame,
-    FrameSampler,
-    GeneratorConfig,
-    Style,
     build_lexicon,
-    generate_documents,
+    lexicon_table,
     n_lexicon_concepts,
-    realize_en,
-    realize_ja,
+    parse_lexicon,
     vocabulary,
 )
-from sae_bilingual.world.pretrain import checkpoint_steps, iteration_dirname
+from sae_bilingual.world.pretrain import checkpoint_steps
 
 # ------------------------------------------------------------------ generator (fast)
 
@@ -42,6 +42,29 @@ def test_lexicon_has_300_concepts_each_in_both_languages():
     # Japanese surface forms really are Japanese script
     ja_forms = [t for t, lang, *_ in rows if lang == "ja"]
     assert all(any("\u3000" <= ch <= "\u30ff" or "\u4e00" <= ch <= "\u9fff" for ch in t) for t in ja_forms)
+
+
+def test_lexicon_file_is_parsed_by_category_and_bad_files_are_named():
+    header = "pos\tnoun_class\tkey\ten\tja\tattrs\tditransitive"
+    text = "\n".join(["# comment", header, "verb\t\tgive\tgive gives gave\tあげる あげ あげた\tfood object\tditr",
+                      "verb\t\teat\teat eats ate\t食べる 食べ 食べた\tfood", "", "number\t\tone\tone\t一"])
+    table = parse_lexicon(text)
+    assert list(table) == ["verb", "number"]
+    give, eat = table["verb"]
+    assert (give.key, give.attrs, give.ditransitive) == ("give", "food object", True)
+    assert (eat.attrs, eat.ditransitive) == ("food", False)  # trailing empty column left out
+    assert table["number"][0].attrs == "" and table["number"][0].ja == "一"
+    with pytest.raises(ConfigError, match="header"):
+        parse_lexicon("verb\t\tgive\tgive gives gave\tあげる あげ あげた")
+    with pytest.raises(ConfigError, match=":3: expected 5"):
+        parse_lexicon(f"{header}\nnumber\t\tone\tone\t一\nnumber\tone")
+    with pytest.raises(ConfigError, match="keep its lines together"):
+        parse_lexicon(f"{header}\nnumber\t\tone\tone\t一\nadverb\t\tagain\tagain\tまた\nnumber\t\ttwo\ttwo\t二")
+    # the packaged file: 15 categories in the order concepts are numbered, ids follow file order
+    lex = build_lexicon()
+    packaged = [e.key for entries in lexicon_table().values() for e in entries]
+    assert [c.key for c in lex.concepts] == packaged and [c.id for c in lex.concepts] == list(range(len(packaged)))
+    assert list(lexicon_table())[:3] == ["name", "person", "animal"] and len(lexicon_table()) == 15
 
 
 def test_generator_is_deterministic_from_seed():
@@ -108,12 +131,45 @@ def test_bilingual_documents_alternate_translation_pairs():
     assert all(len(d.tokens) + 1 <= 64 for d in docs + mono)
 
 
+def _corpus_digest(cfg: WorldConfig) -> str:
+    """sha256 over everything the generator gives build_world: vocabulary, train/eval documents, pairs."""
+    gcfg = cfg.generator_config()
+    lex = build_lexicon(cfg.n_concepts, cfg.languages)
+    h = hashlib.sha256(json.dumps(vocabulary(lex), ensure_ascii=False).encode())
+    for n, offset, share in ((cfg.n_train_docs, 0, cfg.bilingual_share), (cfg.n_eval_docs, 1, 0.0)):
+        for d in generate_documents(lex, gcfg, n, seed_offset=offset, bilingual_share=share):
+            h.update(json.dumps([d.lang, d.tokens, d.concepts, d.token_langs, d.bilingual], ensure_ascii=False).encode())
+    h.update(json.dumps(generate_translation_pairs(lex, gcfg, cfg.n_translation_pairs), ensure_ascii=False).encode())
+    return h.hexdigest()
+
+
+# Pinned before the lexicon moved from Python tables to world/lexicon.tsv (issue 18): the
+# generated corpus must stay token for token what it was, or every cached world and every
+# study result changes. Update a hash only with a deliberate change of the generator (and
+# a WORLD_VERSION bump).
+_PINNED_CORPORA = [
+    (dict(), "f282ca5953059653a2bd3878c23ef6018164402d9dfc71c3ff7c2ac645748832"),
+    (dict(n_concepts=None, n_train_docs=300, n_eval_docs=50, n_translation_pairs=20),
+     "6e1cb578bc2e76d41d6f4340efb73f2dcc4bcef800cd2f4288b3c3b14d0caa02"),
+    (dict(languages=("en", "ja", "xx"), n_train_docs=300), "57a252d91d4e5568b6ac0a00de122cf11fc5bbbbd5f9734cb91c9f86562084a6"),
+    (dict(codeswitch_rate=0.5, n_train_docs=300), "3468c8c5c91951b2cb6646951f332899a707c9a8f75863462dc6069d8b5e3a59"),
+    (dict(disjoint=True, bilingual_share=0.0, n_train_docs=300),
+     "5a245fb8237dfa66b60dc30da721b008a629126f124ad84beea2b33b8cfc88e9"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "digest"), _PINNED_CORPORA, ids=["tiny", "default-lexicon", "trilingual",
+                                                                        "codeswitch", "disjoint"])
+def test_generated_corpus_is_pinned(overrides, digest):
+    assert _corpus_digest(WorldConfig.tiny(**overrides)) == digest
+
+
 def test_checkpoint_steps_log_spaced():
     s = checkpoint_steps(600, 10)
     assert len(s) == 10 and s[0] == 0 and s[-1] == 600 and s == sorted(set(s))
     assert s[1] <= 2 and s[5] < 60  # dense early
     assert checkpoint_steps(5, 10) == [0, 1, 2, 3, 4, 5]
-    assert iteration_dirname(42) == "iter_0000042"
+    assert iter_dirname(42) == "iter_0000042"
 
 
 # ------------------------------------------------------------------ the tiny world
@@ -265,7 +321,6 @@ def test_partial_build_is_detected_and_rebuilt(tmp_path):
 
 
 def test_config_validation_and_thread_backoff(monkeypatch):
-    from sae_bilingual.errors import ConfigError
     from sae_bilingual.world import pretrain as pt
 
     with pytest.raises(ConfigError, match="bilingual_share"):

@@ -14,7 +14,8 @@ from sae_bilingual.study.controls import controls_table
 from sae_bilingual.errors import ConfigError
 from sae_bilingual.study.run import run_study
 from sae_bilingual.world import PRESETS, WorldConfig
-from sae_bilingual.world.generator import GeneratorConfig, build_lexicon, generate_documents, vocabulary
+from sae_bilingual.world.generator import GeneratorConfig, generate_documents
+from sae_bilingual.world.lexicon import build_lexicon, vocabulary
 
 SMOKE = Path(__file__).resolve().parents[1] / "recipes" / "smoke.yaml"
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
 
 from sae_bilingual.errors import DataError, SAEFileError
 from sae_bilingual.io import atomic_save_safetensors
@@ -116,8 +117,6 @@ class Codes:
     @classmethod
     def load(cls, path: str | os.PathLike) -> Codes:
         """Read a file written by `save`; raises SAEFileError naming the fix if it is not one."""
-        from safetensors import safe_open
-
         path = Path(path)
         if not path.is_file():
             raise SAEFileError(f"codes file {path} does not exist; rerun the encode step of this unit.")

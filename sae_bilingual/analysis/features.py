@@ -372,8 +372,6 @@ def summarise(df: pd.DataFrame, languages: Sequence[str] | None = None) -> dict[
     return out
 
 
-# ---------------------------------------------------------------- script rule
-
 _ASCII_LETTER = re.compile(r"[A-Za-z]")
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import datasets
 import numpy as np
 import torch
 
@@ -216,9 +217,7 @@ def tokenize_prefixes(tokenizer: Any, texts: Sequence[str], context: int) -> lis
 
 
 def _dataset(rows: dict[str, list]) -> Any:
-    from datasets import Dataset
-
-    return Dataset.from_dict(rows)
+    return datasets.Dataset.from_dict(rows)
 
 
 MAX_DOC_CHARS = 1 << 16
@@ -312,8 +311,6 @@ def from_hf_dataset(name_or_path: str, split: str = "train", text_field: str = "
     Give ``lang_field`` (a column with language codes) or a constant ``lang`` for the whole
     split. Each document keeps its first ``max_chars`` characters.
     """
-    import datasets
-
     p = Path(name_or_path)
     if p.is_dir() and any((p / f).exists() for f in ("dataset_info.json", "state.json", "dataset_dict.json")):
         ds = datasets.load_from_disk(str(p))

@@ -3,7 +3,7 @@
 Paper: the first 64 tokens of each document go through the LM, the BOS position is dropped,
 each remaining residual vector is L2-normalised, and training reads them from a shuffling
 buffer (sizes per LM in PAPER.md). ``ActivationStore`` is the iterator SAELens's
-``MultiSAETrainer`` (dict per step) or ``SAETrainer`` (tensor per step) consumes.
+``MultiSAETrainer`` consumes (a dict hook -> batch per step).
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 
 from sae_bilingual.data.corpus import Windows
 from sae_bilingual.errors import DataError
+from sae_bilingual.io import atomic_dir, atomic_save_safetensors, atomic_write_json
 from sae_bilingual.layers import stop_at_layer_for
 
 log = logging.getLogger(__name__)
@@ -219,8 +221,6 @@ class ActivationStore:
 
     # -- sources -------------------------------------------------------------------------
     def _write_cache(self, cache_id: Mapping[str, Any]) -> None:
-        from sae_bilingual.io import atomic_dir, atomic_save_safetensors, atomic_write_json
-
         assert self.shard_dir is not None
         rows = self._shard_rows()
         with atomic_dir(self.shard_dir) as tmp:
@@ -241,8 +241,6 @@ class ActivationStore:
         """Endless chunks of (acts, labels), from the cache shards or the LM; None ends an epoch."""
         while True:
             if self.shard_dir is not None:
-                from safetensors.torch import load_file
-
                 names = json.loads((self.shard_dir / "index.json").read_text())["shards"]
                 order = torch.randperm(len(names), generator=self.gen) if self.shuffle else range(len(names))
                 for i in order:
@@ -341,10 +339,3 @@ class ActivationStore:
     def __next__(self) -> Any:
         a, lab = self.next_with_labels()
         return (a, lab) if self.with_labels else a
-
-    def single(self, hook: str) -> Iterator[torch.Tensor]:
-        """Tensor iterator for one hook (SAELens ``SAETrainer`` data provider)."""
-        if hook not in self.hooks:
-            raise DataError(f"hook {hook} is not in this store; stored hooks: {self.hooks}")
-        while True:
-            yield self.next_with_labels()[0][hook]

@@ -44,15 +44,8 @@ from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
 from sae_bilingual.errors import ConfigError, DataError, SAEFileError
 from sae_bilingual.intervention.injection import alphas_tensor, grouped_delta, sae_param
+from sae_bilingual.intervention.masks import mask_tensor
 from sae_bilingual.layers import hook_for_layer, layer_for_hook, stop_at_layer_for
-from sae_bilingual.intervention.masks import (  # noqa: F401  (re-exported: the masks used to live here)
-    D_SAE_PAPER,
-    class_features,
-    class_mask,
-    class_masks,
-    mask_tensor,
-    scale_m,
-)
 
 log = logging.getLogger(__name__)
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sae_bilingual.errors import CheckpointError
+from sae_bilingual.models.sizes import llmjp_spec
 
 log = logging.getLogger(__name__)
 
@@ -156,8 +157,6 @@ class CheckpointCatalogue:
         with ``root`` the checkpoints found there are listed instead (token counts from the
         size table).
         """
-        from sae_bilingual.models.llmjp import llmjp_spec
-
         spec = llmjp_spec(size)
         if root is not None:
             return cls.from_root(root, tokens_per_iteration=spec.tokens_per_iteration)

@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import list_repo_refs
+from transformers import AutoConfig
 
 from sae_bilingual.errors import CheckpointError
 from sae_bilingual.models.catalogue import CATALOGUE_FILE, Checkpoint, CheckpointCatalogue
@@ -102,8 +104,6 @@ def scan_root(root: str | Path, tokens_per_step: int | None = None, *, family: s
 
 def hub_branch_checkpoints(repo: str, tokens_per_step: int | None, *, family: str = "model") -> list[Checkpoint]:
     """Checkpoints of a Hub repo whose branches are named by step (needs the network)."""
-    from huggingface_hub import list_repo_refs
-
     try:
         branches = [b.name for b in list_repo_refs(repo).branches]
     except Exception as e:  # noqa: BLE001  offline, gated, missing
@@ -182,8 +182,6 @@ class HFFamily(HFLlamaFamily):
     @cached_property
     def hf_config(self) -> Any:
         """HF config of the final checkpoint (checked to be convertible)."""
-        from transformers import AutoConfig
-
         if self.default_config is not None:
             return self.default_config
         where, rev = self._where(self.catalogue().final)

@@ -18,8 +18,10 @@ from typing import Any
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformer_lens.pretrained.weight_conversions.llama import convert_llama_weights
+from transformers import AutoModelForCausalLM
 
 from sae_bilingual.errors import CheckpointError, ConfigError
+from sae_bilingual.models.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +163,8 @@ def hooked_from_hf_model(
     return model
 
 
-def _has_tokenizer_files(path: Path) -> bool:
+def has_tokenizer_files(path: Path) -> bool:
+    """Whether ``path`` holds tokenizer files (tokenizer.json, tokenizer_config.json or tokenizer.model)."""
     names = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
     return any((path / n).exists() for n in names)
 
@@ -174,8 +177,6 @@ def load_hf_llama(
     trust_remote_code: bool = False,
 ) -> Any:
     """Load an HF causal LM from a local directory or a Hub repo id (+ revision), on CPU."""
-    from transformers import AutoModelForCausalLM
-
     local = Path(path_or_repo).expanduser()
     if local.exists():
         if not (local / "config.json").exists():
@@ -222,8 +223,6 @@ def load_hooked(
     ``tokenizer``: a tokenizer object, a path/repo for :func:`load_tokenizer`, or None to use
     the tokenizer files next to the weights when there are any (else the model has none).
     """
-    from sae_bilingual.models.tokenizer import load_tokenizer
-
     hf_model = load_hf_llama(
         path_or_repo, revision=revision, dtype=dtype, trust_remote_code=trust_remote_code
     )
@@ -231,7 +230,7 @@ def load_hooked(
         tokenizer = load_tokenizer(tokenizer)
     elif tokenizer is None:
         local = Path(path_or_repo).expanduser()
-        if local.exists() and _has_tokenizer_files(local):
+        if local.exists() and has_tokenizer_files(local):
             tokenizer = load_tokenizer(local)
         elif not local.exists():
             try:

@@ -1,116 +1,54 @@
-"""LLM-jp-3: size table, HF configs, TransformerLens registration, and loading.
+"""LLM-jp-3: HF configs, TransformerLens registration, the model families and loading.
 
-Source of every number in :data:`LLMJP_SIZES`: ``../shared/LLMJP.md`` of the project ("LLM-jp-3 facts"),
-which restates the public Hub configs ``llm-jp/llm-jp-3-<size>/config.json`` (hidden_size,
-num_hidden_layers, num_attention_heads = num_key_value_heads, head_dim, intermediate_size;
-vocab_size 99,584; max_position_embeddings 4096; rope_theta 10000; rms_norm_eps 1e-5;
-untied embeddings; no biases) and the LLM-jp training scripts (global batch 512 x 4096
-tokens = 2,097,152 tokens/iteration for 150m-1.8b, 1024 x 4096 = 4,194,304 for 3.7b-13b;
-final iteration 988,240 / 494,120). The 440m tokens/iteration is inferred there (same
-recipe as the other small sizes).
+The size table (shapes, tokens per iteration, final iterations, with sources) lives in
+:mod:`sae_bilingual.models.sizes`; this module turns it into ``transformers`` configs, makes
+``HookedTransformer.from_pretrained("llm-jp/llm-jp-3-<size>")`` work offline and registers
+one model family per size (:func:`register_llmjp_families`, called by ``sae_bilingual.models``).
 """
 
 from __future__ import annotations
 
 import contextvars
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+import transformer_lens.loading_from_pretrained as tl_loading
+from transformer_lens import supported_models
+from transformers import LlamaConfig
 
-from sae_bilingual.errors import CheckpointError
+from sae_bilingual.models.hf import hooked_config_dict_from_hf
+from sae_bilingual.models.registry import FamilyFactory, HFLlamaFamily, ModelFamily, get_family
+from sae_bilingual.models.sizes import (
+    BOS_ID,
+    EOS_ID,
+    LLMJP_SIZES,
+    MAX_POSITION_EMBEDDINGS,
+    PAD_ID,
+    RMS_NORM_EPS,
+    ROPE_THETA,
+    VOCAB_SIZE,
+    llmjp_spec,
+    normalise_size,
+)
 
 log = logging.getLogger(__name__)
 
-HUB_ORG = "llm-jp"
-VOCAB_SIZE = 99_584
-MAX_POSITION_EMBEDDINGS = 4096
-ROPE_THETA = 10_000.0
-RMS_NORM_EPS = 1e-5
-BOS_ID, EOS_ID, PAD_ID = 1, 2, 4
-
-
-@dataclass(frozen=True)
-class LlmJpSpec:
-    """Shape and schedule of one LLM-jp-3 size (see module docstring for sources)."""
-
-    size: str
-    """Size label as in the Hub repo name, e.g. "1.8b"."""
-    d_model: int
-    """hidden_size."""
-    n_layers: int
-    """num_hidden_layers."""
-    n_heads: int
-    """num_attention_heads (= num_key_value_heads: no GQA in LLM-jp-3)."""
-    d_head: int
-    """head_dim."""
-    d_mlp: int
-    """intermediate_size (SwiGLU)."""
-    tokens_per_iteration: int
-    """Global batch x sequence length: training tokens per Megatron iteration."""
-    final_iteration: int
-    """Iteration of the released (final) checkpoint."""
-
-    @property
-    def repo_id(self) -> str:
-        """Hub repo of the final weights."""
-        return f"{HUB_ORG}/llm-jp-3-{self.size}"
-
-    @property
-    def name(self) -> str:
-        """Family name, e.g. "llm-jp-3-1.8b"."""
-        return f"llm-jp-3-{self.size}"
-
-
-# From ../shared/LLMJP.md (= public HF config.json of llm-jp/llm-jp-3-<size> + training scripts).
-LLMJP_SIZES: dict[str, LlmJpSpec] = {
-    s.size: s
-    for s in (
-        LlmJpSpec("150m", 512, 12, 8, 64, 2048, 2_097_152, 988_240),
-        LlmJpSpec("440m", 1024, 16, 8, 128, 3584, 2_097_152, 988_240),  # tokens/iter inferred
-        LlmJpSpec("980m", 1536, 20, 8, 192, 5376, 2_097_152, 988_240),
-        LlmJpSpec("1.8b", 2048, 24, 16, 128, 7168, 2_097_152, 988_240),
-        LlmJpSpec("3.7b", 3072, 28, 24, 128, 8192, 4_194_304, 494_120),
-        LlmJpSpec("7.2b", 4096, 32, 32, 128, 11008, 4_194_304, 494_120),
-        LlmJpSpec("13b", 5120, 40, 40, 128, 13824, 4_194_304, 494_120),
-    )
-}
-
-
-def normalise_size(size: str) -> str:
-    """Accept "1.8b", "1.8B", "llm-jp-3-1.8b" or "llm-jp/llm-jp-3-1.8b"; return "1.8b"."""
-    s = str(size).strip().lower()
-    for prefix in (f"{HUB_ORG}/", "llm-jp-3-"):
-        if s.startswith(prefix):
-            s = s[len(prefix) :]
-    if s not in LLMJP_SIZES:
-        raise CheckpointError(
-            f"unknown LLM-jp-3 size {size!r}; valid sizes: {', '.join(LLMJP_SIZES)}"
-        )
-    return s
-
-
-def llmjp_spec(size: str) -> LlmJpSpec:
-    """The :class:`LlmJpSpec` of a size (any spelling accepted by :func:`normalise_size`)."""
-    return LLMJP_SIZES[normalise_size(size)]
-
-
-def tokens_per_iteration(size: str) -> int:
-    """Training tokens per Megatron iteration for a size (2,097,152 or 4,194,304)."""
-    return llmjp_spec(size).tokens_per_iteration
+__all__ = [
+    "llmjp_llama_config", "llmjp_structure_config", "load_llmjp", "register_llmjp_families",
+    "register_with_transformer_lens", "transformer_lens_names",
+]
 
 
 def llmjp_structure_config(*, vocab_size: int, d_model: int, d_mlp: int, n_layers: int, n_heads: int,
                            d_head: int | None = None, max_position_embeddings: int = MAX_POSITION_EMBEDDINGS,
                            bos_token_id: int = BOS_ID, eos_token_id: int = EOS_ID, pad_token_id: int = PAD_ID,
-                           **extra: Any) -> Any:
+                           **extra: Any) -> LlamaConfig:
     """A ``LlamaConfig`` with LLM-jp-3's structural choices at any size: SwiGLU, RMSNorm
     (eps 1e-5), RoPE (theta 1e4), no biases, untied embeddings, as many KV heads as heads.
     Used for the real sizes and for the toy world's tiny model alike."""
-    from transformers import LlamaConfig
-
     return LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=d_model,
@@ -134,7 +72,7 @@ def llmjp_structure_config(*, vocab_size: int, d_model: int, d_mlp: int, n_layer
     )
 
 
-def llmjp_llama_config(size: str) -> Any:
+def llmjp_llama_config(size: str) -> LlamaConfig:
     """The ``transformers.LlamaConfig`` of an LLM-jp-3 size, built offline from the table."""
     s = llmjp_spec(size)
     return llmjp_structure_config(vocab_size=VOCAB_SIZE, d_model=s.d_model, d_mlp=s.d_mlp, n_layers=s.n_layers,
@@ -166,11 +104,6 @@ def register_with_transformer_lens() -> None:
     global _REGISTERED
     if _REGISTERED:
         return
-    import transformer_lens.loading_from_pretrained as tl_loading
-    from transformer_lens import supported_models
-
-    from sae_bilingual.models.hf import hooked_config_dict_from_hf
-
     for official, aliases in transformer_lens_names().items():
         if official not in supported_models.OFFICIAL_MODEL_NAMES:
             supported_models.OFFICIAL_MODEL_NAMES.append(official)
@@ -197,8 +130,6 @@ def register_with_transformer_lens() -> None:
             return original_convert(model_name, **kwargs)
         override = _HF_CFG_OVERRIDE.get()
         if override and "hidden_size" in override:
-            from transformers import LlamaConfig
-
             hf_config = LlamaConfig.from_dict(
                 {k: v for k, v in override.items() if k not in ("transformers_version",)}
             )
@@ -224,7 +155,38 @@ def register_with_transformer_lens() -> None:
     log.debug("registered %d LLM-jp-3 names with TransformerLens", len(names))
 
 
-# --------------------------------------------------------------------------- loading
+# --------------------------------------------------------------------------- families and loading
+def _llmjp_factory(size: str) -> FamilyFactory:
+    def make(source: Any = None, revision: str | None = None, tokenizer: Any = None,
+             tokens_per_step: int | None = None, name: str | None = None) -> ModelFamily:
+        spec = llmjp_spec(size)
+        root = Path(str(source)).expanduser() if source is not None else None
+        if (tokens_per_step is None and root is not None and root.is_dir() and not (root / "config.json").exists()
+                and not (root / "catalogue.json").exists()):
+            log.warning("%s: token counts of the checkpoints in %s come from the LLM-jp-3 %s schedule (%d tokens "
+                        "per iteration). If they were trained with another batch, set models[].tokens_per_step, "
+                        "write %s/catalogue.json, or use family: hf", spec.name, root, size,
+                        spec.tokens_per_iteration, root)
+        return HFLlamaFamily(
+            name=spec.name,
+            source=source,
+            hub_repo=spec.repo_id,
+            revision=revision,
+            tokens_per_iteration=tokens_per_step or spec.tokens_per_iteration,
+            final_iteration=spec.final_iteration,
+            tokenizer_source=tokenizer,
+            default_config=llmjp_llama_config(size),
+        )
+
+    return make
+
+
+def register_llmjp_families(register: Callable[..., None]) -> None:
+    """Register the family "llm-jp-3-<size>" of every size (``register`` = ``register_family``)."""
+    for size in LLMJP_SIZES:
+        register(f"llm-jp-3-{size}", _llmjp_factory(size), overwrite=True)
+
+
 def load_llmjp(
     size: str,
     checkpoint: int | None = None,
@@ -242,8 +204,6 @@ def load_llmjp(
     ``iter_NNNNNNN`` directories. ``checkpoint`` (iteration) or ``tokens`` selects one from
     the catalogue (see :meth:`CheckpointCatalogue.select`); neither = final.
     """
-    from sae_bilingual.models.registry import get_family
-
     fam = get_family(f"llm-jp-3-{normalise_size(size)}", source=source, revision=revision, tokenizer=tokenizer)
     ck = fam.catalogue().select(iteration=checkpoint, tokens=tokens)
     return fam.load(ck, device=device, dtype=dtype)

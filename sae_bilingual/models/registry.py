@@ -4,8 +4,9 @@ LLM-jp-3 sizes (Hub repo, a single HF directory, or a local root of ``iter_NNNNN
 the synthetic "toy" world (always a local root) are :class:`HFLlamaFamily`; the toy world goes
 through exactly the same code path as an LLM-jp local root. ``hf`` (any TransformerLens-
 convertible model) and the public families (Pythia, OLMo, BLOOM, CroissantLLM, ...) are
-:class:`~sae_bilingual.models.generic.HFFamily`, registered by ``sae_bilingual.models``.
-Users add models with :func:`register_family`.
+:class:`~sae_bilingual.models.generic.HFFamily`. ``sae_bilingual.models`` registers the
+built-in families (LLM-jp-3 sizes from :mod:`~sae_bilingual.models.llmjp`, "toy", "hf", the
+public ones); users add models with :func:`register_family`.
 """
 
 from __future__ import annotations
@@ -20,10 +21,14 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+from transformers import AutoConfig
 
 from sae_bilingual.errors import CheckpointError
-from sae_bilingual.layers import hook_for_layer, parse_layers
+from sae_bilingual.layers import hook_for_layer
 from sae_bilingual.models.catalogue import HUB_NOTE, ITER_DIR, Checkpoint, CheckpointCatalogue
+from sae_bilingual.models.hf import has_tokenizer_files, load_hooked
+from sae_bilingual.models.sizes import normalise_size
+from sae_bilingual.models.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +136,6 @@ class HFLlamaFamily:
     @cached_property
     def hf_config(self) -> Any:
         """HF config of the final checkpoint (offline default for remote weights)."""
-        from transformers import AutoConfig
-
         kind, where = self._source_kind(None)
         if kind == "hub":
             if self.default_config is not None:
@@ -156,10 +159,6 @@ class HFLlamaFamily:
         """TransformerLens hook of a paper layer; raises LayerError naming 0..n_layers."""
         return hook_for_layer(layer, self.n_layers)
 
-    def layers(self, spec: Any) -> list[int]:
-        """Expand a recipe layer spec ("all", "mid", "2-6", ...) for this model."""
-        return parse_layers(spec, self.n_layers)
-
     # -------------------------------------------------------------------- load
     def load(
         self,
@@ -168,8 +167,6 @@ class HFLlamaFamily:
         dtype: torch.dtype = torch.float32,
     ) -> Any:
         """Load one checkpoint (a Checkpoint, an iteration, or None = final) as a HookedTransformer."""
-        from sae_bilingual.models.hf import load_hooked
-
         cat = self.catalogue()
         if checkpoint is None or isinstance(checkpoint, int):
             ck = cat.select(iteration=checkpoint)
@@ -213,9 +210,6 @@ class HFLlamaFamily:
 
     def tokenizer(self) -> Any:
         """The family's tokenizer (explicit source, else files next to the final checkpoint)."""
-        from sae_bilingual.models.hf import _has_tokenizer_files
-        from sae_bilingual.models.tokenizer import load_tokenizer
-
         if self.tokenizer_source is not None and not isinstance(self.tokenizer_source, (str, Path)):
             return self.tokenizer_source
         if "_tok" in self.__dict__:
@@ -229,7 +223,7 @@ class HFLlamaFamily:
                 final = self.catalogue().final.path
                 root = Path(where)
                 candidates = [p for p in (final, root, root / "tokenizer") if p is not None]
-            hit = next((p for p in candidates if _has_tokenizer_files(Path(p))), None)
+            hit = next((p for p in candidates if has_tokenizer_files(Path(p))), None)
             if hit is not None:
                 tok = load_tokenizer(hit)
             elif kind == "hub":
@@ -282,8 +276,6 @@ def get_family(name: str, /, source: Any = None, **kwargs: Any) -> ModelFamily:
         key = key[len("llm-jp/") :]
     if key not in _FACTORIES:
         if key.startswith("llm-jp-3-"):
-            from sae_bilingual.models.llmjp import normalise_size
-
             normalise_size(key)  # raises naming the valid sizes
         raise CheckpointError(
             f"unknown model family {name!r}; registered: {', '.join(registered_families())}. "
@@ -292,35 +284,9 @@ def get_family(name: str, /, source: Any = None, **kwargs: Any) -> ModelFamily:
     return _FACTORIES[key](source=source, **kwargs)
 
 
-def _llmjp_factory(size: str) -> FamilyFactory:
-    def make(source: Any = None, revision: str | None = None, tokenizer: Any = None,
-             tokens_per_step: int | None = None, name: str | None = None) -> ModelFamily:
-        from sae_bilingual.models.llmjp import llmjp_llama_config, llmjp_spec
-
-        spec = llmjp_spec(size)
-        root = Path(str(source)).expanduser() if source is not None else None
-        if (tokens_per_step is None and root is not None and root.is_dir() and not (root / "config.json").exists()
-                and not (root / "catalogue.json").exists()):
-            log.warning("%s: token counts of the checkpoints in %s come from the LLM-jp-3 %s schedule (%d tokens "
-                        "per iteration). If they were trained with another batch, set models[].tokens_per_step, "
-                        "write %s/catalogue.json, or use family: hf", spec.name, root, size,
-                        spec.tokens_per_iteration, root)
-        return HFLlamaFamily(
-            name=spec.name,
-            source=source,
-            hub_repo=spec.repo_id,
-            revision=revision,
-            tokens_per_iteration=tokens_per_step or spec.tokens_per_iteration,
-            final_iteration=spec.final_iteration,
-            tokenizer_source=tokenizer,
-            default_config=llmjp_llama_config(size),
-        )
-
-    return make
-
-
-def _toy_factory(source: Any = None, tokenizer: Any = None, tokens_per_iteration: int | None = None,
-                 tokens_per_step: int | None = None, name: str | None = None) -> ModelFamily:
+def toy_factory(source: Any = None, tokenizer: Any = None, tokens_per_iteration: int | None = None,
+                tokens_per_step: int | None = None, name: str | None = None) -> ModelFamily:
+    """The "toy" family: the checkpoints of a built toy world (token counts from its catalogue.json)."""
     if source is None:
         raise CheckpointError(
             "the 'toy' family needs source=<World.root> (a dir of iter_NNNNNNN checkpoints); build "
@@ -333,14 +299,3 @@ def _toy_factory(source: Any = None, tokenizer: Any = None, tokens_per_iteration
         meta = json.loads((root / "catalogue.json").read_text())
         fam.tokens_per_iteration = meta.get("tokens_per_iteration")
     return fam
-
-
-def _register_builtins() -> None:
-    from sae_bilingual.models.llmjp import LLMJP_SIZES
-
-    for size in LLMJP_SIZES:
-        register_family(f"llm-jp-3-{size}", _llmjp_factory(size), overwrite=True)
-    register_family("toy", _toy_factory, overwrite=True)
-
-
-_register_builtins()

@@ -14,12 +14,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers.convert_slow_tokenizer import SpmConverter, import_protobuf
+
 from sae_bilingual.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
-# SentencePiece piece types (sentencepiece_model.proto): 2 UNKNOWN, 3 CONTROL, 4 USER_DEFINED.
-_CONTROL = 3
 # HF special-token attribute -> piece names it may take in an LLM-jp-style .model file.
 _SPECIAL_CANDIDATES = {
     "pad_token": ("<PAD>", "<PAD|LLM-jp>", "<pad>"),
@@ -31,9 +32,6 @@ _SPECIAL_CANDIDATES = {
 
 def sentencepiece_tokenizer(model_file: str | Path) -> Any:
     """A ``PreTrainedTokenizerFast`` equivalent to a SentencePiece ``.model`` plus BOS first."""
-    from transformers import PreTrainedTokenizerFast
-    from transformers.convert_slow_tokenizer import SpmConverter, import_protobuf
-
     model_file = Path(model_file)
     proto = import_protobuf().ModelProto()
     proto.ParseFromString(model_file.read_bytes())
@@ -82,15 +80,11 @@ def load_tokenizer(path_or_repo: str | Path, *, revision: str | None = None) -> 
     A directory holding only a ``*.model`` file (no tokenizer.json) is read as SentencePiece.
     ``trust_remote_code`` is never enabled.
     """
-    from transformers import AutoTokenizer
-
     p = Path(path_or_repo).expanduser()
     if p.is_file():
         if p.suffix == ".model":
             return sentencepiece_tokenizer(p)
         if p.name == "tokenizer.json":
-            from transformers import PreTrainedTokenizerFast
-
             return PreTrainedTokenizerFast(tokenizer_file=str(p))
         raise CheckpointError(
             f"{p} is a file but not a SentencePiece .model or tokenizer.json; pass a tokenizer "

@@ -1,10 +1,13 @@
-"""Figures of the study (paper Figs 3, 5/8/12-14, 6/9, 11, Table 1 and the size comparison).
+"""Figures of the study (paper Figs 3, 5/8/12-14, 6/9, 11 and the size comparison).
 
-Every function takes pandas DataFrames (mostly the study's summary table, one row per
-(model, iteration, tokens, layer); columns in the module contract), renders with matplotlib's
-Agg backend into memory, writes ``<name>.png`` and ``<name>.svg`` atomically through
-:func:`sae_bilingual.io.atomic_write_bytes`, and returns the list of written paths.
-``make_all_figures(study_dir)`` draws whatever the study's tables support.
+Every figure has two functions: ``plot_<name>(tables...) -> Figure`` draws it from pandas
+DataFrames (mostly the study's summary table, one row per (model, iteration, tokens,
+layer); columns in the module contract) with matplotlib's Agg backend, and
+``fig_<name>(tables..., out_dir)`` writes ``<name>.png`` and ``<name>.svg`` atomically
+(:func:`sae_bilingual.report.plotting.save_figure`) and returns the written paths.
+``make_all_figures(study_dir)`` draws whatever the study's tables support. Table 1's bars
+are in :mod:`~sae_bilingual.report.figures_intervention`, the lineage flows in
+:mod:`~sae_bilingual.report.figures_lineage`.
 
 Languages are never hard-coded: every ``frac_<lang>`` column other than ``frac_mixed``
 is a language share.
@@ -12,44 +15,41 @@ is a language share.
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import re
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # noqa: E402  (headless; must precede pyplot)
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.colors import Normalize  # noqa: E402
-from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
-
-from sae_bilingual.errors import DataError  # noqa: E402
-from sae_bilingual.io import atomic_write_bytes  # noqa: E402
-from sae_bilingual.study.manifest import read_json  # noqa: E402
+from sae_bilingual.errors import DataError
+from sae_bilingual.report.figures_intervention import fig_intervention
+from sae_bilingual.report.plotting import (
+    checkpoint_table,
+    class_colour,
+    format_tokens,
+    language_columns,
+    plt,
+    require_columns,
+    save_figure,
+    select_model,
+    setup_token_axis,
+    slug,
+    token_positions,
+)
+from sae_bilingual.study.manifest import read_json
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "fig_language_distribution",
-    "fig_layer_checkpoint_heatmaps",
-    "fig_span_by_layer",
-    "fig_lr_grid",
-    "fig_intervention",
-    "fig_sizes",
-    "fig_world_loss",
-    "make_all_figures",
-    "language_columns",
-    "format_tokens",
-    "FIGURE_CAPTIONS",
+    "FIGURE_CAPTIONS", "make_all_figures",
+    "fig_language_distribution", "fig_layer_checkpoint_heatmaps", "fig_lr_grid", "fig_sizes", "fig_span_by_layer",
+    "fig_world_loss", "plot_language_distribution", "plot_layer_checkpoint_heatmaps", "plot_lr_grid", "plot_sizes",
+    "plot_span_by_layer", "plot_world_loss",
 ]
-
-#: Colours per class; languages beyond these get tab10 colours.
-_CLASS_COLOURS = {"en": "#4C72B0", "ja": "#DD5555", "mixed": "#8C8C8C"}
-_DPI = 110
 
 #: Caption per figure-name prefix (used by the HTML report).
 FIGURE_CAPTIONS = {
@@ -76,126 +76,31 @@ FIGURE_CAPTIONS = {
 }
 
 
-# --------------------------------------------------------------------------- helpers
-def language_columns(df: pd.DataFrame) -> list[str]:
-    """Language codes present as ``frac_<lang>`` columns (``frac_mixed`` excluded), in order."""
-    return [c[5:] for c in df.columns if c.startswith("frac_") and c != "frac_mixed"]
-
-
-def _class_colour(cls: str, i: int) -> str:
-    if cls in _CLASS_COLOURS:
-        return _CLASS_COLOURS[cls]
-    return plt.get_cmap("tab10")((i + 3) % 10)
-
-
-def format_tokens(t: float) -> str:
-    """Compact token count: 0, 4M, 400M, 4B, 2.1T (used for axis and colour-bar labels)."""
-    t = float(t)
-    if t <= 0:
-        return "0"
-    for div, suf in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if t >= div:
-            v = t / div
-            return f"{v:.0f}{suf}" if v >= 10 or v == int(v) else f"{v:.1f}{suf}"
-    return f"{t:.0f}"
-
-
-def _slug(s: object) -> str:
-    """Filesystem-safe name part (model names may contain '/')."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(s)).strip("_") or "x"
-
-
-def _require(df: pd.DataFrame, cols: list[str], what: str) -> None:
-    missing = [c for c in cols if c not in df.columns]
-    if missing:
-        raise DataError(
-            f"{what} needs columns {missing}, but the table has {list(df.columns)}. "
-            "Pass the study's tables/summary.parquet (see the module contract)."
-        )
-
-
-def _select_model(summary: pd.DataFrame, model: str) -> pd.DataFrame:
-    _require(summary, ["model", "layer", "tokens"], "this figure")
-    sub = summary[summary["model"].astype(str) == str(model)]
-    if sub.empty:
-        raise DataError(
-            f"model {model!r} is not in the summary table; choose one of "
-            f"{sorted(summary['model'].astype(str).unique())}."
-        )
-    return sub
-
-
-def _save(fig: plt.Figure, out_dir: str | Path, name: str) -> list[Path]:
-    """Render ``fig`` to PNG and SVG in memory, write both atomically, close the figure."""
-    out_dir = Path(out_dir)
-    paths = []
-    try:
-        for ext in ("png", "svg"):
-            buf = io.BytesIO()
-            fig.savefig(buf, format=ext, dpi=_DPI, bbox_inches="tight",
-                        metadata={"Date": None} if ext == "svg" else None)
-            paths.append(atomic_write_bytes(out_dir / f"{name}.{ext}", buf.getvalue()))
-    finally:
-        plt.close(fig)
-    log.info("wrote figure %s", out_dir / name)
-    return paths
-
-
-def _token_positions(tokens: np.ndarray) -> tuple[np.ndarray, float | None]:
-    """x positions for a log axis: tokens > 0 stay; 0 (init) goes one decade left of the
-    smallest positive count (returned as the second value, None if no zero)."""
-    tokens = np.asarray(tokens, dtype=float)
-    pos = tokens[tokens > 0]
-    if (tokens <= 0).any():
-        left = (pos.min() if pos.size else 1.0) / 10.0
-        return np.where(tokens > 0, tokens, left), left
-    return tokens, None
-
-
-def _setup_token_axis(ax: plt.Axes, x: np.ndarray, init_x: float | None) -> None:
-    ax.set_xscale("log")
-    if init_x is not None:
-        # The decade ticks stay; "init" labels the step-0 point, a dotted line marks the break.
-        ax.axvline(init_x * np.sqrt(10), color="k", lw=0.6, ls=":", alpha=0.6)
-        lo, hi = ax.get_xlim()
-        decades = [10.0 ** e for e in range(math.ceil(math.log10(init_x * 3)), math.floor(math.log10(max(hi, 1))) + 1)]
-        ticks = [init_x] + decades
-        ax.xaxis.set_major_locator(FixedLocator(ticks))
-        ax.set_xticklabels(["init"] + [format_tokens(d) for d in decades])
-        ax.xaxis.set_minor_locator(NullLocator())
-        ax.set_xlim(init_x / 1.6, max(x) * 1.6)
-
-
-def _checkpoint_table(sub: pd.DataFrame, value: str) -> pd.DataFrame:
-    """Pivot layer x tokens (mean over duplicate rows, e.g. SAE seeds)."""
-    return sub.pivot_table(index="layer", columns="tokens", values=value, aggfunc="mean").sort_index()
-
-
 # --------------------------------------------------------------------------- figures
-def fig_language_distribution(summary: pd.DataFrame, model: str, layer: int, out_dir: str | Path) -> list[Path]:
+def plot_language_distribution(summary: pd.DataFrame, model: str, layer: int) -> Figure:
     """Paper Fig. 3 for one (model, layer): class shares over training, with R, FVU, dead share.
 
     Rows with equal ``tokens`` (e.g. several SAE seeds) are averaged.
     """
-    sub = _select_model(summary, model)
+    sub = select_model(summary, model)
     sub = sub[sub["layer"] == layer]
     if sub.empty:
         raise DataError(f"layer {layer} of {model!r} is not in the summary table; layers present: "
-                        f"{sorted(_select_model(summary, model)['layer'].unique().tolist())}.")
+                        f"{sorted(select_model(summary, model)['layer'].unique().tolist())}.")
     langs = language_columns(sub)
     classes = langs + ["mixed"]
-    _require(sub, [f"frac_{c}" for c in classes], "fig_language_distribution")
+    require_columns(sub, [f"frac_{c}" for c in classes], "fig_language_distribution")
     num = [c for c in sub.columns if c in {f"frac_{k}" for k in classes}
            | {"mean_R", "fvu", "n_dead", "n_features"}]
     g = sub.groupby("tokens")[num].mean().sort_index()
-    x, init_x = _token_positions(g.index.to_numpy())
+    x, init_x = token_positions(g.index.to_numpy())
 
     fig, (ax, axq) = plt.subplots(2, 1, figsize=(9.0, 5.6), sharex=True,
                                   gridspec_kw={"height_ratios": [3, 1.1], "hspace": 0.08})
     shares = np.vstack([g[f"frac_{c}"].to_numpy() for c in classes])
     labels = {"mixed": "Mixed (bilingual)"}
     ax.stackplot(x, shares, labels=[labels.get(c, c) for c in classes],
-                 colors=[_class_colour(c, i) for i, c in enumerate(classes)], alpha=0.85)
+                 colors=[class_colour(c, i) for i, c in enumerate(classes)], alpha=0.85)
     ax.set_ylim(0, 1)
     ax.set_ylabel("share of live features")
     ax.set_title(f"{model}, layer {layer}: feature classes over training")
@@ -220,12 +125,18 @@ def fig_language_distribution(summary: pd.DataFrame, model: str, layer: int, out
     if qh:
         axq.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.1, 1.0))
     axq.set_xlabel("training tokens (log scale)")
-    _setup_token_axis(axq, x, init_x)
+    setup_token_axis(axq, x, init_x)
     if init_x is not None:
         ax.axvline(init_x * np.sqrt(10), color="k", lw=0.6, ls=":", alpha=0.6)
     for a in (ax, axq):
         a.grid(alpha=0.25, which="major")
-    return _save(fig, out_dir, f"lang_dist_{_slug(model)}_L{int(layer):02d}")
+    return fig
+
+
+def fig_language_distribution(summary: pd.DataFrame, model: str, layer: int, out_dir: str | Path) -> list[Path]:
+    """:func:`plot_language_distribution` written as ``lang_dist_<model>_L<layer>.png/.svg``."""
+    fig = plot_language_distribution(summary, model, layer)
+    return save_figure(fig, out_dir, f"lang_dist_{slug(model)}_L{int(layer):02d}")
 
 
 def _heat(ax: plt.Axes, tab: pd.DataFrame, title: str, cmap: str, vmin: float, vmax: float,
@@ -248,26 +159,31 @@ def _heat(ax: plt.Axes, tab: pd.DataFrame, title: str, cmap: str, vmin: float, v
     plt.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
 
 
-def fig_layer_checkpoint_heatmaps(summary: pd.DataFrame, model: str, out_dir: str | Path) -> list[Path]:
+def plot_layer_checkpoint_heatmaps(summary: pd.DataFrame, model: str) -> Figure:
     """Paper Figs. 5/8/12-14: layer x checkpoint heatmaps of the Mixed share and of mean R."""
-    sub = _select_model(summary, model)
-    _require(sub, ["frac_mixed", "mean_R"], "fig_layer_checkpoint_heatmaps")
-    mixed = _checkpoint_table(sub, "frac_mixed")
-    r = _checkpoint_table(sub, "mean_R")
+    sub = select_model(summary, model)
+    require_columns(sub, ["frac_mixed", "mean_R"], "fig_layer_checkpoint_heatmaps")
+    mixed = checkpoint_table(sub, "frac_mixed")
+    r = checkpoint_table(sub, "mean_R")
     w = max(9.0, 3.0 + 0.9 * mixed.shape[1])
     h = max(3.2, 1.4 + 0.28 * mixed.shape[0])
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(w, h), constrained_layout=True)
     _heat(a1, mixed, "Mixed (bilingual) share", "magma_r", 0.0, max(0.01, float(np.nanmax(mixed.to_numpy()))), True)
     _heat(a2, r, "mean monosemanticity R", "viridis", float(np.nanmin(r.to_numpy())), 1.0, False)
     fig.suptitle(str(model))
-    return _save(fig, out_dir, f"heatmaps_{_slug(model)}")
+    return fig
 
 
-def fig_span_by_layer(summary: pd.DataFrame, model: str, out_dir: str | Path) -> list[Path]:
+def fig_layer_checkpoint_heatmaps(summary: pd.DataFrame, model: str, out_dir: str | Path) -> list[Path]:
+    """:func:`plot_layer_checkpoint_heatmaps` written as ``heatmaps_<model>.png/.svg``."""
+    return save_figure(plot_layer_checkpoint_heatmaps(summary, model), out_dir, f"heatmaps_{slug(model)}")
+
+
+def plot_span_by_layer(summary: pd.DataFrame, model: str) -> Figure:
     """Paper Figs. 6/9: mean span length by layer, one line per checkpoint."""
-    sub = _select_model(summary, model)
-    _require(sub, ["mean_span"], "fig_span_by_layer")
-    tab = _checkpoint_table(sub, "mean_span")
+    sub = select_model(summary, model)
+    require_columns(sub, ["mean_span"], "fig_span_by_layer")
+    tab = checkpoint_table(sub, "mean_span")
     n = tab.shape[1]
     cmap = plt.get_cmap("viridis")
     norm = Normalize(0, max(n - 1, 1))
@@ -285,7 +201,12 @@ def fig_span_by_layer(summary: pd.DataFrame, model: str, out_dir: str | Path) ->
     cb.set_ticks(idx)
     cb.set_ticklabels([format_tokens(tab.columns[i]) for i in idx])
     cb.set_label("checkpoint (training tokens)")
-    return _save(fig, out_dir, f"span_{_slug(model)}")
+    return fig
+
+
+def fig_span_by_layer(summary: pd.DataFrame, model: str, out_dir: str | Path) -> list[Path]:
+    """:func:`plot_span_by_layer` written as ``span_<model>.png/.svg``."""
+    return save_figure(plot_span_by_layer(summary, model), out_dir, f"span_{slug(model)}")
 
 
 def _pick(df: pd.DataFrame, names: tuple[str, ...], what: str) -> str:
@@ -295,7 +216,7 @@ def _pick(df: pd.DataFrame, names: tuple[str, ...], what: str) -> str:
     raise DataError(f"{what}: the table needs one of the columns {list(names)}; it has {list(df.columns)}.")
 
 
-def fig_lr_grid(lr_df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+def plot_lr_grid(lr_df: pd.DataFrame) -> Figure:
     """Paper Fig. 11: validation MSE against LR (log x), one line per model (and layer), best starred.
 
     Columns: ``lr`` (or ``learning_rate``), ``val_mse`` (or ``mse``/``val_loss``/``loss``),
@@ -321,95 +242,12 @@ def fig_lr_grid(lr_df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     ax.set_title("LR grid (star = lowest validation loss)")
     ax.grid(alpha=0.25, which="both")
     ax.legend(fontsize=8)
-    return _save(fig, out_dir, "lr_grid")
+    return fig
 
 
-_INTERVENTION_METRICS = ("ppl_en", "ppl_ja", "ppl_all", "comet_en_ja", "comet_ja_en", "chrf_en_ja", "chrf_ja_en")
-
-
-def intervention_long(table_df: pd.DataFrame) -> pd.DataFrame:
-    """Normalise an intervention table to long form: columns condition, metric, mean, std.
-
-    Accepted inputs:
-    - wide: ``condition`` + ``<metric>_mean`` and optional ``<metric>_std`` (metric e.g.
-      ppl_en, ppl_ja, ppl_all, comet_en_ja, ...);
-    - long: ``condition, metric, mean[, std]``;
-    - per draw: ``condition`` + ``<metric>`` value columns (one row per random draw);
-      mean and sample std (ddof=1, as ``evaluation.aggregate_table``) over draws are computed here.
-    Extra ``alpha``/``m`` columns with several values are folded into the condition label.
-    """
-    df = table_df.copy()
-    _require(df, ["condition"], "fig_intervention")
-    extra = [k for k in ("alpha", "m") if k in df.columns and df[k].nunique() > 1]
-    if extra:
-        df["condition"] = df["condition"].astype(str) + df[extra].apply(
-            lambda r: " " + " ".join(f"{k}={v:g}" for k, v in r.items()), axis=1)
-    if {"metric", "mean"} <= set(df.columns):
-        out = df[["condition", "metric", "mean"] + (["std"] if "std" in df.columns else [])].copy()
-    elif any(c.endswith("_mean") for c in df.columns):
-        rows = []
-        for c in [c for c in df.columns if c.endswith("_mean")]:
-            m = c[: -len("_mean")]
-            part = pd.DataFrame({"condition": df["condition"], "metric": m, "mean": df[c]})
-            part["std"] = df[f"{m}_std"].to_numpy() if f"{m}_std" in df.columns else np.nan
-            rows.append(part)
-        out = pd.concat(rows, ignore_index=True)
-    else:
-        vals = [c for c in df.columns if c.startswith(("ppl_", "comet_", "chrf_"))]
-        if not vals:
-            raise DataError("fig_intervention: no metric columns (ppl_*/comet_*, *_mean, or metric/mean) "
-                            f"in {list(df.columns)}.")
-        order = list(dict.fromkeys(df["condition"]))
-        g = df.groupby("condition", sort=False)[vals]
-        out = g.mean().reset_index().melt("condition", var_name="metric", value_name="mean")
-        sd = g.std(ddof=1).fillna(0.0).reset_index().melt("condition", var_name="metric", value_name="std")
-        out = out.merge(sd, on=["condition", "metric"])
-        out["_o"] = out["condition"].map({c: i for i, c in enumerate(order)})
-        out = out.sort_values(["metric", "_o"]).drop(columns="_o")
-    if "std" not in out.columns:
-        out["std"] = np.nan
-    return out.reset_index(drop=True)
-
-
-def fig_intervention(table_df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
-    """Paper Table 1 as bars: one panel per metric (PPL en/ja/all, COMET when present),
-    one bar per condition, error bars = std over random draws. See :func:`intervention_long`
-    for the accepted table formats (wide ``<metric>_mean/_std``, long, or per-draw rows)."""
-    title = "Intervention: mid model + final-model features (mean ± std over draws)"
-    cells = [k for k in ("alpha", "m") if k in table_df.columns]
-    if cells and len(table_df[cells].drop_duplicates()) > 1:
-        # Table 4 grid present: draw the paper's cell (alpha=0.1, m=5000) when there, else the first.
-        combos = table_df[cells].drop_duplicates()
-        paper = combos[(combos.get("alpha", 0.1) == 0.1) & (combos.get("m", 5000) == 5000)]
-        pick = (paper if len(paper) else combos).iloc[0]
-        table_df = table_df[(table_df[cells] == pick).all(axis=1)]
-        title += " — " + ", ".join(f"{k}={pick[k]:g}" for k in cells)
-    long = intervention_long(table_df)
-    metrics = [m for m in _INTERVENTION_METRICS if m in set(long["metric"])]
-    metrics += [m for m in dict.fromkeys(long["metric"]) if m not in metrics]
-    conds = list(dict.fromkeys(long["condition"]))
-    fig, axes = plt.subplots(1, len(metrics), figsize=(2.0 + 2.3 * len(metrics) + 0.15 * len(conds), 3.8),
-                             constrained_layout=True, squeeze=False)
-    cmap = plt.get_cmap("tab10")
-    for ax, m in zip(axes[0], metrics):
-        d = long[long["metric"] == m].set_index("condition").reindex(conds)
-        mean, std = d["mean"].to_numpy(float), np.nan_to_num(d["std"].to_numpy(float))
-        xs = np.arange(len(conds))
-        ax.bar(xs, mean, yerr=std, capsize=3, color=[cmap(i % 10) for i in range(len(conds))], alpha=0.85)
-        ok = np.isfinite(mean)
-        if ok.any():
-            lo, hi = np.min((mean - std)[ok]), np.max((mean + std)[ok])
-            pad = max((hi - lo) * 0.25, abs(hi) * 0.002, 1e-6)
-            ax.set_ylim(lo - pad, hi + pad)
-        for x_, v, e in zip(xs, mean, std):
-            if np.isfinite(v):
-                ax.text(x_, v + e, f"{v:.2f}", ha="center", va="bottom", fontsize=7)
-        ax.set_xticks(xs)
-        ax.set_xticklabels(conds, rotation=30, ha="right", fontsize=8)
-        ax.set_title(m.replace("ppl_", "PPL ").replace("comet_", "COMET ").replace("_", "→" if m.startswith("comet") else " "), fontsize=10)
-        ax.grid(alpha=0.25, axis="y")
-    fig.suptitle(title, fontsize=10)
-    return _save(fig, out_dir, "intervention")
+def fig_lr_grid(lr_df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+    """:func:`plot_lr_grid` written as ``lr_grid.png/.svg``."""
+    return save_figure(plot_lr_grid(lr_df), out_dir, "lr_grid")
 
 
 def _size_key(s: object) -> tuple[float, str]:
@@ -423,13 +261,13 @@ def _size_key(s: object) -> tuple[float, str]:
         return (math.inf, str(s))
 
 
-def fig_sizes(summary: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+def plot_sizes(summary: pd.DataFrame) -> Figure:
     """Mixed share at each model's final checkpoint vs relative depth, one line per size.
 
     Relative depth = layer / n_layers (column ``n_layers`` when present, else the deepest
     layer in the table for that model).
     """
-    _require(summary, ["model", "layer", "tokens", "frac_mixed"], "fig_sizes")
+    require_columns(summary, ["model", "layer", "tokens", "frac_mixed"], "fig_sizes")
     label_col = "size" if "size" in summary.columns else "model"
     fig, ax = plt.subplots(figsize=(6.8, 4.2), constrained_layout=True)
     models = sorted(summary["model"].astype(str).unique(),
@@ -449,19 +287,23 @@ def fig_sizes(summary: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.25)
     ax.legend(fontsize=8)
-    return _save(fig, out_dir, "sizes")
+    return fig
 
 
-def fig_world_loss(steps: pd.DataFrame, checkpoints: pd.DataFrame, out_dir: str | Path,
-                   build_seconds: float | None = None) -> list[Path]:
+def fig_sizes(summary: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+    """:func:`plot_sizes` written as ``sizes.png/.svg``."""
+    return save_figure(plot_sizes(summary), out_dir, "sizes")
+
+
+def plot_world_loss(steps: pd.DataFrame, checkpoints: pd.DataFrame, build_seconds: float | None = None) -> Figure:
     """The toy world's pre-training curve: why the checkpoints differ, at a glance.
 
     ``steps``: columns ``step``, ``loss`` (per optimizer step); ``checkpoints``: ``iteration``,
     ``tokens``, ``loss`` (held-out loss of each saved checkpoint). Tokens on a symlog x axis so
     step 0 shows.
     """
-    _require(steps, ["step", "loss"], "fig_world_loss (steps)")
-    _require(checkpoints, ["iteration", "tokens", "loss"], "fig_world_loss (checkpoints)")
+    require_columns(steps, ["step", "loss"], "fig_world_loss (steps)")
+    require_columns(checkpoints, ["iteration", "tokens", "loss"], "fig_world_loss (checkpoints)")
     ck = checkpoints.sort_values("iteration")
     per_it = ck["tokens"].iloc[-1] / max(int(ck["iteration"].iloc[-1]), 1)
     fig, ax = plt.subplots(figsize=(6.5, 4.0), constrained_layout=True)
@@ -479,7 +321,13 @@ def fig_world_loss(steps: pd.DataFrame, checkpoints: pd.DataFrame, out_dir: str 
     ax.set_title(title)
     ax.grid(alpha=0.25, which="both")
     ax.legend(fontsize=8)
-    return _save(fig, out_dir, "world_loss")
+    return fig
+
+
+def fig_world_loss(steps: pd.DataFrame, checkpoints: pd.DataFrame, out_dir: str | Path,
+                   build_seconds: float | None = None) -> list[Path]:
+    """:func:`plot_world_loss` written as ``world_loss.png/.svg``."""
+    return save_figure(plot_world_loss(steps, checkpoints, build_seconds), out_dir, "world_loss")
 
 
 # --------------------------------------------------------------------------- driver

@@ -25,11 +25,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sae_bilingual import __version__
 from sae_bilingual.study.controls import controls_table, world_label
 from sae_bilingual.errors import DataError
 from sae_bilingual.io import atomic_write_text
 from sae_bilingual.study.manifest import read_json
 from sae_bilingual.report.browser import NOSPACE_LANGUAGES, _esc, _json_default, browser, discover_units
+from sae_bilingual.report.figures import FIGURE_CAPTIONS, make_all_figures
 from sae_bilingual.study.timing import TIMINGS_FILE, last_run_split
 from sae_bilingual.study.unit import layer_path
 
@@ -117,8 +119,6 @@ def _figure_sort_key(name: str) -> tuple[int, str]:
 
 
 def _caption(name: str) -> str:
-    from sae_bilingual.report.figures import FIGURE_CAPTIONS
-
     for pre, cap in FIGURE_CAPTIONS.items():
         if name.startswith(pre):
             return cap
@@ -283,8 +283,6 @@ def write_report(study_dir: str | Path, *, make_figures: bool = True, max_saes: 
     if not study.is_dir():
         raise DataError(f"study directory {study} does not exist; pass the study's output_dir.")
     if make_figures:
-        from sae_bilingual.report.figures import make_all_figures
-
         make_all_figures(study)
     figs, n_figs = _figures_section(study)
     sections = [
@@ -303,8 +301,6 @@ def write_report(study_dir: str | Path, *, make_figures: bool = True, max_saes: 
     nav += ' <a href="#browser">Feature browser</a>'
     note, data = browser(study, max_saes, max_features, max_examples)
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    from sae_bilingual import __version__
-
     fill = {
         "title": _esc(f"sae-bilingual study: {study.resolve().name}"),
         "meta": _esc(f"{study.resolve()} · generated {now} · sae-bilingual {__version__}"),

@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from sae_lens.loading.pretrained_sae_loaders import NAMED_PRETRAINED_SAE_LOADERS, sae_lens_disk_loader
+from sae_lens.loading.pretrained_saes_directory import PretrainedSAELookup, get_pretrained_saes_directory
 
 from sae_bilingual import __version__
 from sae_bilingual.errors import OutputError, SAEFileError
@@ -245,8 +247,6 @@ def export_release(run_dir: str | Path, out: str | Path, *, release: str | None 
 def _local_loader(repo_id: str, folder_name: str, device: str = "cpu", force_download: bool = False,
                   cfg_overrides: dict[str, Any] | None = None):
     """SAELens pretrained loader for a registered local release folder (repo_id = its path)."""
-    from sae_lens.loading.pretrained_sae_loaders import sae_lens_disk_loader
-
     path = Path(repo_id) / folder_name
     if not (path / "cfg.json").exists():
         raise SAEFileError(f"{path} has no cfg.json; was the release folder {repo_id} moved or pruned?")
@@ -256,9 +256,6 @@ def _local_loader(repo_id: str, folder_name: str, device: str = "cpu", force_dow
 
 def register_release_folder(path: str | os.PathLike) -> list[str]:
     """Make ``SAE.from_pretrained(release, sae_id)`` load from a local release folder; returns its releases."""
-    from sae_lens.loading.pretrained_sae_loaders import NAMED_PRETRAINED_SAE_LOADERS
-    from sae_lens.loading.pretrained_saes_directory import PretrainedSAELookup, get_pretrained_saes_directory
-
     root = Path(path).expanduser().resolve()
     f = root / RELEASE_FILE
     if not f.exists():

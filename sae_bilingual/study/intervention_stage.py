@@ -11,7 +11,8 @@ from typing import Any
 import pandas as pd
 
 from sae_bilingual.errors import DataError
-from sae_bilingual.intervention.metrics import PromptTemplate, aggregate_table, compare_with_paper, table1, table4, to_markdown
+from sae_bilingual.intervention.metrics import PromptTemplate
+from sae_bilingual.intervention.tables import aggregate_table, compare_with_paper, table1, table4, to_markdown
 from sae_bilingual.intervention.experiment import run_intervention_table
 from sae_bilingual.io import atomic_write_text
 from sae_bilingual.layers import parse_layers

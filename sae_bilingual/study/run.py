@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from sae_bilingual.analysis.lineage import run_all_lineage
+from sae_bilingual.study.lineage_stage import run_all_lineage
 from sae_bilingual.config import Recipe, recipe_to_dict
 from sae_bilingual.io import atomic_write_json, atomic_write_text
 from sae_bilingual.report.figures import make_all_figures

@@ -18,26 +18,21 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers.utils import logging as hf_logging
 
 from sae_bilingual.io import atomic_dir, atomic_write_json
+from sae_bilingual.models.catalogue import iter_dirname
 from sae_bilingual.models.llmjp import llmjp_structure_config
+from sae_bilingual.world.config import WorldConfig
 from sae_bilingual.world.tokenizer import BOS, EOS, PAD
 
-if TYPE_CHECKING:
-    from sae_bilingual.world import WorldConfig
-
 log = logging.getLogger(__name__)
-
-
-def iteration_dirname(iteration: int) -> str:
-    """Megatron-style checkpoint directory name, e.g. ``iter_0000100``."""
-    return f"iter_{iteration:07d}"
 
 
 def checkpoint_steps(steps: int, n: int) -> list[int]:
@@ -137,9 +132,7 @@ def _lr_at(step: int, cfg: WorldConfig) -> float:
 
 def save_checkpoint(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, root: Path, iteration: int) -> Path:
     """Write one HF checkpoint dir (safetensors + config + tokenizer) atomically."""
-    from transformers.utils import logging as hf_logging
-
-    path = root / iteration_dirname(iteration)
+    path = root / iter_dirname(iteration)
     bar_was_on = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # one "Writing model shards" bar per checkpoint is noise
     try:
@@ -174,7 +167,8 @@ def pretrain(
         torch.set_num_threads(prev_threads)
 
 
-def _pretrain(cfg, tokenizer, train, eval_windows, root, *, progress):  # noqa: ANN001, ANN202
+def _pretrain(cfg: WorldConfig, tokenizer: PreTrainedTokenizerFast, train: torch.Tensor, eval_windows: torch.Tensor,
+              root: Path, *, progress: bool) -> dict[str, Any]:
     t0 = time.perf_counter()
     model = make_model(cfg, len(tokenizer))
     n_params = sum(p.numel() for p in model.parameters())
@@ -198,7 +192,7 @@ def _pretrain(cfg, tokenizer, train, eval_windows, root, *, progress):  # noqa: 
         loss = eval_loss(model, eval_windows)
         save_checkpoint(model, tokenizer, root, step)
         ckpts.append({"iteration": step, "tokens": step * tokens_per_iteration, "loss": round(loss, 5)})
-        log.info("checkpoint %s: held-out loss %.4f (%.0f s)", iteration_dirname(step), loss,
+        log.info("checkpoint %s: held-out loss %.4f (%.0f s)", iter_dirname(step), loss,
                  time.perf_counter() - t0)
 
     model.train()

@@ -16,7 +16,7 @@ import pandas as pd
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-from sae_bilingual.world.generator import SPECIAL_TOKENS, Lexicon, vocabulary
+from sae_bilingual.world.lexicon import SPECIAL_TOKENS, Lexicon, vocabulary
 
 log = logging.getLogger(__name__)
 

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from sae_bilingual.errors import ConfigError
+from sae_bilingual.world.lexicon import Concept, Lexicon
 
 # Which form of a concept stands in for a form of another language: same name when both
 # have it, else the closest one (English sg/pl nouns -> Japanese base, polite -> plain tense).
@@ -34,7 +35,7 @@ _FORM_FALLBACK = {
 class CodeSwitcher:
     """Swaps content words of a realised sentence into another language's surface form."""
 
-    def __init__(self, lex, languages: Sequence[str], rate: float):  # noqa: ANN001 (Lexicon)
+    def __init__(self, lex: Lexicon, languages: Sequence[str], rate: float):
         if not 0.0 <= rate <= 1.0:
             raise ConfigError(f"codeswitch_rate={rate} must be within [0, 1].")
         self.lex, self.languages, self.rate = lex, list(languages), float(rate)
@@ -68,26 +69,26 @@ class CodeSwitcher:
         return out, langs
 
 
-def disjoint_lexicons(lex, languages: Sequence[str]) -> dict:  # noqa: ANN001 (Lexicon)
+def disjoint_lexicons(lex: Lexicon, languages: Sequence[str]) -> dict[str, Lexicon]:
     """One sub-lexicon per language: the concepts of every category dealt out in turn.
 
     Every category keeps at least one concept per language, so every sentence template
     stays usable; the surface forms are shared (a sub-lexicon only limits what is said).
     """
     langs = list(languages)
-    by_pos: dict[str, list] = {}
+    by_pos: dict[str, list[Concept]] = {}
     for c in lex.concepts:
         by_pos.setdefault(f"{c.pos}:{c.noun_class}" if c.noun_class else c.pos, []).append(c)
     short = sorted(p for p, cs in by_pos.items() if len(cs) < len(langs))
     if short:
         raise ConfigError(f"disjoint concepts need >= {len(langs)} concepts in every category; {short} have fewer: "
                           "raise n_concepts")
-    keep = {lang: [] for lang in langs}
+    keep: dict[str, list[Concept]] = {lang: [] for lang in langs}
     for cs in by_pos.values():
         for rank, c in enumerate(cs):
             keep[langs[rank % len(langs)]].append(c)
     out = {}
     for lang in langs:
         ids = {c.id for c in keep[lang]}
-        out[lang] = type(lex)([c for c in lex.concepts if c.id in ids], lex.forms, lex.function_words)
+        out[lang] = Lexicon([c for c in lex.concepts if c.id in ids], lex.forms, lex.function_words)
     return out
