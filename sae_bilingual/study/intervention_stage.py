@@ -17,7 +17,7 @@ from sae_bilingual.layers import parse_layers
 from sae_bilingual.intervention.masks import scale_m
 from sae_bilingual.models.generic import is_paper_model
 from sae_bilingual.study.pipeline import _first_docs_per_lang, _torch_dtype
-from sae_bilingual.sae.model import load_sae
+from sae_bilingual.sae.files import load_sae
 from sae_bilingual.study.run import Unit
 
 log = logging.getLogger(__name__)
