@@ -87,7 +87,8 @@ def live_pid():
 
 
 def test_second_study_names_the_lock_holder(world_cache, holder, monkeypatch):
-    from sae_bilingual.data import store, train
+    from sae_bilingual.data import store
+    from sae_bilingual.sae import train
     from sae_bilingual.study.run import run_study
 
     out, proc = holder
@@ -226,7 +227,8 @@ def test_atomic_dir_refuses_a_symlink_target(tmp_path):
 
 def test_study_refuses_a_folder_of_unrelated_files(world_cache, tmp_path, monkeypatch):
     """Before: recipe.yaml, tables/summary.csv and *.tmp of the folder were overwritten, rc 0."""
-    from sae_bilingual.data import store, train
+    from sae_bilingual.data import store
+    from sae_bilingual.sae import train
     from sae_bilingual.study.run import prepare_output_dir, run_study
 
     out = tmp_path / "mine"
