@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.WARNING)
     from sae_bilingual.layers import hook_for_layer
     from sae_bilingual.data.store import ActivationStore, collect_activations
-    from sae_bilingual.sae.train import SAETrainConfig, train_saes
+    from sae_bilingual.config import SAESpec
+    from sae_bilingual.sae.train import TrainRun, train_saes
 
     print(f"# {machine_line()}")
     print(f"# toy Llama d={a.d} layers={a.layers} vocab={a.vocab} ctx={a.context}; SAE n={a.expansion * a.d} "
@@ -82,8 +83,8 @@ def main(argv: list[str] | None = None) -> dict:
     win = toy_windows(a.windows, a.context, a.vocab)
     n_win_e2e = (a.steps + 2) * a.batch // (a.context - 1) + 8
     win_e2e = toy_windows(n_win_e2e, a.context, a.vocab, seed=1)
-    cfg = SAETrainConfig(k=32, expansion=a.expansion, batch_size=a.batch, total_steps=a.steps,
-                         warmup_steps=0, lr=1e-3)
+    spec = SAESpec(k=32, expansion=a.expansion, batch_size=a.batch, warmup_steps=0, lr=1e-3)
+    run = TrainRun(total_steps=a.steps)
 
     def acts(hs):
         collect_activations(model, win, hs, batch_size=a.lm_batch)
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
     def e2e(hs):
         store = ActivationStore(model, win_e2e, hs, batch_size=a.batch,
                                 buffer_vectors=4 * a.batch, lm_batch_size=a.lm_batch, seed=0)
-        train_saes(store, hs, cfg)
+        train_saes(store, hs, spec, run)
 
     def t(fn, *args) -> float:
         t0 = time.perf_counter()

@@ -4,7 +4,7 @@ Measures, interleaved (repeats alternate, medians reported):
 * sgemm peak: torch.mm of two large square fp32 matrices into a reused output buffer;
 * memory bandwidth: a large tensor copy (bytes read + bytes written);
 * our SAE encode: ``pre = x @ W_enc`` (B x d @ d x n, reused output buffer, as
-  ``sae_bilingual.sae.model`` computes it) alone, and followed by ``torch.topk(pre, K)``.
+  ``sae_bilingual.sae.kernels.pre_activation`` computes it) alone, and followed by ``torch.topk(pre, K)``.
 Writes ``benchmarks/roofline.png`` (achieved GFLOP/s vs arithmetic intensity, with the compute
 roof and the bandwidth roof). Target: encode (matmul + topk) >= 50% of sgemm.
 

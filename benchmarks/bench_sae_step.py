@@ -3,7 +3,7 @@
 Both SAEs see the same batches (structured synthetic data, unit-norm) and are driven by the
 same step, a copy of SAELens's ``SAETrainer._train_step`` (training_forward_pass, firing stats,
 backward, grad clip, Adam step). Ours: ``PaperTopKTrainingSAE`` (decoder renorm + sparse
-encode/decode with custom autograd, sae_bilingual/sae.py). Theirs: ``TopKTrainingSAE`` with its
+encode/decode with custom autograd, sae_bilingual/sae/kernels.py). Theirs: ``TopKTrainingSAE`` with its
 default config (rescale_acts_by_decoder_norm=True, dense decode, aux-k loss). Steps are
 interleaved (alternating who goes first) and the median step time of each is compared. After
 the same steps on the same data both are scored on a held-out batch.

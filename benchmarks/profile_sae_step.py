@@ -1,7 +1,7 @@
 """Where our SAE training step spends its time: torch.profiler table of a few steps.
 
     python benchmarks/profile_sae_step.py --device cuda --d 3072 --n 32768 --batch 32768 --dtype bf16
-Prints the top ops by device (CUDA) or CPU self time; used to pick kernel changes for sae.py.
+Prints the top ops by device (CUDA) or CPU self time; used to pick kernel changes for sae/kernels.py.
 """
 
 from __future__ import annotations

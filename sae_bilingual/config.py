@@ -1,24 +1,23 @@
 """Recipe schema: YAML -> validated dataclasses.
 
-Every field is typed; :func:`from_dict` checks names and types recursively and raises a
-:class:`~sae_bilingual.errors.ConfigError` that names the offending field by its dotted
-path (``sae.k``, ``models[0].layers``) and says what would be valid.
+Every field is typed; :func:`from_dict` (:mod:`sae_bilingual.config_loading`) checks names
+and types recursively and raises a :class:`~sae_bilingual.errors.ConfigError` that names the
+offending field by its dotted path (``sae.k``, ``models[0].layers``) and says what would be
+valid. :meth:`Recipe.validate` and :mod:`sae_bilingual.config_checks` check what types cannot.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
 
+from sae_bilingual.config_checks import check_k, check_recipe, parse_bytes
+from sae_bilingual.config_loading import from_dict, set_dotted
 from sae_bilingual.errors import ConfigError
-from sae_bilingual.study.memplan import parse_bytes
-from sae_bilingual.config_checks import check_recipe
 
 # --------------------------------------------------------------------------- schema
 
@@ -101,22 +100,31 @@ class DataSpec:
 
 @dataclass
 class SAESpec:
-    """The paper's TopK SAE and its training."""
+    """The paper's TopK SAE and its training: the recipe's `sae:` section and the config
+    :func:`sae_bilingual.sae.train.train_saes` takes (with the run's own facts: vectors, seed,
+    device). A killed unit is redone from the start, which is deterministic."""
 
     k: int = 32
+    """Latents kept per token (the paper: 32); 1 <= k < n."""
     expansion: int = 16
-    """n = expansion * d_model unless `d_sae` is given."""
+    """n = expansion * d_model unless `d_sae` is given (the paper: 32,768 / 2,048 = 16)."""
     d_sae: int | None = None
+    """Number of latents n (None: expansion * d_model)."""
     lr: Union[float, str] = "grid"
     """A float, or 'grid' to choose from `lr_grid` on the final checkpoint's middle layer."""
     lr_grid: list[float] = field(default_factory=lambda: [1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3])
     batch_size: int = 32_768
+    """Vectors per optimiser step (the paper: 32,768; a study clamps it to its training vectors)."""
     warmup_steps: int = 500
+    """Linear LR warm-up (the paper: 500); clamped to a tenth of a short run."""
     adam_eps: float = 6.25e-10
-    checkpoint_every: int = 0
-    """Save SAELens training checkpoints (optimizer state included) every N steps under
-    units/<model>/<iter>/training (0: never). A killed unit is redone from the start, which is
-    deterministic; resuming mid-training from these checkpoints is not implemented yet."""
+    """Adam epsilon of the original code."""
+    fused_adam: bool = True
+    """torch's fused Adam kernel; false: SAELens's per-tensor Adam (same update up to rounding)."""
+    fast: bool = True
+    """The sparse training step; false: the dense reference (same maths, for tests)."""
+    geometric_median_sample: int = 4096
+    """Vectors of the first batch whose geometric median initialises b_pre (the paper)."""
     aux_k_coefficient: float = 0.0
     """Weight of the auxiliary-K loss that trains latents dead for `dead_feature_window` steps
     on the reconstruction error (Gao et al. 2024). A DEVIATION from the paper (which has no
@@ -127,6 +135,10 @@ class SAESpec:
     """Initialise each checkpoint's SAE from the trained SAE of the same layer at the previous
     analysed checkpoint (the first checkpoint starts cold). Units then run in checkpoint order,
     so it needs executor: local."""
+
+    def n_latents(self, d_model: int) -> int:
+        """n: ``d_sae``, else ``expansion * d_model``."""
+        return self.d_sae or self.expansion * int(d_model)
 
 
 @dataclass
@@ -264,16 +276,14 @@ class Recipe:
         _positive(self.sae.expansion, "sae.expansion")
         if self.sae.d_sae is not None:
             _positive(self.sae.d_sae, "sae.d_sae")
-            if self.sae.k >= self.sae.d_sae:
-                raise ConfigError(
-                    f"sae.k = {self.sae.k} must be smaller than sae.d_sae = {self.sae.d_sae}; "
-                    "lower k or raise d_sae"
-                )
+            check_k(self.sae.k, self.sae.d_sae, k_name="sae.k", n_from=f"sae.d_sae = {self.sae.d_sae}",
+                    fix="raise sae.d_sae")
         if isinstance(self.sae.lr, str) and self.sae.lr != "grid":
             raise ConfigError(f"sae.lr must be a number or 'grid', got {self.sae.lr!r}")
         if isinstance(self.sae.lr, float) and self.sae.lr <= 0:
             raise ConfigError(f"sae.lr must be > 0, got {self.sae.lr}")
         _positive(self.sae.batch_size, "sae.batch_size")
+        _positive(self.sae.geometric_median_sample, "sae.geometric_median_sample")
         _positive(self.sae.dead_feature_window, "sae.dead_feature_window")
         if not self.sae.aux_k_coefficient >= 0:  # also refuses NaN
             raise ConfigError(f"sae.aux_k_coefficient must be >= 0 (0 = the paper), got {self.sae.aux_k_coefficient}")
@@ -341,34 +351,18 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {path} must be a mapping of fields, got {type(data).__name__}")
     for dotted, value in (overrides or {}).items():
-        _set_dotted(data, dotted, value)
+        set_dotted(data, dotted, value)
+    for section, name in _REMOVED_FIELDS:
+        if isinstance(data.get(section), dict) and name in data[section]:
+            raise ConfigError(f"{section}.{name}: {_REMOVED_FIELDS[section, name]}; delete the line from {path}")
     return from_dict(Recipe, data).validate()
 
 
-def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
-    """``data[a][b][c] = value`` for ``a.b.c``; a number indexes a list (``models.0.layers``)."""
-    keys = dotted.split(".")
-    cur: Any = data
-    for i, key in enumerate(keys):
-        here = ".".join(keys[: i + 1])
-        last = i == len(keys) - 1
-        if isinstance(cur, list):
-            if not key.isdigit() or int(key) >= len(cur):
-                raise ConfigError(f"--set {dotted}: {here} is not an index into the {len(cur)} entries of "
-                                  f"{'.'.join(keys[:i])} (use 0..{len(cur) - 1})")
-            key = int(key)
-        elif not isinstance(cur, dict):
-            raise ConfigError(f"--set {dotted}: {'.'.join(keys[:i])} is {cur!r}, not a mapping or list "
-                              "to set a field in")
-        elif not last and key not in cur:
-            if keys[i + 1].isdigit():
-                raise ConfigError(f"--set {dotted}: the recipe has no {here} list to index; write "
-                                  f"{here} in the recipe first")
-            cur[key] = {}
-        if last:
-            cur[key] = value
-        else:
-            cur = cur[key]
+_REMOVED_FIELDS = {
+    ("sae", "checkpoint_every"): "removed (it wrote SAELens checkpoints that nothing resumed from: "
+                                 "a killed unit is redone from the start)",
+}
+"""Fields older recipes (and the recipe.yaml of older output dirs) may still name."""
 
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
@@ -379,92 +373,3 @@ def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
 def dump_recipe(recipe: Recipe) -> str:
     """YAML text of a resolved recipe."""
     return yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False, allow_unicode=True)
-
-
-T = typing.TypeVar("T")
-
-
-def from_dict(cls: type[T], data: Any, path: str = "") -> T:
-    """Build dataclass ``cls`` from ``data``, checking every field name and type."""
-    where = path or "recipe"
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping of fields, got {type(data).__name__} {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        raise ConfigError(
-            f"{_join(path, unknown[0])}: unknown field; valid fields here are {', '.join(names)}"
-        )
-    kwargs = {name: _coerce(hints[name], data[name], _join(path, name)) for name in names if name in data}
-    return cls(**kwargs)
-
-
-def _join(path: str, name: str) -> str:
-    return f"{path}.{name}" if path else name
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _coerce(tp: Any, value: Any, path: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if tp is Any:
-        return value
-    if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, path)
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(arg, value, path)
-            except ConfigError as e:
-                errors.append(str(e))
-        allowed = " or ".join(_type_name(a) for a in args)
-        raise ConfigError(f"{path}: expected {allowed}, got {type(value).__name__} {value!r}")
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{path}: {value!r} is not one of {', '.join(map(repr, args))}")
-        return value
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path}: expected a list, got {type(value).__name__} {value!r}")
-        return [_coerce(args[0], v, f"{path}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__} {value!r}")
-        return {str(k): _coerce(args[1], v, f"{path}.{k}") for k, v in value.items()}
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{path}: expected true/false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ConfigError(f"{path}: expected an integer, got {type(value).__name__} {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{path}: expected a number, got {value!r}")
-        if isinstance(value, str):  # YAML reads 1e-3 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                raise ConfigError(f"{path}: expected a number, got str {value!r}") from None
-        if not isinstance(value, (int, float)):
-            raise ConfigError(f"{path}: expected a number, got {type(value).__name__} {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{path}: expected a string, got {type(value).__name__} {value!r}")
-        return value
-    if tp is type(None):
-        if value is not None:
-            raise ConfigError(f"{path}: expected null, got {value!r}")
-        return None
-    raise ConfigError(f"{path}: unsupported field type {tp!r}")  # pragma: no cover

@@ -4,7 +4,8 @@ Why here and not later: a count of 0 (``intervention.draws``), a NaN learning ra
 unknown condition used to pass validation and then give an empty table, a NaN SAE or a
 misleading error hours later, after the output folder existed. Everything that needs no
 model or data is checked when the recipe is read; :mod:`sae_bilingual.study.preflight` checks
-the rest before any work.
+the rest before any work. :func:`check_k` and :func:`parse_bytes` are shared with the SAE
+config and the memory plan, so each rule is written once.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ log = logging.getLogger(__name__)
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 """A model id usable as one folder level under units/."""
 DEVICE = re.compile(r"(cpu|cuda|mps|xpu)(:\d+)?")
+_BYTE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
 
 def check_recipe(recipe: Any) -> None:
@@ -53,11 +56,40 @@ def _check_numbers(recipe: Any) -> None:
     for i, lr in enumerate(s.lr_grid):
         _finite_positive(lr, f"sae.lr_grid[{i}]", "0.001")
     _at_least(s.warmup_steps, 0, "sae.warmup_steps", "500")
-    _at_least(s.checkpoint_every, 0, "sae.checkpoint_every", "0 (never)")
     _finite_positive(s.adam_eps, "sae.adam_eps", "6.25e-10")
     _at_least(a.ce_docs_per_lang, 1, "analysis.ce_docs_per_lang", "64")
     _at_least(a.n_examples, 0, "analysis.n_examples", "8")
     _at_least(a.n_browser_features, 0, "analysis.n_browser_features", "40")
+
+
+def check_k(k: int, n: int, *, k_name: str = "k", n_from: str = "d_sae", fix: str = "raise d_sae") -> None:
+    """A TopK SAE keeps k of its n latents: 1 <= k < n, the one rule for every check of k.
+
+    k = n would keep every latent (no sparsity: the TopK is then a dense code). The recipe
+    (load time, when d_sae is given), the preflight (n = expansion x d_model) and the SAE
+    configs all call this; ``k_name``/``n_from``/``fix`` word the error for the caller's fields.
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < n:
+        raise ConfigError(f"{k_name} = {k!r} must be at least 1 and smaller than the number of latents "
+                          f"n = {n} ({n_from}): a TopK SAE keeps k of its n latents; lower {k_name} or {fix}")
+
+
+def parse_bytes(value: int | float | str, field: str = "max_memory") -> int:
+    """Bytes from an int or a string like '80GB', '80 GiB', '512MB', '1.5e11' (GB = 10^9, GiB = 2^30)."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{field}: expected bytes or a size like '80GB', got {value!r}")
+    if isinstance(value, (int, float)):
+        n = float(value)
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", str(value))
+        unit = m.group(2).lower() if m else None
+        if m is None or unit not in _BYTE_UNITS:
+            raise ConfigError(f"{field}: cannot read {value!r} as a size; write bytes or e.g. '80GB', "
+                              "'40GiB', '512MB' (GB = 10^9 bytes, GiB = 2^30)")
+        n = float(m.group(1)) * _BYTE_UNITS[unit]
+    if not math.isfinite(n) or n <= 0:
+        raise ConfigError(f"{field}: must be a positive size, got {value!r}")
+    return int(n)
 
 
 def _check_intervention(recipe: Any) -> None:

@@ -145,7 +145,7 @@ def tiny_sae(d_in: int = 16, hook: str = "blocks.0.hook_resid_post", k: int = 4,
 
 @pytest.fixture
 def sae_dir(tmp_path):
-    from sae_bilingual.sae.model import save_sae
+    from sae_bilingual.sae.files import save_sae
 
     return save_sae(tiny_sae(), tmp_path / "sae")
 
@@ -200,7 +200,7 @@ def test_n_not_positive():
 def test_k_not_below_n_with_explicit_d_sae():
     with pytest.raises(ConfigError) as e:
         recipe(Path("/tmp/x"), **{"sae.k": 64, "sae.d_sae": 64})
-    names_problem_and_fix(e.value, "sae.k = 64", "sae.d_sae = 64", fix=("lower k",))
+    names_problem_and_fix(e.value, "sae.k = 64", "sae.d_sae = 64", fix=("lower sae.k",))
 
 
 def test_k_not_below_n_from_expansion_check():
@@ -356,7 +356,7 @@ def test_preflight_catches_budget(world, tmp_path):
 
 
 def test_sae_dir_missing_file(tmp_path):
-    from sae_bilingual.sae.model import load_sae
+    from sae_bilingual.sae.files import load_sae
 
     (tmp_path / "empty").mkdir()
     with pytest.raises(SAEFileError) as e:
@@ -365,7 +365,7 @@ def test_sae_dir_missing_file(tmp_path):
 
 
 def test_corrupt_sae_weights(sae_dir):
-    from sae_bilingual.sae.model import load_sae
+    from sae_bilingual.sae.files import load_sae
 
     w = sae_dir / "sae_weights.safetensors"
     w.write_bytes(b"\x00garbage" * 50)
@@ -377,7 +377,7 @@ def test_corrupt_sae_weights(sae_dir):
 def test_truncated_sae_weights_ours_and_saelens(sae_dir):
     from sae_lens import SAE
 
-    from sae_bilingual.sae.model import load_sae
+    from sae_bilingual.sae.files import load_sae
 
     w = sae_dir / "sae_weights.safetensors"
     blob = w.read_bytes()
@@ -392,7 +392,7 @@ def test_truncated_sae_weights_ours_and_saelens(sae_dir):
 
 
 def test_cfg_json_missing_fields(sae_dir):
-    from sae_bilingual.sae.model import load_sae
+    from sae_bilingual.sae.files import load_sae
 
     cfg_path = sae_dir / "cfg.json"
     cfg = json.loads(cfg_path.read_text())
@@ -404,7 +404,7 @@ def test_cfg_json_missing_fields(sae_dir):
 
 
 def test_cfg_json_not_json(sae_dir):
-    from sae_bilingual.sae.model import load_sae
+    from sae_bilingual.sae.files import load_sae
 
     (sae_dir / "cfg.json").write_text('{"d_in": 16, ')
     with pytest.raises(SAEFileError) as e:
@@ -415,7 +415,7 @@ def test_cfg_json_not_json(sae_dir):
 def test_weights_that_do_not_fit_cfg(sae_dir):
     from safetensors.torch import save_file
 
-    from sae_bilingual.sae.model import load_sae
+    from sae_bilingual.sae.files import load_sae
 
     save_file({"W_enc": torch.zeros(3, 3), "W_dec": torch.zeros(3, 3), "b_dec": torch.zeros(3)},
               str(sae_dir / "sae_weights.safetensors"))
@@ -425,7 +425,7 @@ def test_weights_that_do_not_fit_cfg(sae_dir):
 
 
 def test_good_sae_still_loads(sae_dir):
-    from sae_bilingual.sae.model import load_sae
+    from sae_bilingual.sae.files import load_sae
 
     sae = load_sae(sae_dir)
     assert sae.cfg.d_sae == 64 and sae.cfg.k == 4
@@ -454,7 +454,7 @@ def test_sae_width_differs_from_model_intervention():
 
 
 def test_sae_width_differs_from_model_splice():
-    from sae_bilingual.sae.train import ce_metrics
+    from sae_bilingual.sae.metrics import ce_metrics
 
     with pytest.raises(SAEFileError) as e:
         ce_metrics(tiny_lm(d_model=16), tiny_sae(d_in=32), windows([[1, 2, 3]]))
@@ -471,7 +471,7 @@ def test_sae_at_a_different_hook():
 
 
 def test_sae_hook_missing_from_model_splice():
-    from sae_bilingual.sae.train import ce_metrics
+    from sae_bilingual.sae.metrics import ce_metrics
 
     with pytest.raises(SAEFileError) as e:
         ce_metrics(tiny_lm(n_layers=2), tiny_sae(hook="blocks.5.hook_resid_post"), windows([[1, 2, 3]]))
@@ -790,7 +790,7 @@ def test_two_models_of_one_family_both_reach_the_summary(world, tmp_path):
     ("intervention.few_shot", -1), ("intervention.translation_pairs", -1),
     ("intervention.conditions", []), ("intervention.mid_checkpoint", -5),
     ("analysis.ce_docs_per_lang", 0), ("analysis.n_examples", -1), ("analysis.n_browser_features", -1),
-    ("sae.warmup_steps", -1), ("sae.checkpoint_every", -1), ("sae.adam_eps", 0.0), ("seed", -1),
+    ("sae.warmup_steps", -1), ("sae.geometric_median_sample", 0), ("sae.adam_eps", 0.0), ("seed", -1),
 ])
 def test_counts_and_numbers_are_validated_at_load(field, value):
     with pytest.raises(ConfigError) as e:
@@ -874,7 +874,7 @@ def test_corpus_file_errors_fail_before_the_output_dir(world, no_lm_no_sae, tmp_
 
 
 def test_sae_weights_all_nan_refused_at_load(tmp_path):
-    from sae_bilingual.sae.model import load_sae, save_sae
+    from sae_bilingual.sae.files import load_sae, save_sae
 
     sae = tiny_sae()
     with torch.no_grad():

@@ -10,9 +10,10 @@ import torch
 from datasets import Dataset
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from sae_bilingual.ce import ce_metrics_many, ce_recovered, chunk_positions, final_residual, nll_rows
+from sae_bilingual.lm_loss import chunk_positions, final_residual, nll_rows
 from sae_bilingual.data.corpus import make_windows
 from sae_bilingual.intervention.metrics import perplexity
+from sae_bilingual.sae.metrics import ce_metrics_many, ce_recovered
 from sae_bilingual.sae.model import make_metadata, new_paper_sae
 
 VOCAB = 6000

@@ -40,8 +40,8 @@ def test_convert(tmp_path, capsys):
     from sae_lens import SAE
 
     g = torch.Generator().manual_seed(0)
-    sd = {"encoder.weight": torch.randn(32, 8, generator=g), "encoder.bias": torch.zeros(32),
-          "W_dec": torch.randn(32, 8, generator=g), "b_dec": torch.zeros(8)}
+    sd = {"encoder.weight": torch.randn(64, 8, generator=g), "encoder.bias": torch.zeros(64),
+          "W_dec": torch.randn(64, 8, generator=g), "b_dec": torch.zeros(8)}  # n = 64 > k = 32 (the default)
     torch.save(sd, tmp_path / "sae.pth")
     dst = tmp_path / "out"
     assert main(["convert", str(tmp_path / "sae.pth"), str(dst), "--hook", "blocks.0.hook_resid_post"]) == 0

@@ -6,9 +6,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from sae_lens.saes.sae import SAEMetadata
 
-from sae_bilingual.config import Recipe, dump_recipe, from_dict, load_recipe
+from sae_bilingual.config import Recipe, SAESpec, dump_recipe, from_dict, load_recipe
 from sae_bilingual.errors import ConfigError
+from sae_bilingual.sae.model import PaperTopKSAEConfig, PaperTopKTrainingSAEConfig
+from sae_bilingual.study.preflight import check_k_below_n
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
 
@@ -76,3 +79,44 @@ def test_yaml_is_loaded_safely(tmp_path: Path) -> None:
     p.write_text("name: !!python/object/apply:os.system ['echo pwned']\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_recipe(p)
+
+
+@pytest.mark.parametrize("k", [0, 1, 63, 64, 65])
+def test_one_k_rule_for_recipe_preflight_and_sae_configs(k: int) -> None:
+    """1 <= k < n everywhere: the recipe (d_sae given), the preflight (n = expansion x d_model)
+    and both SAE configs accept and refuse the same k (n = 64 in each)."""
+    def preflight() -> None:
+        recipe = from_dict(Recipe, {"sae": {"expansion": 4}}).validate()
+        recipe.sae.k = k  # past the load-time checks: the preflight's own
+        check_k_below_n(recipe, 16, "toy")
+
+    checks = {
+        "recipe": lambda: from_dict(Recipe, {"sae": {"k": k, "d_sae": 64}}).validate(),
+        "preflight": preflight,
+        "inference": lambda: PaperTopKSAEConfig(d_in=16, d_sae=64, k=k, metadata=SAEMetadata()),
+        "training": lambda: PaperTopKTrainingSAEConfig(d_in=16, d_sae=64, k=k, metadata=SAEMetadata()),
+    }
+    for name, check in checks.items():
+        if 1 <= k < 64:
+            check()
+            continue
+        with pytest.raises(ConfigError) as e:
+            check()
+        msg = str(e.value)
+        assert "sae.k" in msg if name in ("recipe", "preflight") else msg.startswith("k = "), (name, msg)
+        if name != "recipe" or k > 0:  # (the recipe refuses k = 0 before it knows n)
+            assert "smaller than the number of latents n = 64" in msg, (name, msg)
+
+
+def test_removed_checkpoint_every_is_named_with_the_fix(tmp_path: Path) -> None:
+    p = tmp_path / "old.yaml"
+    p.write_text("sae:\n  k: 8\n  checkpoint_every: 0\n")
+    with pytest.raises(ConfigError, match=r"sae.checkpoint_every: removed .* delete the line"):
+        load_recipe(p)
+
+
+def test_the_sae_section_is_the_training_config() -> None:
+    """Every field the trainer reads comes from the recipe: nothing copied by hand in between."""
+    r = from_dict(Recipe, yaml.safe_load("sae: {k: 8, fast: false, fused_adam: false, geometric_median_sample: 64}"))
+    assert isinstance(r.sae, SAESpec) and (r.sae.k, r.sae.fast, r.sae.fused_adam) == (8, False, False)
+    assert r.sae.geometric_median_sample == 64 and r.sae.n_latents(32) == 16 * 32

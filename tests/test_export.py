@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from sae_bilingual.cli import main
 from sae_bilingual.errors import OutputError
 from sae_bilingual.report.release import STOCK_DIFFERENCE, export_release, register_release_folder
-from sae_bilingual.sae.model import load_sae
+from sae_bilingual.sae.files import load_sae
 
 # Runs in a fresh interpreter started with -I -S: no PYTHONPATH, no site processing (so no editable
 # install of sae_bilingual), only site-packages on sys.path. It proves sae_bilingual cannot be imported,

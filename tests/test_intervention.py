@@ -338,7 +338,8 @@ def test_real_paper_topk_sae_hook_and_width_checks(models, tmp_path):
     pytest.importorskip("sae_bilingual.sae.model")
     from sae_lens import SAE
 
-    from sae_bilingual.sae.model import make_metadata, new_paper_sae, save_sae
+    from sae_bilingual.sae.files import save_sae
+    from sae_bilingual.sae.model import make_metadata, new_paper_sae
 
     final, mid = models
     wrong = new_paper_sae(D, k=4, d_sae=64, metadata=make_metadata(hook_name="blocks.2.hook_resid_post"))

@@ -9,16 +9,9 @@ import pytest
 import torch
 from sae_lens import SAE
 
-from sae_bilingual.sae.model import (
-    PaperTopKSAE,
-    dense_reference_loss,
-    export_stock_topk,
-    geometric_median,
-    load_sae,
-    make_metadata,
-    new_paper_sae,
-    save_sae,
-)
+from sae_bilingual.sae.files import export_stock_topk, load_sae, save_sae
+from sae_bilingual.sae.kernels import _code_outer, dense_reference_loss, geometric_median, pre_activation, unit_norm
+from sae_bilingual.sae.model import PaperTopKSAE, make_metadata, new_paper_sae
 
 
 def _hand_sae() -> PaperTopKSAE:
@@ -149,7 +142,9 @@ def test_fast_step_equals_dense_reference(variant):
     out.loss.backward()
     fast = {n: p.grad.clone() for n, p in t.named_parameters()}
     t.zero_grad()
-    loss, *_ = dense_reference_loss(t, x / x.norm(dim=-1, keepdim=True))
+    b_enc = t.b_enc if variant else None
+    loss, *_ = dense_reference_loss(x / x.norm(dim=-1, keepdim=True), t.b_dec, t.W_enc, t.W_dec, 5, b_enc,
+                                    bool(variant))
     loss.backward()
     assert torch.allclose(out.loss, loss, rtol=1e-12)
     for n, p in t.named_parameters():
@@ -159,8 +154,6 @@ def test_fast_step_equals_dense_reference(variant):
 
 def test_code_outer_dense_gemm_path_equals_sparse_path():
     # the GPU-autocast path (dense GEMM of the scattered code) and the sparse path agree
-    from sae_bilingual.sae.model import _code_outer
-
     torch.manual_seed(3)
     B, K, n, d = 16, 4, 50, 8
     idx = torch.stack([torch.randperm(n)[:K] for _ in range(B)])
@@ -230,3 +223,60 @@ def test_auxk_off_by_default_and_on_in_the_training_step():
     out = sae.training_forward_pass(step)
     aux = out.losses["auxiliary_reconstruction_loss"]
     assert aux > 0 and torch.allclose(out.loss, out.losses["mse_loss"] + 0.5 * aux)
+
+
+@pytest.mark.parametrize("variant", [{}, {"encoder_bias": True, "relu_before_topk": True}])
+def test_every_encode_path_has_the_hand_computed_pre_activation(variant):
+    """Inference (unit space and SAELens's residual-scale encode), the dense reference and the
+    sparse training kernel all select the top-k of (u - b_pre) @ W_enc (+ b_enc) (ReLU)."""
+    from sae_bilingual.sae.kernels import topk_encode_sparse
+
+    torch.manual_seed(5)
+    k = 3
+    s = new_paper_sae(6, k=k, d_sae=10, dtype="float64", **variant)
+    with torch.no_grad():
+        s.b_dec.normal_(std=0.2)
+        if variant:
+            s.b_enc.normal_(std=0.2)
+    x = torch.randn(7, 6, dtype=torch.float64) * 3
+    # independent reference: per row, per latent, the sum written out
+    u = x / x.norm(dim=-1, keepdim=True)
+    ref = torch.zeros(7, 10, dtype=torch.float64)
+    for r in range(7):
+        for j in range(10):
+            v = sum((u[r, i] - s.b_dec[i]) * s.W_enc[i, j] for i in range(6))
+            if variant:
+                v = max(v + s.b_enc[j], 0.0)
+            ref[r, j] = v
+    ref_vals, ref_idx = ref.topk(k, dim=-1)
+    b_enc = s.b_enc if variant else None
+    relu = bool(variant)
+    with torch.no_grad():
+        assert torch.allclose(pre_activation(u - s.b_dec, s.W_enc, b_enc, relu), ref, atol=1e-12)
+        dense = torch.zeros_like(ref).scatter_(-1, ref_idx, ref_vals)
+        idx, vals = s.encode_topk(u)
+        assert torch.allclose(vals, ref_vals, atol=1e-12)  # sorted, like ref's
+        assert torch.allclose(torch.zeros_like(ref).scatter_(-1, idx, vals), dense, atol=1e-12)
+        assert relu or torch.equal(idx, ref_idx)  # (after a ReLU, zeros may tie)
+        assert torch.allclose(s.encode_normalized(u), dense, atol=1e-12)
+        assert torch.allclose(s.encode(x), dense, atol=1e-12)  # residual scale: normalised inside
+        _, z, pre, _ = dense_reference_loss(u, s.b_dec, s.W_enc, s.W_dec, k, b_enc, relu)
+        assert torch.allclose(pre, ref, atol=1e-12) and torch.allclose(z, dense, atol=1e-12)
+        vals_s, idx_s = topk_encode_sparse(u, s.b_dec, s.W_enc, b_enc, k, relu)
+        got = torch.zeros_like(ref).scatter_(-1, idx_s, vals_s)
+        assert torch.allclose(got, dense, atol=1e-12)
+
+
+def test_unit_norm_in_place_equals_out_of_place_bit_for_bit():
+    """The store divides in place, the SAE out of place: the same bits, zero rows stay zero."""
+    torch.manual_seed(6)
+    x = torch.randn(50, 16) * torch.rand(50, 1) * 10
+    x[3] = 0.0
+    out = unit_norm(x)
+    inplace = x.clone()
+    assert unit_norm(inplace, inplace=True) is inplace
+    assert torch.equal(out, inplace)
+    assert torch.equal(out[3], torch.zeros(16))
+    keep = torch.arange(50) != 3
+    assert torch.allclose(out[keep].norm(dim=-1), torch.ones(49), atol=1e-6)
+    assert torch.allclose(out[keep] * x[keep].norm(dim=-1, keepdim=True), x[keep], atol=1e-5)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import logging
+import dataclasses
 import math
 
 import pytest
@@ -11,12 +11,13 @@ from datasets import Dataset
 from sae_lens import SAE
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from sae_bilingual.config import SAESpec
 from sae_bilingual.data.corpus import make_windows
-from sae_bilingual.sae.model import PaperTopKSAE
 from sae_bilingual.data.store import ActivationStore, collect_activations
-from sae_bilingual.sae.train import SAETrainConfig, ce_metrics_many, evaluate_sae, lr_grid, train_saes
-
-log = logging.getLogger(__name__)
+from sae_bilingual.errors import ConfigError
+from sae_bilingual.sae.metrics import ce_metrics_many, evaluate_sae
+from sae_bilingual.sae.model import PaperTopKSAE, new_paper_sae
+from sae_bilingual.sae.train import TrainRun, convergence, lr_grid, train_saes
 
 
 def _world():
@@ -35,20 +36,29 @@ def test_train_two_hooks_lockstep_and_eval(tmp_path):
     hooks = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]  # middle layer = paper layer 1
     train_w, eval_w = w.subset(slice(0, 64)), w.subset(slice(64, 80))
     store = ActivationStore(model, train_w, hooks, batch_size=128, buffer_vectors=1024, lm_batch_size=16)
-    cfg = SAETrainConfig(k=8, expansion=4, lr=3e-3, batch_size=128, total_steps=150)
-    saes = train_saes(store, hooks, cfg, {h: {"model_name": "tiny"} for h in hooks}, save_dir=tmp_path)
+    spec = SAESpec(k=8, expansion=4, lr=3e-3, batch_size=128)
+    saes = train_saes(store, hooks, spec, TrainRun(total_steps=150), {h: {"model_name": "tiny"} for h in hooks},
+                      save_dir=tmp_path)
     acts, _ = collect_activations(model, eval_w, hooks)
     for h in hooks:
         sae = saes[h]
         assert torch.allclose(sae.W_dec.norm(dim=-1), torch.ones(sae.cfg.d_sae), atol=1e-5)
+        assert sae.cfg.d_sae == 4 * 32 and sae.cfg.metadata.n_training_steps == 150
+        assert sae.cfg.metadata.training_tokens == 150 * 128 and sae.cfg.metadata.lr == 3e-3
         m = evaluate_sae(sae, acts[h], model, eval_w)
-        log.warning("tiny model %s: %s", h, m)
-        print(h, m)
-        assert m["fvu"] < 0.5 and m["l0"] == 8
+        ref = _reconstruction_by_brute_force(sae, acts[h])
+        for key in ("mse", "fvu", "l0"):
+            assert m[key] == pytest.approx(ref[key], rel=1e-5), (h, key)
+        assert (m["n_live"], m["n_dead"]) == (ref["n_live"], sae.cfg.d_sae - ref["n_live"])
+        assert m["fvu"] < 0.5 and m["l0"] == 8  # trained: most of the variance is reconstructed
+        ce = _ce_by_full_forward(model, sae, eval_w)
+        for key in ("ce_loss_clean", "ce_loss_sae", "ce_loss_zero"):
+            assert m[key] == pytest.approx(ce[key], rel=1e-5, abs=1e-6), (h, key)
         # random model: zero-ablation need not hurt; then CE recovered is undefined (NaN) and says why
-        assert all(v == v for k, v in m.items() if k != "ce_recovered")
         hurts = m["ce_loss_zero"] > m["ce_loss_clean"]
         assert (m["ce_recovered"] == m["ce_recovered"]) == hurts and (m["ce_recovered_note"] == "") == hurts
+        if hurts:
+            assert m["ce_recovered"] == pytest.approx(ce["ce_recovered"], rel=1e-5)
         loaded = SAE.load_from_disk(tmp_path / h)
         assert isinstance(loaded, PaperTopKSAE) and loaded.cfg.metadata.model_name == "tiny"
         assert torch.equal(loaded.W_enc, sae.W_enc)
@@ -62,6 +72,19 @@ def test_train_two_hooks_lockstep_and_eval(tmp_path):
                 continue
             assert many[h][key] == pytest.approx(val, rel=1e-5, abs=1e-6), (h, key)
     assert many[hooks[0]]["ce_loss_sae"] != many[hooks[1]]["ce_loss_sae"]
+
+
+@torch.no_grad()
+def _reconstruction_by_brute_force(sae, x_unit):
+    """Reference: dense codes of every vector at once, float64, no batching."""
+    u = x_unit.double()
+    W_enc, W_dec, b = sae.W_enc.double(), sae.W_dec.double(), sae.b_dec.double()
+    pre = (u - b) @ W_enc
+    top = pre.topk(sae.cfg.k, dim=-1)
+    z = torch.zeros_like(pre).scatter(-1, top.indices, top.values)
+    se = ((z @ W_dec + b - u) ** 2).sum(-1)
+    return {"mse": float(se.mean()), "fvu": float(se.sum() / ((u - u.mean(0)) ** 2).sum()),
+            "l0": float((z != 0).sum(-1).double().mean()), "n_live": int((z != 0).any(0).sum())}
 
 
 @torch.no_grad()
@@ -88,31 +111,28 @@ def test_lr_grid_picks_min():
     model, w = _world()
     hook = "blocks.0.hook_resid_post"
     acts, _ = collect_activations(model, w.subset(slice(64, 80)), [hook])
-    cfg = SAETrainConfig(k=4, expansion=2, batch_size=64, total_steps=30)
+    spec = SAESpec(k=4, expansion=2, batch_size=64)
     df, best = lr_grid(lambda: ActivationStore(model, w.subset(slice(0, 32)), [hook], batch_size=64,
-                                               buffer_vectors=512), hook, cfg, acts[hook], lrs=(1e-5, 3e-3))
+                                               buffer_vectors=512), hook, spec, TrainRun(total_steps=30),
+                       acts[hook], lrs=(1e-5, 3e-3))
     assert list(df["lr"]) == [1e-5, 3e-3] and best == df.loc[df["val_mse"].idxmin(), "lr"] == 3e-3
 
 
 def test_fused_adam_gives_the_per_tensor_update():
     """The fused kernel is a speed switch, not a different optimiser."""
-    import dataclasses
-
     model, w = _world()
     hook = "blocks.0.hook_resid_post"
-    cfg = SAETrainConfig(k=4, expansion=2, lr=3e-3, batch_size=64, total_steps=40, warmup_steps=0)
+    spec = SAESpec(k=4, expansion=2, lr=3e-3, batch_size=64, warmup_steps=0)
     out = {}
     for fused in (True, False):
         store = ActivationStore(model, w.subset(slice(0, 32)), [hook], batch_size=64, buffer_vectors=512)
-        out[fused] = train_saes(store, [hook], dataclasses.replace(cfg, fused_adam=fused))[hook]
+        out[fused] = train_saes(store, [hook], dataclasses.replace(spec, fused_adam=fused), TrainRun(total_steps=40))[hook]
     assert out[True].W_enc.abs().sum() > 0
     for name in ("W_enc", "W_dec", "b_dec"):
         assert torch.allclose(getattr(out[True], name), getattr(out[False], name), atol=1e-5), name
 
 
 def test_convergence_hand_example():
-    from sae_bilingual.sae.train import convergence
-
     # last tenth = [1.0] -> final 1.0; window 1; first step within 10 % of it is index 5 -> 6 steps
     c = convergence([10, 8, 6, 4, 2, 1.05, 1, 1, 1, 1])
     assert c == {"train_loss_final": 1.0, "train_loss_first_tenth": 10.0, "train_steps_to_final": 6}
@@ -122,19 +142,17 @@ def test_convergence_hand_example():
 
 
 def test_warm_start_begins_at_the_given_sae():
-    import dataclasses
-
     model, w = _world()
     hook = "blocks.0.hook_resid_post"
-    cfg = SAETrainConfig(k=4, expansion=2, lr=3e-3, batch_size=64, total_steps=30, warmup_steps=0)
+    spec, run = SAESpec(k=4, expansion=2, lr=3e-3, batch_size=64, warmup_steps=0), TrainRun(total_steps=30)
 
     def store():
         return ActivationStore(model, w.subset(slice(0, 32)), [hook], batch_size=64, buffer_vectors=512)
 
-    cold = train_saes(store(), [hook], cfg)[hook]
+    cold = train_saes(store(), [hook], spec, run)[hook]
     assert cold.cfg.metadata.warm_start is False
     # a vanishing LR leaves the warm-started SAE where it began: at the cold SAE's weights
-    warm = train_saes(store(), [hook], dataclasses.replace(cfg, lr=1e-12), init_from={hook: cold})[hook]
+    warm = train_saes(store(), [hook], dataclasses.replace(spec, lr=1e-12), run, init_from={hook: cold})[hook]
     assert warm.cfg.metadata.warm_start is True
     for name in ("W_enc", "W_dec", "b_dec"):
         assert torch.allclose(getattr(warm, name), getattr(cold, name), atol=1e-6), name
@@ -144,13 +162,35 @@ def test_warm_start_begins_at_the_given_sae():
 
 
 def test_warm_start_refuses_other_shapes():
-    from sae_bilingual.errors import ConfigError
-    from sae_bilingual.sae.model import new_paper_sae
-
     model, w = _world()
     hook = "blocks.0.hook_resid_post"
     store = ActivationStore(model, w.subset(slice(0, 32)), [hook], batch_size=64, buffer_vectors=512)
     other = new_paper_sae(32, k=4, d_sae=96)
     with pytest.raises(ConfigError, match="d_sae"):
-        train_saes(store, [hook], SAETrainConfig(k=4, expansion=2, batch_size=64, total_steps=5),
+        train_saes(store, [hook], SAESpec(k=4, expansion=2, lr=1e-3, batch_size=64), TrainRun(total_steps=5),
                    init_from={hook: other})
+
+
+def test_run_steps_and_batch_follow_the_recipe_and_the_vectors():
+    """One pass over n_vectors: the batch is clamped to them, steps = n_vectors // batch."""
+    spec = SAESpec(batch_size=256, warmup_steps=5)
+    assert (TrainRun(n_vectors=8192).batch_size(spec), TrainRun(n_vectors=8192).steps(spec)) == (256, 32)
+    assert TrainRun(n_vectors=8192).warmup(spec) == 3  # min(5, 32 // 10)
+    assert (TrainRun(n_vectors=1000).batch_size(spec), TrainRun(n_vectors=1000).steps(spec)) == (256, 3)
+    assert (TrainRun(n_vectors=100).batch_size(spec), TrainRun(n_vectors=100).steps(spec)) == (100, 1)
+    assert TrainRun(n_vectors=8192, total_steps=7).steps(spec) == 7
+    with pytest.raises(ConfigError, match="total_steps or n_vectors"):
+        TrainRun().steps(spec)
+
+
+def test_train_saes_needs_a_number_as_lr_and_the_batch_of_the_store():
+    model, w = _world()
+    hook = "blocks.0.hook_resid_post"
+
+    def store(bs):
+        return ActivationStore(model, w.subset(slice(0, 8)), [hook], batch_size=bs, buffer_vectors=256)
+
+    with pytest.raises(ConfigError, match="lr_grid"):
+        train_saes(store(64), [hook], SAESpec(k=4, expansion=2, batch_size=64), TrainRun(total_steps=2))
+    with pytest.raises(ConfigError, match="batches of 32 vectors"):
+        train_saes(store(32), [hook], SAESpec(k=4, expansion=2, lr=1e-3, batch_size=64), TrainRun(total_steps=2))

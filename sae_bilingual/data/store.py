@@ -23,6 +23,7 @@ from sae_bilingual.data.corpus import Windows
 from sae_bilingual.errors import DataError
 from sae_bilingual.io import atomic_dir, atomic_save_safetensors, atomic_write_json
 from sae_bilingual.layers import stop_at_layer_for
+from sae_bilingual.sae.kernels import unit_norm
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ def collect_activations(model: Any, windows: Windows, hooks: Sequence[str], *, b
                 raise DataError(f"hook {h} did not fire; is it a residual hook of this model?")
             a = cache[h].to(out_device)[rows, cols].to(torch.float32)  # indexing copies: safe to edit
             _check_finite(h, a, lab.doc_id, lab.position)
-            a.div_(a.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+            unit_norm(a, inplace=True)  # the SAE's input space (why the SAE normalises again: unit_norm)
             outs[h].append(a.to(dtype))
         cache.clear()
         labs.append(lab)

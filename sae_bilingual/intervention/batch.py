@@ -9,7 +9,7 @@ evaluation windows this module therefore runs
 2. the SAE's encoding of X_full, once;
 3. for each group of injections, ``x_mid + alpha_g D(mask_g z)`` stacked along the batch and
    the rest of the mid model from the hook (``start_at_layer``), with the loss in chunks
-   (:mod:`sae_bilingual.ce`).
+   (:mod:`sae_bilingual.lm_loss`).
 
 The numbers equal those of one :func:`~sae_bilingual.intervention.metrics.perplexity` call per
 condition under a :class:`~sae_bilingual.intervention.hook.FeatureInjection` hook, up to float
@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from sae_bilingual.ce import DEFAULT_LOGITS_BUDGET_BYTES, final_residual, nll_rows, token_windows
+from sae_bilingual.lm_loss import DEFAULT_LOGITS_BUDGET_BYTES, final_residual, nll_rows, token_windows
 from sae_bilingual.errors import ConfigError
 from sae_bilingual.intervention.injection import decode_groups, encode_unit
 from sae_bilingual.layers import hook_for_layer

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from sae_bilingual.ce import DEFAULT_LOGITS_BUDGET_BYTES
+from sae_bilingual.lm_loss import DEFAULT_LOGITS_BUDGET_BYTES
 from sae_bilingual.intervention.comet_bridge import comet_available, comet_score
 from sae_bilingual.errors import ConfigError
 from sae_bilingual.intervention.metrics import PromptTemplate, chrf, perplexity, split_pairs, translate

@@ -22,8 +22,8 @@ import pandas as pd
 import sacrebleu
 import torch
 
-from sae_bilingual.ce import DEFAULT_LOGITS_BUDGET_BYTES, final_residual, nll_rows
-from sae_bilingual.ce import token_windows as _windows_parts
+from sae_bilingual.lm_loss import DEFAULT_LOGITS_BUDGET_BYTES, final_residual, nll_rows
+from sae_bilingual.lm_loss import token_windows as _windows_parts
 from sae_bilingual.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def perplexity(
     ``token_windows`` is a ``corpus.Windows`` (tokens/lengths/lang/languages) or a LongTensor
     [N, T] (BOS at column 0, right-padded; then pass ``langs`` and ``lengths``). Returns
     ``{"ppl_<lang>": ..., "ppl_all": ..., "tokens_<lang>": ..., "tokens_all": ...}``. Logits
-    are formed in chunks of at most ``logits_budget_bytes`` (see :mod:`sae_bilingual.ce`).
+    are formed in chunks of at most ``logits_budget_bytes`` (see :mod:`sae_bilingual.lm_loss`).
     """
     tokens, lengths, langs, languages = _windows_parts(token_windows, langs, languages, lengths)
     nll_sum = torch.zeros(len(languages), dtype=torch.float64)

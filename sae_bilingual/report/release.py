@@ -8,7 +8,7 @@ Layout of ``OUT`` (upload it as one Hub repo, or use it locally)::
     <model>/iter_NNNNNNN/LXX/       one stock SAELens "topk" SAE: cfg.json + sae_weights.safetensors
 
 Why stock ``topk``: a user with plain SAELens (no sae-bilingual) cannot build the registered
-``paper_topk`` architecture. :func:`sae_bilingual.sae.model.export_stock_topk` rewrites each SAE
+``paper_topk`` architecture. :func:`sae_bilingual.sae.files.export_stock_topk` rewrites each SAE
 exactly as a stock TopK SAE with per-token norm rescaling; the one difference (ReLU on the
 selected values) is stated in every cfg.json and in the card.
 
@@ -34,7 +34,8 @@ from sae_bilingual import __version__
 from sae_bilingual.errors import OutputError, SAEFileError
 from sae_bilingual.io import atomic_dir
 from sae_bilingual.models.public import PUBLIC_FAMILIES, hub_location
-from sae_bilingual.sae.model import ARCHITECTURE, export_stock_topk, load_sae
+from sae_bilingual.sae.files import export_stock_topk, load_sae
+from sae_bilingual.sae.model import ARCHITECTURE
 from sae_bilingual.study.unit import layer_dirs, layer_id
 
 log = logging.getLogger(__name__)

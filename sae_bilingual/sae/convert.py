@@ -26,10 +26,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import snapshot_download
+from sae_lens.loading.pretrained_sae_loaders import NAMED_PRETRAINED_SAE_LOADERS
+from sae_lens.loading.pretrained_saes_directory import PretrainedSAELookup, get_pretrained_saes_directory
+from safetensors.torch import load_file
 
 from sae_bilingual.errors import OutputError, SAEFileError
 from sae_bilingual.io import atomic_write_bytes
-from sae_bilingual.sae.model import PaperTopKSAE, PaperTopKSAEConfig, make_metadata, save_sae
+from sae_bilingual.sae.files import save_sae
+from sae_bilingual.sae.model import PaperTopKSAE, PaperTopKSAEConfig, make_metadata
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +48,6 @@ _WEIGHT_FILES = ("sae.safetensors", "model.safetensors", "sae.pth", "pytorch_mod
 
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         return load_file(str(path))
     try:
         sd = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -179,8 +182,6 @@ def released_loader(repo_id: str, folder_name: str, device: str = "cpu", force_d
     local = _find_local(folder_name, local_dir)
     if local is None:
         try:
-            from huggingface_hub import snapshot_download
-
             local = Path(snapshot_download(folder_name, force_download=force_download))
         except Exception as e:  # noqa: BLE001
             raise SAEFileError(
@@ -197,10 +198,7 @@ def released_loader(repo_id: str, folder_name: str, device: str = "cpu", force_d
 
 def register_release() -> None:
     """Add the released SAEs to SAELens's pretrained directory (idempotent, no fork)."""
-    from sae_lens.loading.pretrained_sae_loaders import NAMED_PRETRAINED_SAE_LOADERS
-    from sae_lens.loading.pretrained_saes_directory import PretrainedSAELookup, get_pretrained_saes_directory
-
-    NAMED_PRETRAINED_SAE_LOADERS[LOADER_NAME] = released_loader  # type: ignore[assignment]
+    NAMED_PRETRAINED_SAE_LOADERS[LOADER_NAME] = released_loader
     directory = get_pretrained_saes_directory()  # cached dict: entries added here persist
     if RELEASE in directory:
         return

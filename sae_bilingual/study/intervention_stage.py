@@ -20,7 +20,7 @@ from sae_bilingual.intervention.masks import scale_m
 from sae_bilingual.models.generic import is_paper_model
 from sae_bilingual.study.context import StudyContext
 from sae_bilingual.study.pipeline import _first_docs_per_lang, _torch_dtype
-from sae_bilingual.sae.model import load_sae
+from sae_bilingual.sae.files import load_sae
 from sae_bilingual.study.plan import Plan
 from sae_bilingual.study.unit import Unit
 

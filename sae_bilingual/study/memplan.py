@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from dataclasses import dataclass
 from typing import Any
 
 import psutil
 import torch
 
-from sae_bilingual.errors import ConfigError
+from sae_bilingual.config_checks import parse_bytes
 from sae_bilingual.layers import hook_for_layer, stop_at_layer_for
 
 log = logging.getLogger(__name__)
@@ -35,32 +34,10 @@ log = logging.getLogger(__name__)
 PLAN_FRACTION = 0.9
 """Share of the memory budget a plan fills."""
 CE_BATCH_WINDOWS = 64
-"""Windows per CE-metrics forward (train.ce_metrics_many's batch_size)."""
+"""Windows per CE-metrics forward (sae.metrics.ce_metrics_many's batch_size)."""
 EVAL_ENCODE_BATCH = 8192
 """Vectors per encode batch of the analysis (codes.encode_to_codes, reconstruction_metrics)."""
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-
-
-def parse_bytes(value: int | float | str, field: str = "max_memory") -> int:
-    """Bytes from an int or a string like '80GB', '80 GiB', '512MB', '1.5e11' (GB = 10^9, GiB = 2^30)."""
-    if isinstance(value, bool):
-        raise ConfigError(f"{field}: expected bytes or a size like '80GB', got {value!r}")
-    if isinstance(value, (int, float)):
-        n = float(value)
-    else:
-        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", str(value))
-        unit = m.group(2).lower() if m else None
-        if m is None or unit not in _UNITS:
-            raise ConfigError(f"{field}: cannot read {value!r} as a size; write bytes or e.g. '80GB', "
-                              "'40GiB', '512MB' (GB = 10^9 bytes, GiB = 2^30)")
-        n = float(m.group(1)) * _UNITS[unit]
-    if not math.isfinite(n) or n <= 0:
-        raise ConfigError(f"{field}: must be a positive size, got {value!r}")
-    return int(n)
-
-
 def fmt_bytes(n: float) -> str:
     """'7.57 GB' style (powers of 10, as parse_bytes reads them)."""
     for unit, div in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):

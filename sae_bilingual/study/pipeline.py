@@ -31,14 +31,15 @@ from sae_bilingual.analysis.semantic import (
     token_clusters_from_embeddings,
     token_graph_from_embeddings,
 )
-from sae_bilingual.ce import ce_metrics_many
 from sae_bilingual.data import store
 from sae_bilingual.errors import DataError
 from sae_bilingual.io import atomic_write_json, atomic_write_text, save_parquet
 from sae_bilingual.layers import hook_for_layer
 from sae_bilingual.models.registry import get_family
 from sae_bilingual.sae import train
-from sae_bilingual.sae.model import load_sae, save_sae
+from sae_bilingual.sae.files import load_sae, save_sae
+from sae_bilingual.sae.metrics import ce_metrics_many, reconstruction_metrics
+from sae_bilingual.sae.train import TrainRun
 from sae_bilingual.study.artefacts import write_unit_summary
 from sae_bilingual.study.context import StudyContext
 from sae_bilingual.study.faults import crash_point
@@ -56,27 +57,11 @@ def _torch_dtype(name: str) -> torch.dtype:
     return _DTYPES[name]
 
 
-def train_config(ctx, lr: float, n_vectors: int):
-    """SAETrainConfig from the recipe; one pass over ``n_vectors`` training vectors."""
-    from sae_bilingual.sae.train import SAETrainConfig
-
-    s = ctx.recipe.sae
-    return SAETrainConfig(
-        k=s.k,
-        d_sae=s.d_sae,
-        expansion=s.expansion,
-        lr=lr,
-        batch_size=min(s.batch_size, n_vectors),
-        total_training_tokens=n_vectors,
-        warmup_steps=s.warmup_steps,
-        adam_eps=s.adam_eps,
-        seed=ctx.recipe.seed,
-        device=ctx.recipe.device,
-        checkpoint_every=s.checkpoint_every,
-        aux_k_coefficient=s.aux_k_coefficient,
-        dead_feature_window=s.dead_feature_window,
-        wandb=ctx.recipe.wandb,
-    )
+def _train_run(ctx, unit) -> TrainRun:
+    """The run's own facts: one pass over the unit's training vectors (the SAE settings are
+    the recipe's ``sae:`` section itself)."""
+    return TrainRun(n_vectors=ctx.windows("train", unit.model_index).n_vectors, seed=ctx.recipe.seed,
+                    device=ctx.recipe.device, wandb=ctx.recipe.wandb)
 
 
 def _metadata(ctx: StudyContext, unit: Unit, layer: int) -> dict[str, Any]:
@@ -148,14 +133,11 @@ def _train_and_analyse(ctx: StudyContext, unit: Unit, model: Any, layers: list[i
     timer = StageTimer(unit.id if len(layers) == len(unit.layers) else f"{unit.id} layers {layers}")
     hooks = [hook_for_layer(l) for l in layers]
     with timer.stage("LM + SAE training"):
-        cfg = train_config(ctx, lr, ctx.windows("train", unit.model_index).n_vectors)
-        acts_store = _store(ctx, unit, model, hooks, cfg.batch_size)
+        spec, run = dataclasses.replace(ctx.recipe.sae, lr=lr), _train_run(ctx, unit)
+        acts_store = _store(ctx, unit, model, hooks, run.batch_size(spec))
         metas = {hook_for_layer(l): _metadata(ctx, unit, l) for l in layers}
-        # SAELens training checkpoints (optimizer state included) when the recipe asks for them;
-        # a killed unit is still redone from the start (deterministic), not resumed from these.
-        ckpt_dir = unit.dir(out) / "training" if ctx.recipe.sae.checkpoint_every else None
         init = warm_start_saes(ctx, unit, layers, out) if ctx.recipe.sae.warm_start else None
-        saes = train.train_saes(acts_store, hooks, cfg, metas, save_dir=ckpt_dir, init_from=init)
+        saes = train.train_saes(acts_store, hooks, spec, run, metas, init_from=init)
     crash_point("trained")
     eval_windows = ctx.windows("eval", unit.model_index)
     acts, labels = timer.call("eval activations", store.collect_activations, model, eval_windows, hooks,
@@ -173,7 +155,7 @@ def _train_and_analyse(ctx: StudyContext, unit: Unit, model: Any, layers: list[i
             ldir.mkdir(parents=True, exist_ok=True)
             sae = saes[hook]
             save_sae(sae, ldir / "sae")
-            metrics = {**train.reconstruction_metrics(sae, acts[hook]), **ce[hook]}
+            metrics = {**reconstruction_metrics(sae, acts[hook]), **ce[hook]}
             row = analyse_layer(ctx, unit, layer, sae, acts[hook], labels, clusters, ldir)
             row.update({k: v if isinstance(v, str) else float(v) for k, v in metrics.items() if np.isscalar(v)})
             md = sae.cfg.metadata
@@ -355,8 +337,9 @@ def run_lr_grid(ctx: StudyContext, unit: Unit, out: Path) -> float:
     hook = hook_for_layer(unit.layers[0])
     eval_acts, _ = store.collect_activations(model, ctx.windows("eval", unit.model_index), [hook],
                                        batch_size=ctx.recipe.data.lm_batch_size, device=ctx.recipe.device)
-    cfg = train_config(ctx, grid[0], ctx.windows("train", unit.model_index).n_vectors)
-    df, best = train.lr_grid(lambda: _store(ctx, unit, model, [hook], cfg.batch_size, out), hook, cfg, eval_acts[hook], grid)
+    spec, run = ctx.recipe.sae, _train_run(ctx, unit)
+    df, best = train.lr_grid(lambda: _store(ctx, unit, model, [hook], run.batch_size(spec), out), hook, spec, run,
+                             eval_acts[hook], grid)
     df["model"], df["iteration"], df["layer"] = unit.family, unit.iteration, unit.layers[0]
     save_parquet(df, out / "tables" / "lr_grid.parquet")
     atomic_write_text(path, df.to_csv(index=False))  # last: its presence marks the grid done

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from sae_bilingual.config_checks import default_model_ids
+from sae_bilingual.config_checks import check_k, default_model_ids
 from sae_bilingual.data.store import check_token_ids
 from sae_bilingual.errors import CheckpointError, ConfigError, DataError
 from sae_bilingual.intervention.comet_bridge import comet_model_path, comet_python
@@ -28,13 +28,9 @@ log = logging.getLogger(__name__)
 def check_k_below_n(recipe: Any, d_model: int, family: str) -> None:
     """TopK needs K < n latents (n = d_sae or expansion x d_model)."""
     s = recipe.sae
-    n = s.d_sae or s.expansion * int(d_model)
-    if s.k >= n:
-        how = f"sae.d_sae = {s.d_sae}" if s.d_sae else f"sae.expansion x d_model = {s.expansion} x {d_model}"
-        raise ConfigError(
-            f"sae.k = {s.k} must be smaller than the number of latents n = {n} ({how}) for {family}; "
-            "lower sae.k or raise sae.expansion / sae.d_sae"
-        )
+    how = f"sae.d_sae = {s.d_sae}" if s.d_sae else f"sae.expansion x d_model = {s.expansion} x {d_model}"
+    check_k(s.k, s.n_latents(d_model), k_name="sae.k", n_from=f"{how} for {family}",
+            fix="raise sae.expansion / sae.d_sae")
 
 
 def check_comet(recipe: Any) -> None:

@@ -1,16 +1,8 @@
-"""Next-token cross-entropy without materialising a whole batch's full-vocabulary logits.
+"""An SAE's own metrics: reconstruction (MSE, FVU, L0, dead latents) and CE loss recovered.
 
-A forward pass that returns logits holds ``batch x positions x vocab`` floats at once (plus
-the log-softmax of them): 64 windows x 64 tokens x 99,584 tokens of LLM-jp's vocabulary is
-1.6 GB per copy. Here the model runs only up to the residual stream before the final norm
-(``stop_at_layer=n_layers``); the final norm, the unembedding, the log-softmax and the
-gather then run on chunks of the positions that have a target, each chunk's logits at most
-``budget_bytes`` (float32). The losses equal those from the whole logits up to float
-rounding (tested).
-
-:func:`ce_metrics_many` (CE loss recovered of SAEs spliced into the model) and
-:func:`sae_bilingual.intervention.metrics.perplexity` compute their losses this way;
-:func:`token_windows` reads the evaluation windows' parts (tokens, lengths, language ids).
+:func:`reconstruction_metrics` works on the evaluation vectors in the SAE's unit-norm space;
+:func:`ce_metrics_many` splices each SAE into the LM at its hook and compares the next-token
+loss with the clean and the zero-ablated model (losses from :mod:`sae_bilingual.lm_loss`).
 """
 
 from __future__ import annotations
@@ -20,86 +12,37 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from transformer_lens.utilities import apply_softcap
 
 from sae_bilingual.errors import ConfigError, DataError, SAEFileError
 from sae_bilingual.layers import layer_for_hook
+from sae_bilingual.lm_loss import DEFAULT_LOGITS_BUDGET_BYTES, final_residual, nll_rows
+from sae_bilingual.sae.model import PaperTopKSAE
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LOGITS_BUDGET_BYTES = 256 * 2**20
-"""Bytes of float32 logits one chunk may hold (256 MiB: ~670 positions at a 99,584 vocab)."""
 
-
-def chunk_positions(d_vocab: int, budget_bytes: int) -> int:
-    """Positions per chunk so that one chunk's float32 logits fit ``budget_bytes`` (>= 1)."""
-    if budget_bytes <= 0:
-        raise ConfigError(f"the logits budget must be > 0 bytes, got {budget_bytes}")
-    return max(1, int(budget_bytes) // (4 * int(d_vocab)))
-
-
-def final_residual(model: Any, x: torch.Tensor, *, start_at_layer: int | None = None, **kwargs: Any) -> torch.Tensor:
-    """The residual stream after the last block, before the final norm: ``[B, T, d]``.
-
-    ``x`` is token ids (``start_at_layer=None``) or the residual before block ``start_at_layer``.
-    """
-    return model(x, start_at_layer=start_at_layer, stop_at_layer=int(model.cfg.n_layers), **kwargs)
-
-
-def logits_of(model: Any, resid: torch.Tensor) -> torch.Tensor:
-    """Final norm + unembedding (+ logit soft-cap) of residuals ``[B, T, d]``, as the model's
-    own forward computes them after its last block."""
-    x = model.ln_final(resid) if model.cfg.normalization_type is not None else resid
-    return apply_softcap(model.unembed(x), model.cfg.output_logits_soft_cap)
-
-
-def nll_rows(model: Any, resid: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor, *,
-             budget_bytes: int = DEFAULT_LOGITS_BUDGET_BYTES) -> torch.Tensor:
-    """Summed next-token NLL per row (float64 ``[B]``): position t predicts token t+1 for
-    t + 1 < length, so BOS is never a target and right padding is masked.
-
-    ``resid`` is :func:`final_residual` of ``tokens`` ``[B, T]``; only positions with a target
-    are unembedded, in chunks of at most ``budget_bytes`` of logits.
-    """
-    B, T = tokens.shape
-    pos = torch.arange(1, T, device=tokens.device)
-    valid = pos[None, :] < lengths.to(tokens.device)[:, None]  # [B, T-1]: target t+1 exists
-    rows = valid.nonzero()[:, 0]
-    src = resid[:, :-1][valid]  # [M, d]
-    tgt = tokens[:, 1:][valid]  # [M]
-    out = torch.zeros(B, dtype=torch.float64, device=resid.device)
-    step = chunk_positions(int(model.unembed.W_U.shape[-1]), budget_bytes)
-    for s in range(0, src.shape[0], step):
-        logp = torch.log_softmax(logits_of(model, src[None, s : s + step])[0].float(), dim=-1)
-        nll = -logp.gather(-1, tgt[s : s + step, None].to(logp.device))[:, 0]
-        out.index_add_(0, rows[s : s + step].to(out.device), nll.double().to(out.device))
-    return out
-
-
-def token_windows(windows: Any, langs: Any, languages: Sequence[str] | None, lengths: Any):
-    """(tokens [N, T], lengths [N], lang ids [N], language codes) of a ``corpus.Windows`` or a
-    LongTensor [N, T] given with ``langs`` (and optionally ``lengths``); checked."""
-    if hasattr(windows, "tokens"):
-        tokens = windows.tokens
-        lengths = windows.lengths if lengths is None else lengths
-        langs = windows.lang if langs is None else langs
-        languages = tuple(windows.languages) if languages is None else tuple(languages)
-    else:
-        tokens = windows
-    tokens = torch.as_tensor(tokens, dtype=torch.long)
-    if tokens.ndim != 2:
-        raise DataError(f"token windows must be [N, T]; got shape {tuple(tokens.shape)}")
-    N, T = tokens.shape
-    lengths = torch.full((N,), T, dtype=torch.long) if lengths is None else torch.as_tensor(lengths, dtype=torch.long)
-    if langs is None:
-        raise DataError("perplexity needs a language index per window (langs=LongTensor[N])")
-    langs = torch.as_tensor(langs, dtype=torch.long)
-    languages = tuple(languages or ("en", "ja"))
-    if langs.shape != (N,) or lengths.shape != (N,):
-        raise DataError(f"langs/lengths must have shape ({N},); got {tuple(langs.shape)}/{tuple(lengths.shape)}")
-    if N and (int(langs.min()) < 0 or int(langs.max()) >= len(languages)):
-        raise DataError(f"lang indices must lie in 0..{len(languages) - 1} for languages {languages}")
-    return tokens, lengths, langs, languages
+@torch.no_grad()
+def reconstruction_metrics(sae: PaperTopKSAE, x_unit: torch.Tensor, batch_size: int = 8192) -> dict[str, float]:
+    """MSE (sum over d, mean over vectors), FVU, L0 and dead latents on unit-norm vectors."""
+    if x_unit.shape[0] == 0:
+        raise DataError("no evaluation vectors")
+    se = 0.0
+    l0 = 0.0
+    fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
+    dev = sae.W_enc.device
+    for s in range(0, x_unit.shape[0], batch_size):
+        u = x_unit[s:s + batch_size].to(dev, sae.W_enc.dtype)
+        idx, val = sae.encode_topk(u)
+        z = torch.zeros(u.shape[0], sae.cfg.d_sae, dtype=u.dtype, device=dev).scatter_(-1, idx, val)
+        rec = sae.decode_normalized(z)
+        se += float((rec - u).pow(2).sum())
+        l0 += float((val != 0).sum())
+        fired[idx[val != 0].reshape(-1).cpu()] = True
+    M = x_unit.shape[0]
+    x64 = x_unit.to(torch.float64)
+    var = float((x64 - x64.mean(0)).pow(2).sum())
+    return {"mse": se / M, "fvu": se / var if var > 0 else float("nan"), "l0": l0 / M,
+            "n_dead": int((~fired).sum()), "n_live": int(fired.sum())}
 
 
 def _check_splice(model: Any, sae: Any) -> str:
@@ -189,3 +132,12 @@ def ce_metrics(model: Any, sae: Any, windows: Any, *, batch_size: int = 64, devi
     (metrics,) = ce_metrics_many(model, [sae], windows, batch_size=batch_size, device=device,
                                  budget_bytes=budget_bytes).values()
     return metrics
+
+
+def evaluate_sae(sae: PaperTopKSAE, x_unit: torch.Tensor, model: Any = None, windows: Any = None,
+                 **ce_kw: Any) -> dict[str, Any]:
+    """Summary metrics: mse, fvu, l0, n_dead, n_live (+ CE clean/SAE/zero, CE recovered with a model)."""
+    out = reconstruction_metrics(sae, x_unit)
+    if model is not None and windows is not None:
+        out.update(ce_metrics(model, sae, windows, **ce_kw))
+    return out

@@ -1,0 +1,135 @@
+"""YAML data -> typed dataclasses, checked field by field (the recipe loader's machinery).
+
+:func:`from_dict` builds any dataclass from plain YAML data, checking names and types
+recursively, and raises a :class:`~sae_bilingual.errors.ConfigError` that names the offending
+field by its dotted path (``sae.k``, ``models[0].layers``) and says what would be valid;
+:func:`set_dotted` applies a ``--set a.b.c=value`` override to the data first. Nothing here
+knows the recipe's schema (:mod:`sae_bilingual.config`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import TYPE_CHECKING, Any, Literal, Union
+
+from sae_bilingual.errors import ConfigError
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """``data[a][b][c] = value`` for ``a.b.c``; a number indexes a list (``models.0.layers``)."""
+    keys = dotted.split(".")
+    cur: Any = data
+    for i, name in enumerate(keys):
+        here = ".".join(keys[: i + 1])
+        last = i == len(keys) - 1
+        key: str | int = name
+        if isinstance(cur, list):
+            if not name.isdigit() or int(name) >= len(cur):
+                raise ConfigError(f"--set {dotted}: {here} is not an index into the {len(cur)} entries of "
+                                  f"{'.'.join(keys[:i])} (use 0..{len(cur) - 1})")
+            key = int(name)
+        elif not isinstance(cur, dict):
+            raise ConfigError(f"--set {dotted}: {'.'.join(keys[:i])} is {cur!r}, not a mapping or list "
+                              "to set a field in")
+        elif not last and key not in cur:
+            if keys[i + 1].isdigit():
+                raise ConfigError(f"--set {dotted}: the recipe has no {here} list to index; write "
+                                  f"{here} in the recipe first")
+            cur[key] = {}
+        if last:
+            cur[key] = value
+        else:
+            cur = cur[key]
+
+
+T = typing.TypeVar("T", bound="DataclassInstance")
+
+
+def from_dict(cls: type[T], data: Any, path: str = "") -> T:
+    """Build dataclass ``cls`` from ``data``, checking every field name and type."""
+    where = path or "recipe"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of fields, got {type(data).__name__} {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"{_join(path, unknown[0])}: unknown field; valid fields here are {', '.join(names)}"
+        )
+    kwargs = {name: _coerce(hints[name], data[name], _join(path, name)) for name in names if name in data}
+    return cls(**kwargs)
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(tp: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, path)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(arg, value, path)
+            except ConfigError:
+                continue
+        allowed = " or ".join(_type_name(a) for a in args)
+        raise ConfigError(f"{path}: expected {allowed}, got {type(value).__name__} {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{path}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {type(value).__name__} {value!r}")
+        return [_coerce(args[0], v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__} {value!r}")
+        return {str(k): _coerce(args[1], v, f"{path}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{path}: expected an integer, got {type(value).__name__} {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        if isinstance(value, str):  # YAML reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise ConfigError(f"{path}: expected a number, got str {value!r}") from None
+        if not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {type(value).__name__} {value!r}")
+        return value
+    if tp is type(None):
+        if value is not None:
+            raise ConfigError(f"{path}: expected null, got {value!r}")
+        return None
+    raise ConfigError(f"{path}: unsupported field type {tp!r}")  # pragma: no cover

@@ -1,0 +1,118 @@
+"""SAE files: save and load in SAELens's layout, and the export as a stock SAELens "topk" SAE.
+
+The layout is SAELens's own (``cfg.json`` + ``sae_weights.safetensors``), so
+``SAE.load_from_disk`` reads what :func:`save_sae` writes; :func:`load_sae` adds errors that
+name the bad file and the fix. The authors' released weights are converted by
+:mod:`sae_bilingual.sae.convert`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from sae_lens.saes.sae import SAE, SAEMetadata
+from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
+
+from sae_bilingual.errors import ConfigError, SAEFileError
+from sae_bilingual.io import atomic_dir
+from sae_bilingual.sae.model import ARCHITECTURE, PaperTopKSAE, PaperTopKTrainingSAE, to_inference
+
+
+def save_sae(sae: SAE, path: str | Path) -> Path:
+    """Save an SAE atomically in SAELens's layout (cfg.json + sae_weights.safetensors)."""
+    if isinstance(sae, PaperTopKTrainingSAE):
+        sae = to_inference(sae)
+    with atomic_dir(path) as tmp:
+        sae.save_model(tmp)
+    return Path(path)
+
+
+_REQUIRED_CFG = ("architecture", "d_in", "d_sae")
+_FIX = "retrain this SAE (rerun the study: unfinished layers are redone) or re-download it"
+
+
+def load_sae(path: str | Path, device: str = "cpu", dtype: str | None = None) -> SAE:
+    """``SAE.load_from_disk`` with errors that name the bad file and the fix.
+
+    Why: SAELens reports a truncated weights file or a cfg.json without ``d_sae`` as a
+    bare safetensors/TypeError; a study resumed after a crash should say which file is bad.
+    """
+    p = Path(path)
+    for f in ("cfg.json", "sae_weights.safetensors"):
+        if not (p / f).exists():
+            raise SAEFileError(f"{p} has no {f}: not an SAE directory (expected cfg.json + "
+                               f"sae_weights.safetensors, as written by save_sae / SAELens); {_FIX}")
+    cfg_path = p / "cfg.json"
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise SAEFileError(f"{cfg_path} is not valid JSON ({e}); {_FIX}") from e
+    if not isinstance(cfg, dict):
+        raise SAEFileError(f"{cfg_path} must hold a JSON object, got {type(cfg).__name__}; {_FIX}")
+    missing = [k for k in _REQUIRED_CFG if k not in cfg]
+    if cfg.get("architecture") == ARCHITECTURE and "k" not in cfg:
+        missing.append("k")
+    if missing:
+        raise SAEFileError(f"{cfg_path} lacks the field(s) {missing}; {_FIX}")
+    weights = p / "sae_weights.safetensors"
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            names = set(f.keys())
+    except Exception as e:  # safetensors raises its own (non-OSError) types on bad headers
+        raise SAEFileError(f"{weights} is corrupt or truncated ({e}); {_FIX}") from e
+    try:
+        sae = SAE.load_from_disk(p, device=device, dtype=dtype)
+    except SAEFileError:
+        raise
+    except ConfigError as e:
+        raise SAEFileError(f"{cfg_path}: {e}; {_FIX}") from e
+    except Exception as e:  # noqa: BLE001  shapes / dtypes / data region that do not fit cfg.json
+        raise SAEFileError(
+            f"cannot load the SAE in {p} ({type(e).__name__}: {e}); tensors in {weights.name}: "
+            f"{sorted(names)}. The weights do not fit cfg.json or the file is damaged; {_FIX}"
+        ) from e
+    for name, t in sae.state_dict().items():
+        bad = int((~torch.isfinite(t)).sum()) if t.is_floating_point() else 0
+        if bad:  # a diverged training run: every code and reconstruction would be NaN
+            raise SAEFileError(f"{weights}: tensor {name} holds {bad} NaN/inf values of {t.numel()}; the SAE "
+                               f"is unusable (training diverged?); {_FIX}")
+    return sae
+
+
+@torch.no_grad()
+def export_stock_topk(sae: PaperTopKSAE, path: str | Path) -> Path:
+    """Write ``sae`` as a stock SAELens "topk" SAE that loads without this package.
+
+    Stock topk with normalize_activations="constant_norm_rescale" computes, for residual x,
+      s = sqrt(d)/||x||;  pre = (s x - b_dec') @ W_enc' + b_enc';  z' = ReLU(TopK(pre));
+      x_hat = (z' @ W_dec' + b_dec') / s.
+    With b_dec' = sqrt(d) b_pre, W_enc' = W_enc / sqrt(d), b_enc' = 0, W_dec' = sqrt(d) W_dec:
+      pre = (u - b_pre) @ W_enc = the paper's pre-activation exactly, so the codes are equal,
+      and x_hat = ||x|| (z W_dec + b_pre), the paper's reconstruction at residual scale.
+    Difference: stock TopK applies ReLU to the selected values, so a token whose selected
+    pre-activation is negative gets 0 there (the paper keeps the negative value). On inputs
+    whose top-K pre-activations are all positive both agree exactly.
+    """
+    if sae.cfg.normalize_activations != "unit_norm":
+        raise ConfigError("export_stock_topk needs a unit_norm paper_topk SAE")
+    d = sae.cfg.d_in
+    r = math.sqrt(d)
+    md = SAEMetadata(**{**sae.cfg.metadata.to_dict(), "exported_from": ARCHITECTURE})
+    cfg = TopKSAEConfig(d_in=d, d_sae=sae.cfg.d_sae, k=sae.cfg.k, dtype=sae.cfg.dtype,
+                        device="cpu", normalize_activations="constant_norm_rescale",
+                        apply_b_dec_to_input=True, rescale_acts_by_decoder_norm=False, metadata=md)
+    stock = TopKSAE(cfg)
+    b_enc = sae.b_enc.detach() if sae.cfg.encoder_bias else torch.zeros(sae.cfg.d_sae)
+    stock.load_state_dict({
+        "W_enc": sae.W_enc.detach().cpu() / r,
+        "W_dec": sae.W_dec.detach().cpu() * r,
+        "b_dec": sae.b_dec.detach().cpu() * r,
+        "b_enc": b_enc.cpu().to(sae.W_enc.dtype),
+    })
+    with atomic_dir(path) as tmp:
+        stock.save_model(tmp)
+    return Path(path)
