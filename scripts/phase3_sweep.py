@@ -17,7 +17,12 @@ import logging
 import sys
 from pathlib import Path
 
+import matplotlib
 import pandas as pd
+import yaml
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
@@ -75,6 +80,29 @@ def collect(out: Path, runs: list[tuple[str, int, Path]]) -> tuple[pd.DataFrame,
     return pd.concat(rows, ignore_index=True), pd.DataFrame(per_run)
 
 
+def plot(table: pd.DataFrame, path: Path) -> Path:
+    """Mixed share and ground-truth precision of Mixed features per checkpoint: one panel
+    each, one line per setting (mean over seeds, band = min..max over seeds)."""
+    g = table.groupby(["setting", "seed", "iteration"])[["frac_mixed", "gt_mixed_precision"]].mean().reset_index()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, col, title in zip(axes, ("frac_mixed", "gt_mixed_precision"),
+                              ("Mixed share of live features", "ground-truth precision of Mixed features")):
+        for setting, d in g.groupby("setting", sort=False):
+            st = d.groupby("iteration")[col].agg(["mean", "min", "max"])
+            x = st.index.to_numpy() + 1  # log axis: step 0 at 1
+            ax.plot(x, st["mean"], marker="o", label=setting)
+            ax.fill_between(x, st["min"], st["max"], alpha=0.2)
+        ax.set_xscale("log")
+        ax.set_xlabel("checkpoint (optimizer step + 1)")
+        ax.set_title(title)
+    axes[0].legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/sweep")
@@ -83,10 +111,9 @@ def main() -> None:
     ap.add_argument("--recipe", default="toy.yaml", help="base recipe under recipes/")
     ap.add_argument("--layers", default="mid", help="paper layers to analyse (default: the middle layer)")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="extra recipe overrides")
+    ap.add_argument("--figure", default=None, help="also write the sweep figure (PNG) here")
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    import yaml
-
     extra = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in a.set)}
     out = Path(a.out)
     runs = []
@@ -97,6 +124,8 @@ def main() -> None:
     table, per_run = collect(out, runs)
     table.to_csv(out / "sweep.csv", index=False)
     per_run.to_csv(out / "sweep_runs.csv", index=False)
+    if a.figure:
+        plot(table, Path(a.figure))
     spread = per_run.groupby("setting")["final"].agg(["mean", "std"])
     rise = per_run.groupby("setting")["late_rise"].mean()
     print(per_run.round(3).to_string(index=False))

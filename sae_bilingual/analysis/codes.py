@@ -26,6 +26,8 @@ from sae_bilingual.io import atomic_save_safetensors
 
 log = logging.getLogger(__name__)
 
+CODES_FORMAT = "sae_bilingual.codes"
+"""The format tag in a codes file's metadata (a file format name, kept across module moves)."""
 CODES_FORMAT_VERSION = "2"
 """2: values stored as float32 (1: fp16, still readable)."""
 _LABEL_FIELDS = ("token_id", "lang", "doc_id", "position")
@@ -105,7 +107,7 @@ class Codes:
     def save(self, path: str | os.PathLike) -> Path:
         """Write to safetensors atomically (languages and provenance in the metadata)."""
         meta = {str(k): str(v) for k, v in self.metadata.items()}
-        meta.update(format="sae_bilingual.analysis.codes", version=CODES_FORMAT_VERSION,
+        meta.update(format=CODES_FORMAT, version=CODES_FORMAT_VERSION,
                     languages=json.dumps(list(self.languages)))
         tensors = {
             "idx": torch.from_numpy(self.idx),
@@ -129,7 +131,7 @@ class Codes:
                 f"codes file {path} is unreadable ({e}); delete it and rerun the encode step."
             ) from e
         missing = [k for k in ("idx", "val", *_LABEL_FIELDS) if k not in tensors]
-        if meta.get("format") != "sae_bilingual.analysis.codes" or missing:
+        if meta.get("format") != CODES_FORMAT or missing:
             raise SAEFileError(
                 f"{path} is not a sae_bilingual codes file (missing {missing or 'format tag'}); "
                 "delete it and rerun the encode step."
