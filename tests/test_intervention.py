@@ -13,6 +13,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from sae_bilingual.errors import ConfigError, DataError, SAEFileError
 from sae_bilingual.intervention.hook import FeatureInjection, final_residuals
 from sae_bilingual.intervention.masks import class_features, class_mask, class_masks, mask_tensor, scale_m
+from sae_bilingual.study.intervention_stage import _feasible_ms
 
 D = 32
 N_LAYERS = 3
@@ -350,3 +351,14 @@ def test_real_paper_topk_sae_hook_and_width_checks(models, tmp_path):
     narrow = new_paper_sae(16, k=4, d_sae=64, metadata=make_metadata(hook_name=HOOK))
     with pytest.raises(SAEFileError, match=r"d_in=16.*d_model=32"):
         FeatureInjection(narrow, mid_model=mid, final_model=final)
+
+
+def test_mask_size_is_capped_at_half_the_smallest_class_so_draws_differ():
+    cls = ["en"] * 10 + ["ja"] * 8 + ["mixed"] * 6 + ["mixed"] * 3
+    features = pd.DataFrame({"cls": cls, "dead": [False] * 24 + [True] * 3})
+    iv = SimpleNamespace(conditions=["none", "en", "ja", "mixed"], ms=[5000, 64], scale_m=False)
+    assert _feasible_ms(features, iv, d_sae=32768) == [3, 3]  # 6 live Mixed -> m = 3
+    assert _feasible_ms(features, SimpleNamespace(conditions=["none", "en", "ja"], ms=[3], scale_m=False),
+                        d_sae=32768) == [3]  # below the cap: unchanged
+    with pytest.raises(DataError, match="no live features"):
+        _feasible_ms(features.assign(dead=features["cls"].eq("mixed")), iv, d_sae=32768)

@@ -88,25 +88,28 @@ def decoder_variant(add_bias: bool, scale: str) -> str:
 
 
 def _feasible_ms(features: pd.DataFrame, iv: Any, d_sae: int) -> list[int]:
-    """Mask sizes per recipe m: scaled to this SAE's n, capped at the smallest class.
+    """Mask sizes per recipe m: scaled to this SAE's n, capped at half the smallest class.
 
     Every class must be drawn with the same m for the comparison to be fair; a small SAE
-    may have fewer live Mixed features than the scaled m, so we cap (and say so).
+    may have fewer live Mixed features than the scaled m. At m = the class size every draw
+    is the same mask, so the cap is half the smallest class: the draws differ and their
+    spread means something (and we say so).
     """
     classes = [c for c in iv.conditions if c != "none"]
     counts = features.loc[~features["dead"], "cls"].value_counts()
     smallest = min(int(counts.get(c, 0)) for c in classes) if classes else 0
+    if smallest < 1:
+        raise DataError(f"intervention: a class in {classes} has no live features ({dict(counts)}); "
+                        "train a larger SAE or drop that condition")
+    cap = max(1, smallest // 2)
     out = []
     for m in iv.ms:
         want = scale_m(m, d_sae) if iv.scale_m else m
-        if want > smallest:
-            log.warning("intervention m=%d (scaled %d) exceeds the smallest class (%d live features; %s): "
-                        "using m=%d for every class", m, want, smallest, dict(counts), smallest)
-            want = smallest
+        if want > cap:
+            log.warning("intervention m=%d (scaled %d) exceeds half the smallest class (%d live features; %s): "
+                        "using m=%d for every class so that draws differ", m, want, smallest, dict(counts), cap)
+            want = cap
         out.append(want)
-    if min(out, default=0) < 1:
-        raise DataError(f"intervention: a class in {classes} has no live features ({dict(counts)}); "
-                        "train a larger SAE or drop that condition")
     return out
 
 
