@@ -63,6 +63,8 @@ def collect(out: Path, runs: list[tuple[str, int, Path]]) -> tuple[pd.DataFrame,
     rows, per_run = [], []
     for setting, seed, d in runs:
         s = pd.read_csv(d / "tables" / "summary.csv")
+        if "gt_mixed_precision_pure" not in s.columns:  # a run scored with the purity-gated definition
+            s = s.drop(columns="gt_mixed_precision").merge(_precision_from_features(d), on=["iteration", "layer"])
         s["setting"], s["seed"] = setting, seed
         rows.append(s)
         mid = s.groupby("iteration")[["frac_mixed", "gt_mixed_precision", "n_dead", "fvu"]].mean()
@@ -78,6 +80,18 @@ def collect(out: Path, runs: list[tuple[str, int, Path]]) -> tuple[pd.DataFrame,
             r["bi_best"] = bool(t.get("mixed") < min(t.get("en"), t.get("ja")) < t.get("none"))
         per_run.append(r)
     return pd.concat(rows, ignore_index=True), pd.DataFrame(per_run)
+
+
+def _precision_from_features(d: Path) -> pd.DataFrame:
+    """gt_mixed_precision (analysis.ground_truth's definition) from the stored per-feature tables:
+    share of live Mixed features whose dominant concept fires in >= 2 languages."""
+    rows = []
+    for f in sorted((d / "units").glob("*/iter_*/L*/features.parquet")):
+        t = pd.read_parquet(f, columns=["dead", "cls", "concept_langs"])
+        mixed = t[~t["dead"] & (t["cls"] == "mixed")]
+        rows.append({"iteration": int(f.parent.parent.name[5:]), "layer": int(f.parent.name[1:]),
+                     "gt_mixed_precision": float((mixed["concept_langs"] >= 2).mean()) if len(mixed) else float("nan")})
+    return pd.DataFrame(rows)
 
 
 def plot(table: pd.DataFrame, path: Path) -> Path:

@@ -39,15 +39,18 @@ def test_hand_scores():
     assert cols.loc[4].dominant_concept == -1 and math.isnan(cols.loc[4].concept_purity)  # dead
     # mixed = {0, 1}, both bilingual concept features; eligible concepts {0, 1, 3}, found {0}
     assert s["gt_mixed_precision"] == 1.0 and s["gt_concept_recall"] == pytest.approx(1 / 3)
+    assert s["gt_mixed_precision_pure"] == 1.0  # purities 0.6 and 1 are both > 0.5
     assert (s["gt_n_mixed"], s["gt_n_bilingual_concept"], s["gt_n_concepts"]) == (2, 2, 3)
 
 
-def test_purity_threshold_is_strict():
+def test_purity_threshold_is_strict_and_only_gates_the_pure_variant():
     codes = hand_codes()
     feats = analyse_features(codes, 5)
     cols, s = score_ground_truth(codes, feats, GT, purity_threshold=0.6)
-    assert not cols.loc[0].bilingual_concept  # purity exactly 0.6 is not > 0.6
-    assert s["gt_mixed_precision"] == 0.5 and s["gt_concept_recall"] == pytest.approx(1 / 3)
+    assert cols.loc[0].bilingual_concept and not cols.loc[0].pure_bilingual_concept  # 0.6 is not > 0.6
+    assert cols.loc[1].pure_bilingual_concept
+    assert s["gt_mixed_precision"] == 1.0 and s["gt_mixed_precision_pure"] == 0.5
+    assert s["gt_concept_recall"] == pytest.approx(1 / 3)
 
 
 def test_ground_truth_clusters_give_semantic_entropy():

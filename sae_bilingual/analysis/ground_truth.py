@@ -8,12 +8,15 @@ Definitions (decided here; the paper has no ground truth):
   (tokens without a concept count in the denominator). ``concept_langs`` counts the
   distinct languages (ground-truth token language, shared tokens "" excluded) among the
   active tokens of the dominant concept.
-- A feature is a *bilingual concept feature* when purity > ``purity_threshold`` (0.5:
-  a strict majority of its activations are one concept) and that concept is active in at
-  least two languages, i.e. the feature fires on translations of one concept.
+- A feature is a *bilingual concept feature* when its dominant concept is active in at
+  least two languages: the feature fires on translations of its top concept (the definition
+  the controls are judged by). It is a *pure* one when, in addition, that concept carries a
+  strict majority of its activation (purity > ``purity_threshold``, 0.5) — a stricter
+  reading that a small SAE on a toy LM rarely meets in any world (docs/toy-world.md).
 - ``gt_mixed_precision``: share of features classed "mixed" that are bilingual concept
-  features. ``gt_concept_recall``: share of concepts that exist in >= 2 languages in the
-  ground truth and have at least one mixed bilingual concept feature.
+  features (``gt_mixed_precision_pure``: pure ones). ``gt_concept_recall``: share of concepts
+  that exist in >= 2 languages in the ground truth and are the dominant concept of at least
+  one mixed bilingual concept feature.
 """
 
 from __future__ import annotations
@@ -62,8 +65,9 @@ def score_ground_truth(
 
     ``features`` is the output of `analyse_features` on the same codes and cfg.
     Returns (DataFrame indexed by feature with dominant_concept, concept_purity,
-    concept_langs, bilingual_concept; summary dict with gt_mixed_precision,
-    gt_concept_recall, gt_n_mixed, gt_n_bilingual_concept, gt_n_concepts).
+    concept_langs, bilingual_concept, pure_bilingual_concept; summary dict with
+    gt_mixed_precision, gt_mixed_precision_pure, gt_concept_recall, gt_n_mixed,
+    gt_n_bilingual_concept, gt_n_concepts).
     """
     n = len(features)
     W = active_token_matrix(codes, n, cfg).tocoo()
@@ -94,7 +98,8 @@ def score_ground_truth(
             pairs = np.unique(f[sel] * L + tlang[t[sel]])
             n_langs = np.bincount(pairs // L, minlength=n)
     live = ~features["dead"].to_numpy(dtype=bool)
-    bilingual = live & (purity > purity_threshold) & (n_langs >= 2)
+    bilingual = live & (n_langs >= 2)
+    pure = bilingual & (purity > purity_threshold)
     mixed = (features["cls"] == "mixed").to_numpy()
     # concepts present in >= 2 languages in the ground truth
     ok = (concept >= 0) & (tlang >= 0)
@@ -106,6 +111,7 @@ def score_ground_truth(
     n_mixed = int(mixed.sum())
     summary = {
         "gt_mixed_precision": float((mixed & bilingual).sum() / n_mixed) if n_mixed else float("nan"),
+        "gt_mixed_precision_pure": float((mixed & pure).sum() / n_mixed) if n_mixed else float("nan"),
         "gt_concept_recall": float(found.size / eligible.size) if eligible.size else float("nan"),
         "gt_n_mixed": n_mixed,
         "gt_n_bilingual_concept": int((mixed & bilingual).sum()),
@@ -113,7 +119,8 @@ def score_ground_truth(
     }
     out = pd.DataFrame(
         {"dominant_concept": np.where(live, dom, -1), "concept_purity": np.where(live, purity, np.nan),
-         "concept_langs": np.where(live, n_langs, 0), "bilingual_concept": bilingual},
+         "concept_langs": np.where(live, n_langs, 0), "bilingual_concept": bilingual,
+         "pure_bilingual_concept": pure},
         index=features.index,
     )
     return out, summary

@@ -173,7 +173,8 @@ def _controls_section(study: Path) -> str:
     if table.empty:
         return ""
     note = ("<p>Positive control (codeswitch): content words switch language, so bilingual concepts certainly "
-            "exist and Mixed features should fire on both forms of one concept (gt_mixed_precision high). "
+            "exist and Mixed features should fire on both forms of their top concept (gt_mixed_precision high; "
+            "_pure also asks that concept to carry most of the feature's activation). "
             "Negative control (disjoint): no concept occurs in two languages, so gt_mixed_precision must be "
             "0 and its frac_mixed is the analysis's false-positive floor.</p>")
     return _section("controls", "Controls", note + _table_html(table))

@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 CONTROLS = ("codeswitch", "disjoint")
 """Control world presets a recipe may ask for (sae_bilingual.world.PRESETS)."""
 
-CONTROL_COLUMNS = ("frac_mixed", "gt_mixed_precision", "gt_n_mixed", "gt_n_bilingual_concept", "n_live", "fvu")
+CONTROL_COLUMNS = ("frac_mixed", "gt_mixed_precision", "gt_mixed_precision_pure", "gt_n_mixed", "gt_n_bilingual_concept",
+                   "n_live", "fvu")
 
 
 def control_dir(out: Path, name: str) -> Path:
