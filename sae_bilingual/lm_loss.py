@@ -16,6 +16,8 @@ language ids).
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Sequence
 from typing import Any
 
@@ -97,3 +99,16 @@ def token_windows(windows: Any, langs: Any, languages: Sequence[str] | None, len
     if N and (int(langs.min()) < 0 or int(langs.max()) >= len(languages)):
         raise DataError(f"lang indices must lie in 0..{len(languages) - 1} for languages {languages}")
     return tokens, lengths, langs, languages
+
+
+def ppl_row(nll_sum: torch.Tensor, count: torch.Tensor, languages: Sequence[str]) -> dict[str, float]:
+    """Perplexity and token count per language and over all, from summed NLL and predicted-token
+    counts indexed like ``languages`` (NaN where a language has no tokens)."""
+    out: dict[str, float] = {}
+    for j, code in enumerate(languages):
+        out[f"ppl_{code}"] = math.exp(nll_sum[j] / count[j]) if count[j] > 0 else float("nan")
+        out[f"tokens_{code}"] = int(count[j])
+    tot = count.sum()
+    out["ppl_all"] = math.exp(nll_sum.sum() / tot) if tot > 0 else float("nan")
+    out["tokens_all"] = int(tot)
+    return out

@@ -5,7 +5,10 @@ unrelated files (issue 21, items 1 and 3, 'symlink-safe unit replacement')."""
 from __future__ import annotations
 
 import copy
+import errno
+import fcntl
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -17,8 +20,16 @@ from pathlib import Path
 import pytest
 import yaml
 
+from sae_bilingual.cli import main
 from sae_bilingual.config import Recipe, from_dict
+from sae_bilingual.data import store
 from sae_bilingual.errors import OutputError
+from sae_bilingual.io import atomic_dir, atomic_write_text
+from sae_bilingual.sae import train
+from sae_bilingual.study import outdir
+from sae_bilingual.study.outdir import check_output_dir, output_lock, prepare_output_dir, read_lock
+from sae_bilingual.study.run import run_study
+from sae_bilingual.study.unit import Unit
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = yaml.safe_load((REPO / "recipes" / "smoke.yaml").read_text())
@@ -46,6 +57,15 @@ def _recipe(out: Path) -> Recipe:
 def _snapshot(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _refusal(out: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The OutputError message of a study on ``out`` that must stop before any LM or SAE work."""
+    monkeypatch.setattr(store, "collect_activations", lambda *a, **k: pytest.fail("LM ran"))
+    monkeypatch.setattr(train, "train_saes", lambda *a, **k: pytest.fail("SAE trained"))
+    with pytest.raises(OutputError) as e:
+        run_study(_recipe(out), progress=False)
+    return str(e.value)
 
 
 def _host_tag() -> str:
@@ -87,24 +107,16 @@ def live_pid():
 
 
 def test_second_study_names_the_lock_holder(world_cache, holder, monkeypatch):
-    from sae_bilingual.data import store
-    from sae_bilingual.sae import train
-    from sae_bilingual.study.run import run_study
 
     out, proc = holder
     before = _snapshot(out)
-    monkeypatch.setattr(store, "collect_activations", lambda *a, **k: pytest.fail("LM ran"))
-    monkeypatch.setattr(train, "train_saes", lambda *a, **k: pytest.fail("SAE trained"))
-    with pytest.raises(OutputError) as e:
-        run_study(_recipe(out), progress=False)
-    msg = str(e.value)
+    msg = _refusal(out, monkeypatch)
     for word in (str(out), f"pid {proc.pid}", socket.gethostname(), "since", "--output-dir"):
         assert word in msg, f"{word!r} not in: {msg}"
     assert _snapshot(out) == before
 
 
 def test_a_dead_holders_lock_is_taken_over(holder):
-    from sae_bilingual.study.outdir import output_lock, read_lock
 
     out, proc = holder
     proc.send_signal(signal.SIGKILL)
@@ -118,7 +130,6 @@ def test_a_dead_holders_lock_is_taken_over(holder):
 
 
 def test_cli_report_refused_while_a_study_holds_the_folder(holder, capsys):
-    from sae_bilingual.cli import main
 
     out, proc = holder
     (out / "manifest.json").write_text('{"recipe_hash": "x", "units": {}}')
@@ -132,7 +143,6 @@ def test_cli_report_refused_while_a_study_holds_the_folder(holder, capsys):
 
 def test_start_keeps_temp_files_of_live_processes(world_cache, tmp_path, live_pid, dead_pid):
     """Before: every `.*.tmp` under the folder was deleted, another live run's cache included."""
-    from sae_bilingual.study.outdir import prepare_output_dir
 
     out = tmp_path / "study"
     prepare_output_dir(_recipe(out))
@@ -151,7 +161,6 @@ def test_start_keeps_temp_files_of_live_processes(world_cache, tmp_path, live_pi
 
 
 def test_temp_names_carry_their_owner(tmp_path):
-    from sae_bilingual.io import atomic_dir, atomic_write_text
 
     seen = []
     with atomic_dir(tmp_path / "d") as tmp:
@@ -162,7 +171,6 @@ def test_temp_names_carry_their_owner(tmp_path):
 
 def test_write_into_a_vanished_temp_folder_is_refused(tmp_path):
     """Before: the write recreated the deleted temp folder and the half result was swapped in."""
-    from sae_bilingual.io import atomic_dir, atomic_write_text
 
     target = tmp_path / "cache"
     with pytest.raises(OutputError) as e:
@@ -175,7 +183,6 @@ def test_write_into_a_vanished_temp_folder_is_refused(tmp_path):
 
 
 def test_replaced_temp_folder_is_not_swapped_in(tmp_path):
-    from sae_bilingual.io import atomic_dir
 
     target = tmp_path / "cache"
     target.mkdir()
@@ -194,7 +201,6 @@ def test_replaced_temp_folder_is_not_swapped_in(tmp_path):
 
 
 def test_symlinked_unit_path_is_refused(tmp_path):
-    from sae_bilingual.study.unit import Unit
 
     out, outside = tmp_path / "study", tmp_path / "elsewhere"
     (outside / "sae").mkdir(parents=True)
@@ -209,7 +215,6 @@ def test_symlinked_unit_path_is_refused(tmp_path):
 
 
 def test_atomic_dir_refuses_a_symlink_target(tmp_path):
-    from sae_bilingual.io import atomic_dir
 
     outside = tmp_path / "elsewhere"
     outside.mkdir()
@@ -227,10 +232,6 @@ def test_atomic_dir_refuses_a_symlink_target(tmp_path):
 
 def test_study_refuses_a_folder_of_unrelated_files(world_cache, tmp_path, monkeypatch):
     """Before: recipe.yaml, tables/summary.csv and *.tmp of the folder were overwritten, rc 0."""
-    from sae_bilingual.data import store
-    from sae_bilingual.sae import train
-    from sae_bilingual.study.outdir import prepare_output_dir
-    from sae_bilingual.study.run import run_study
 
     out = tmp_path / "mine"
     (out / "tables").mkdir(parents=True)
@@ -238,11 +239,7 @@ def test_study_refuses_a_folder_of_unrelated_files(world_cache, tmp_path, monkey
     (out / "tables" / "summary.csv").write_text("a,b\n1,2\n")
     (out / ".draft.tmp").write_text("keep me")
     before = _snapshot(out)
-    monkeypatch.setattr(store, "collect_activations", lambda *a, **k: pytest.fail("LM ran"))
-    monkeypatch.setattr(train, "train_saes", lambda *a, **k: pytest.fail("SAE trained"))
-    with pytest.raises(OutputError) as e:
-        run_study(_recipe(out), progress=False)
-    msg = str(e.value)
+    msg = _refusal(out, monkeypatch)
     assert str(out) in msg and "not a study folder" in msg and "--force" in msg, msg
     assert _snapshot(out) == before
     prepare_output_dir(_recipe(out), force=True)  # the user insists
@@ -250,7 +247,6 @@ def test_study_refuses_a_folder_of_unrelated_files(world_cache, tmp_path, monkey
 
 
 def test_empty_or_study_folders_are_accepted(world_cache, tmp_path):
-    from sae_bilingual.study.outdir import prepare_output_dir
 
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -260,7 +256,6 @@ def test_empty_or_study_folders_are_accepted(world_cache, tmp_path):
 
 
 def test_lock_file_alone_does_not_make_a_folder_foreign(tmp_path):
-    from sae_bilingual.study.outdir import check_output_dir, output_lock
 
     out = tmp_path / "s"
     with output_lock(out):
@@ -270,11 +265,7 @@ def test_lock_file_alone_does_not_make_a_folder_foreign(tmp_path):
 
 def test_without_flock_a_pid_record_guards_the_folder(tmp_path, monkeypatch, dead_pid):
     """Filesystems without flock (some NFS setups): an O_EXCL record of pid + host instead."""
-    import errno
-    import fcntl
-    import json
 
-    from sae_bilingual.study import outdir
 
     def no_flock(*a, **k):
         raise OSError(errno.ENOLCK, "No locks available")

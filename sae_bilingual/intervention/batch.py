@@ -18,14 +18,13 @@ rounding (tested against that path).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from sae_bilingual.lm_loss import DEFAULT_LOGITS_BUDGET_BYTES, final_residual, nll_rows, token_windows
+from sae_bilingual.lm_loss import DEFAULT_LOGITS_BUDGET_BYTES, final_residual, nll_rows, ppl_row, token_windows
 from sae_bilingual.errors import ConfigError
 from sae_bilingual.intervention.injection import decode_groups, encode_unit
 from sae_bilingual.layers import hook_for_layer
@@ -111,15 +110,4 @@ def perplexities_under_injections(
             rows = nll_rows(mid_model, resid, tok.repeat(G, 1), ln.repeat(G), budget_bytes=logits_budget_bytes)
             for g, r in enumerate(rows.cpu().reshape(G, -1)):
                 nll[grp.start + g].index_add_(0, lg, r)
-    return [_ppl(nll[i], count, languages) for i in range(n_inj)]
-
-
-def _ppl(nll_sum: torch.Tensor, count: torch.Tensor, languages: Sequence[str]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for j, code in enumerate(languages):
-        out[f"ppl_{code}"] = math.exp(nll_sum[j] / count[j]) if count[j] > 0 else float("nan")
-        out[f"tokens_{code}"] = int(count[j])
-    tot = count.sum()
-    out["ppl_all"] = math.exp(nll_sum.sum() / tot) if tot > 0 else float("nan")
-    out["tokens_all"] = int(tot)
-    return out
+    return [ppl_row(nll[i], count, languages) for i in range(n_inj)]

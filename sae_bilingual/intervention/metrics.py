@@ -13,7 +13,6 @@ paper's Table 1 and Table 4.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +21,7 @@ import pandas as pd
 import sacrebleu
 import torch
 
-from sae_bilingual.lm_loss import DEFAULT_LOGITS_BUDGET_BYTES, final_residual, nll_rows
+from sae_bilingual.lm_loss import DEFAULT_LOGITS_BUDGET_BYTES, final_residual, nll_rows, ppl_row
 from sae_bilingual.lm_loss import token_windows as _windows_parts
 from sae_bilingual.errors import ConfigError, DataError
 
@@ -67,14 +66,7 @@ def perplexity(
             nll = nll_rows(model, final_residual(model, tok, **kwargs), tok, ln, budget_bytes=logits_budget_bytes)
         nll_sum.index_add_(0, lg, nll.cpu())
         count.index_add_(0, lg, (ln - 1).clamp_min(0).double())
-    out: dict[str, float] = {}
-    for j, code in enumerate(languages):
-        out[f"ppl_{code}"] = math.exp(nll_sum[j] / count[j]) if count[j] > 0 else float("nan")
-        out[f"tokens_{code}"] = int(count[j])
-    tot = count.sum()
-    out["ppl_all"] = math.exp(nll_sum.sum() / tot) if tot > 0 else float("nan")
-    out["tokens_all"] = int(tot)
-    return out
+    return ppl_row(nll_sum, count, languages)
 
 
 # --------------------------------------------------------------------------------------
