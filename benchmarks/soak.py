@@ -14,6 +14,7 @@ Usage::
 
     .venv/bin/python benchmarks/soak.py --n 20             # ~N x (study time) on a quiet machine
     .venv/bin/python benchmarks/soak.py --n 5 --workdir /tmp/soak --keep
+    .venv/bin/python benchmarks/soak.py --compare runs/before runs/after   # two finished runs
 
 Prints one line per start and ``soak: N kills in S starts, outputs identical`` (exit 0) or the
 differences (exit 1).
@@ -155,7 +156,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", type=Path, default=None, help="SAE_BILINGUAL_CACHE (default: env or <workdir>/cache)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the kill delays")
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--compare", nargs=2, type=Path, metavar=("REF", "OTHER"),
+                    help="only compare two finished study folders (e.g. before/after a refactor) and exit")
     args = ap.parse_args(argv)
+    if args.compare:
+        diffs = compare_outputs(*args.compare)
+        print("\n".join(diffs) or f"identical: {len(compared_files(args.compare[0]))} result files")
+        return 1 if diffs else 0
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="sae_soak_"))
     work.mkdir(parents=True, exist_ok=True)
