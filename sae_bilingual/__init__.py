@@ -11,17 +11,11 @@ import os
 
 __version__ = "0.1.0"
 
+from sae_bilingual.models.llmjp import register_with_transformer_lens  # noqa: E402
+from sae_bilingual.report.release import register_env_releases  # noqa: E402
+from sae_bilingual.sae.model import register  # noqa: E402
 
-def _register() -> None:
-    from sae_bilingual.models.llmjp import register_with_transformer_lens
-    from sae_bilingual.sae.model import register
-
-    register()
-    register_with_transformer_lens()
-    if os.environ.get("SAE_BILINGUAL_RELEASES"):  # exported release folders for SAE.from_pretrained
-        from sae_bilingual.report.release import register_env_releases
-
-        register_env_releases()
-
-
-_register()
+register()
+register_with_transformer_lens()
+if os.environ.get("SAE_BILINGUAL_RELEASES"):  # exported release folders for SAE.from_pretrained
+    register_env_releases()

@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import datasets.config
+from huggingface_hub import constants, try_to_load_from_cache
+
 from sae_bilingual.errors import CheckpointError, DataError
 from sae_bilingual.models.public import PUBLIC_FAMILIES
 from sae_bilingual.config_checks import canonical_family
@@ -81,8 +84,6 @@ def hub_unreachable(timeout: float = PROBE_TIMEOUT_S) -> str | None:
 
 
 def _cached(repo: str, revision: str | None) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
     try:
         return isinstance(try_to_load_from_cache(repo, "config.json", revision=revision), str)
     except Exception:  # noqa: BLE001  a malformed id or cache: not usable offline
@@ -91,9 +92,6 @@ def _cached(repo: str, revision: str | None) -> bool:
 
 def _dataset_cached(name: str) -> bool:
     """A Hub dataset has files in the `datasets` or Hub cache (usable with offline mode on)."""
-    import datasets.config
-    from huggingface_hub import constants
-
     flat = name.replace("/", "___")
     return (any(Path(datasets.config.HF_DATASETS_CACHE).glob(f"{flat}*"))
             or (Path(constants.HF_HUB_CACHE) / f"datasets--{name.replace('/', '--')}").is_dir())

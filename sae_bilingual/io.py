@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io as _io
 import json
 import os
 import re
@@ -22,6 +23,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from safetensors.torch import save
 
 from sae_bilingual.errors import OutputError
 
@@ -148,16 +151,12 @@ def atomic_save_safetensors(
     tensors: dict[str, Any], path: str | os.PathLike, metadata: dict[str, str] | None = None
 ) -> Path:
     """Save torch tensors as safetensors atomically (header in a canonical key order)."""
-    from safetensors.torch import save
-
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     return atomic_write_bytes(path, canonical_safetensors(save(contiguous, metadata=metadata)))
 
 
 def save_parquet(df: Any, path: str | os.PathLike) -> Path:
     """Save a pandas DataFrame to Parquet atomically."""
-    import io as _io
-
     buf = _io.BytesIO()
     df.to_parquet(buf, index=True)
     return atomic_write_bytes(path, buf.getvalue())

@@ -114,3 +114,21 @@ def test_no_import_cycle() -> None:
     assert graph["sae_bilingual.study.run"] >= {"sae_bilingual.study.executors", "sae_bilingual.study.plan"}
     bad = [c for c in cycles(graph) if not _own_submodules(c)]
     assert not bad, "import cycles (imports inside functions count):\n" + "\n".join(" <-> ".join(c) for c in bad)
+
+
+OPTIONAL_EXTRAS = {"wandb", "ray", "submitit"}
+"""The only modules the package may import inside a function (extras a user may not install)."""
+
+
+def test_only_optional_extras_are_imported_inside_functions() -> None:
+    local = []
+    for name, path in _modules().items():
+        for fn in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for node in ast.walk(fn):
+                    if isinstance(node, ast.Import):
+                        local += [(name, a.name) for a in node.names]
+                    elif isinstance(node, ast.ImportFrom):
+                        local.append((name, node.module or ""))
+    assert all(mod.split(".")[0] in OPTIONAL_EXTRAS for _, mod in local), local
+    assert len(local) <= 15, local
