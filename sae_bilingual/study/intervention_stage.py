@@ -96,10 +96,10 @@ def _feasible_ms(features: pd.DataFrame, iv: Any, d_sae: int) -> list[int]:
     spread means something (and we say so).
     """
     classes = [c for c in iv.conditions if c != "none"]
-    counts = features.loc[~features["dead"], "cls"].value_counts()
-    smallest = min(int(counts.get(c, 0)) for c in classes) if classes else 0
+    counts = {str(c): int(n) for c, n in features.loc[~features["dead"], "cls"].value_counts().items()}
+    smallest = min(counts.get(c, 0) for c in classes) if classes else 0
     if smallest < 1:
-        raise DataError(f"intervention: a class in {classes} has no live features ({dict(counts)}); "
+        raise DataError(f"intervention: a class in {classes} has no live features ({counts}); "
                         "train a larger SAE or drop that condition")
     cap = max(1, smallest // 2)
     out = []
@@ -107,7 +107,7 @@ def _feasible_ms(features: pd.DataFrame, iv: Any, d_sae: int) -> list[int]:
         want = scale_m(m, d_sae) if iv.scale_m else m
         if want > cap:
             log.warning("intervention m=%d (scaled %d) exceeds half the smallest class (%d live features; %s): "
-                        "using m=%d for every class so that draws differ", m, want, smallest, dict(counts), cap)
+                        "using m=%d for every class so that draws differ", m, want, smallest, counts, cap)
             want = cap
         out.append(want)
     return out
