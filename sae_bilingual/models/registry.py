@@ -60,8 +60,25 @@ def _looks_like_repo_id(s: str) -> bool:
     return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", s)) and not s.startswith((".", "/", "~"))
 
 
+class HFConfigShape:
+    """``n_layers`` / ``d_model`` read from ``self.hf_config``: the one place that knows which HF
+    config fields give a family's shape (loadable families and the dry run's offline ones)."""
+
+    hf_config: Any
+
+    @property
+    def n_layers(self) -> int:
+        """Number of decoder blocks (paper layers run 0..n_layers)."""
+        return int(self.hf_config.num_hidden_layers)
+
+    @property
+    def d_model(self) -> int:
+        """Residual stream width."""
+        return int(self.hf_config.hidden_size)
+
+
 @dataclass
-class HFLlamaFamily:
+class HFLlamaFamily(HFConfigShape):
     """A family of HF Llama checkpoints from a Hub repo, one HF dir, or a root of iter dirs."""
 
     name: str
@@ -144,16 +161,6 @@ class HFLlamaFamily:
         path = self.catalogue().final.path
         assert path is not None
         return AutoConfig.from_pretrained(str(path))
-
-    @property
-    def n_layers(self) -> int:
-        """Number of decoder blocks (paper layers run 0..n_layers)."""
-        return int(self.hf_config.num_hidden_layers)
-
-    @property
-    def d_model(self) -> int:
-        """Residual stream width."""
-        return int(self.hf_config.hidden_size)
 
     def hook_for_layer(self, layer: int) -> str:
         """TransformerLens hook of a paper layer; raises LayerError naming 0..n_layers."""

@@ -30,7 +30,7 @@ from sae_bilingual.study.memplan import (
     unit_components,
 )
 from sae_bilingual.models.catalogue import Checkpoint, CheckpointCatalogue
-from sae_bilingual.models.registry import get_family
+from sae_bilingual.models.registry import HFConfigShape, get_family
 from sae_bilingual.study.preflight import check_k_below_n
 from sae_bilingual.study.unit import check_path_part
 
@@ -75,20 +75,12 @@ def missing_inputs(recipe: Any) -> list[str]:
 
 
 @dataclass
-class OfflineFamily:
+class OfflineFamily(HFConfigShape):
     """A model family known by its shape only: enough to plan units and memory, not to run."""
 
     name: str
     hf_config: Any
     _catalogue: CheckpointCatalogue
-
-    @property
-    def n_layers(self) -> int:
-        return int(self.hf_config.num_hidden_layers)
-
-    @property
-    def d_model(self) -> int:
-        return int(self.hf_config.hidden_size)
 
     def catalogue(self, source: Any = None) -> CheckpointCatalogue:
         return self._catalogue
