@@ -19,7 +19,9 @@ returns), so a kill between two layers of one unit does not retrain the first.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -28,7 +30,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from sae_bilingual.study.faults import CRASH_ENV, KILLED_STATUS
+from sae_bilingual.study.faults import CRASH_ENV, HOLD_ENV, KILLED_STATUS, RELEASE_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 BUILD_WORLD = ("from sae_bilingual.world import WorldConfig, build_world; "
@@ -77,13 +79,14 @@ def _run_with_an_intruder(out: Path, env: dict[str, str]) -> None:
     """Run the study while a second `study` on the same folder is started: the second must
     exit non-zero naming the first (pid, host, start time), and the first must finish (its
     output is the reference the killed-and-resumed run below is compared with, so it also
-    shows that the intruder changed nothing)."""
-    import json
-    import socket
-
+    shows that the intruder changed nothing). The first waits after its first training
+    (study/faults.py) until the second has been refused, so a fast first run cannot finish
+    before the second starts."""
     log_path = out.with_name(out.name + ".stderr")
+    release = out.with_name(out.name + ".release")
+    hold = {**env, HOLD_ENV: "trained:1", RELEASE_ENV: str(release)}
     with open(log_path, "w") as log:
-        first = subprocess.Popen(_cmd(out), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log)
+        first = subprocess.Popen(_cmd(out), cwd=REPO, env=hold, stdout=subprocess.DEVNULL, stderr=log)
     lock, t0 = out / ".sae_bilingual.lock", time.time()
     try:
         while True:  # wait until the first run owns the folder
@@ -103,8 +106,10 @@ def _run_with_an_intruder(out: Path, env: dict[str, str]) -> None:
         assert last.startswith("error: ") and "Traceback" not in second.stderr, second.stderr[-3000:]
         for word in (f"pid {first.pid}", socket.gethostname(), "since"):
             assert word in last, last
+        release.touch()
         assert first.wait(timeout=TIMEOUT) == 0, log_path.read_text()[-3000:]
     finally:
+        release.touch()
         if first.poll() is None:
             first.kill()
         first.wait()
