@@ -194,3 +194,13 @@ def test_train_saes_needs_a_number_as_lr_and_the_batch_of_the_store():
         train_saes(store(64), [hook], SAESpec(k=4, expansion=2, batch_size=64), TrainRun(total_steps=2))
     with pytest.raises(ConfigError, match="batches of 32 vectors"):
         train_saes(store(32), [hook], SAESpec(k=4, expansion=2, lr=1e-3, batch_size=64), TrainRun(total_steps=2))
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_quiet_run_hides_saelens_training_bar(capsys, progress):
+    """SAELens's MultiSAETrainer draws its own tqdm bar; ``-q`` (progress=False) must hide it."""
+    model, w = _world()
+    hook = "blocks.0.hook_resid_post"
+    store = ActivationStore(model, w.subset(slice(0, 16)), [hook], batch_size=64, buffer_vectors=512)
+    train_saes(store, [hook], SAESpec(k=4, expansion=2, lr=1e-3, batch_size=64), TrainRun(total_steps=3, progress=progress))
+    assert ("Training Multi-SAE" in capsys.readouterr().err) is progress

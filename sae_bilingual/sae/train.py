@@ -19,7 +19,9 @@ number as ``lr``); :class:`TrainRun` holds the facts of one run that the recipe 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import itertools
 import logging
 import math
@@ -33,6 +35,7 @@ import numpy as np
 import pandas as pd
 import torch
 from sae_lens.config import LoggingConfig, SAETrainerConfig
+from sae_lens.training import multi_sae_trainer
 from sae_lens.training.multi_sae_trainer import MultiSAETrainer
 
 from sae_bilingual.config import SAESpec
@@ -74,6 +77,8 @@ class TrainRun:
     dtype: str = "float32"
     """SAE parameter dtype."""
     wandb: bool = False
+    progress: bool = True
+    """Show SAELens's training bar (``-q`` turns it off)."""
     """Log to Weights & Biases (needs the `wandb` extra)."""
 
     def batch_size(self, spec: SAESpec) -> int:
@@ -133,6 +138,20 @@ def convergence(losses: Sequence[float], tolerance: float = 0.1) -> dict[str, fl
     steps = int(hit[0] + w) if hit.size else int(x.size)
     return {"train_loss_final": final, "train_loss_first_tenth": float(x[:tenth].mean()),
             "train_steps_to_final": steps}
+
+
+@contextlib.contextmanager
+def _training_bar(show: bool) -> Iterator[None]:
+    """MultiSAETrainer.fit opens its own tqdm bar with no switch; hide it for quiet runs."""
+    if show:
+        yield
+        return
+    bar = multi_sae_trainer.tqdm
+    multi_sae_trainer.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        multi_sae_trainer.tqdm = bar
 
 
 def train_saes(store: Iterator[Mapping[str, torch.Tensor]], hooks: Sequence[str], spec: SAESpec, run: TrainRun,
@@ -205,7 +224,8 @@ def train_saes(store: Iterator[Mapping[str, torch.Tensor]], hooks: Sequence[str]
             # first step, when the optimiser has no state yet.
             g["fused"] = spec.fused_adam
     log.info("training %d SAE(s) for %d steps of %d vectors", len(hooks), steps, batch_size)
-    trainer.fit()
+    with _training_bar(run.progress):
+        trainer.fit()
     out: dict[str, PaperTopKSAE] = {}
     for h, sae in saes.items():
         sae.normalize_decoder_()

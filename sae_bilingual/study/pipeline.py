@@ -61,7 +61,7 @@ def _train_run(ctx, unit) -> TrainRun:
     """The run's own facts: one pass over the unit's training vectors (the SAE settings are
     the recipe's ``sae:`` section itself)."""
     return TrainRun(n_vectors=ctx.windows("train", unit.model_index).n_vectors, seed=ctx.recipe.seed,
-                    device=ctx.recipe.device, wandb=ctx.recipe.wandb)
+                    device=ctx.recipe.device, wandb=ctx.recipe.wandb, progress=ctx.progress)
 
 
 def _metadata(ctx: StudyContext, unit: Unit, layer: int) -> dict[str, Any]:
