@@ -212,3 +212,23 @@ def test_resume_redoes_a_unit_whose_features_were_damaged(smoke_study, tmp_path,
     unit_id = f"toy/{victim.parents[1].name}"
     assert redone == [(unit_id, [2])]
     assert victim.read_bytes() == (ref / victim.relative_to(out)).read_bytes()
+
+
+def test_forced_rerun_with_other_intervention_settings_redoes_only_the_intervention(smoke_study, tmp_path,
+                                                                                     monkeypatch) -> None:
+    """--force onto a finished study with another decoder variant used to keep the old Table 1."""
+    import shutil
+
+    from sae_bilingual.study import pipeline
+
+    ref, _ = smoke_study
+    out = tmp_path / "copy"
+    shutil.copytree(ref, out)
+    before = (out / "tables" / "intervention.md").read_text()
+    assert "W_dec z + b_pre" in before
+    monkeypatch.setattr(pipeline, "run_unit", lambda *a, **k: pytest.fail("a finished unit was recomputed"))
+    run_study(load_recipe(SMOKE, {"output_dir": str(out), "intervention.add_bias": False}), progress=False, force=True)
+    after = (out / "tables" / "intervention.md").read_text()
+    assert "without b_pre" in after.splitlines()[0] and "without b_pre" not in before
+    assert set(pd.read_csv(out / "tables" / "intervention.csv")["decoder"]) != set(
+        pd.read_csv(ref / "tables" / "intervention.csv")["decoder"])

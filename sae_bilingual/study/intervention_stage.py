@@ -4,6 +4,8 @@ draw the masks, run :func:`~sae_bilingual.intervention.experiment.run_interventi
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -30,9 +32,12 @@ log = logging.getLogger(__name__)
 def run_intervention(ctx: StudyContext, plan: Plan, out: Path) -> pd.DataFrame:
     """Table 1 / Table 4: inject final-model features into the mid checkpoint."""
     iv = ctx.recipe.intervention
-    path = out / "tables" / "intervention.csv"
+    path, settings_path = out / "tables" / "intervention.csv", out / "tables" / "intervention_settings.json"
+    settings = json.dumps({"intervention": dataclasses.asdict(iv), "seed": ctx.recipe.seed}, sort_keys=True, default=str)
     if path.exists():
-        return pd.read_csv(path)
+        if not settings_path.exists() or settings_path.read_text() == settings:  # (older runs wrote no settings)
+            return pd.read_csv(path)
+        log.info("the intervention settings changed since %s was written: recomputing it", path)
     fam = ctx.family(iv.model)
     cat = fam.catalogue()
     final = cat.final
@@ -77,6 +82,7 @@ def run_intervention(ctx: StudyContext, plan: Plan, out: Path) -> pd.DataFrame:
     atomic_write_text(out / "tables" / "intervention_draws.csv", draws.to_csv(index=False))
     atomic_write_text(out / "tables" / "intervention.md", "\n".join(md) + "\n")
     atomic_write_text(path, agg.to_csv(index=False))
+    atomic_write_text(settings_path, settings)
     return agg
 
 
