@@ -5,15 +5,20 @@ from __future__ import annotations
 import base64
 import json
 import math
+import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from sae_bilingual.config import load_recipe
 from sae_bilingual.errors import ConfigError
+from sae_bilingual.layers import LayerError
+from sae_bilingual.sae import train
+from sae_bilingual.study import pipeline
 from sae_bilingual.study.outdir import recipe_hash
 from sae_bilingual.study.plan import plan_study
 from sae_bilingual.study.run import run_study
@@ -123,14 +128,11 @@ def test_smoke_study_writes_every_artefact(smoke_study) -> None:
 def test_rerun_skips_finished_units(smoke_study, monkeypatch) -> None:
     out, _ = smoke_study
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("units/*/*/L*/summary.json")}
-    from sae_bilingual.study import pipeline
 
     def boom(*a, **k):
         raise AssertionError("a finished unit was recomputed")
 
     monkeypatch.setattr(pipeline, "run_unit", boom)
-    from sae_bilingual.sae import train
-
     monkeypatch.setattr(train, "lr_grid", lambda *a, **k: pytest.fail("LR grid recomputed"))
     recipe = load_recipe(SMOKE, {"output_dir": str(out)})
     run_study(recipe, progress=False)
@@ -154,8 +156,6 @@ def test_other_recipe_in_same_dir_is_refused(smoke_study) -> None:
 
 
 def test_layer_out_of_range_fails_at_planning(world_cache) -> None:
-    from sae_bilingual.layers import LayerError
-
     recipe = load_recipe(SMOKE, {"models": [{"family": "toy", "layers": [5]}]})
     with pytest.raises(LayerError, match="0..2"):
         plan_study(recipe)
@@ -163,8 +163,6 @@ def test_layer_out_of_range_fails_at_planning(world_cache) -> None:
 
 def test_warm_start_study_chains_checkpoints(smoke_study, tmp_path) -> None:
     """sae.warm_start: each checkpoint's SAEs start from the previous checkpoint's (issue 12)."""
-    from safetensors.torch import load_file
-
     cold_out, _ = smoke_study
     out = tmp_path / "warm"
     run_study(load_recipe(SMOKE, {"output_dir": str(out), "sae.warm_start": True}), progress=False)
@@ -187,10 +185,6 @@ def test_warm_start_study_chains_checkpoints(smoke_study, tmp_path) -> None:
 def test_resume_redoes_a_unit_whose_features_were_damaged(smoke_study, tmp_path, monkeypatch) -> None:
     """issue 21: a features.parquet corrupted after its unit finished made every later run
     crash in lineage; now the resume sees the checksum mismatch and redoes that unit."""
-    import shutil
-
-    from sae_bilingual.study import pipeline
-
     ref, _ = smoke_study
     out = tmp_path / "copy"
     shutil.copytree(ref, out)
@@ -217,10 +211,6 @@ def test_resume_redoes_a_unit_whose_features_were_damaged(smoke_study, tmp_path,
 def test_forced_rerun_with_other_intervention_settings_redoes_only_the_intervention(smoke_study, tmp_path,
                                                                                      monkeypatch) -> None:
     """--force onto a finished study with another decoder variant used to keep the old Table 1."""
-    import shutil
-
-    from sae_bilingual.study import pipeline
-
     ref, _ = smoke_study
     out = tmp_path / "copy"
     shutil.copytree(ref, out)

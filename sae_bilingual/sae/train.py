@@ -77,9 +77,9 @@ class TrainRun:
     dtype: str = "float32"
     """SAE parameter dtype."""
     wandb: bool = False
+    """Log to Weights & Biases (needs the `wandb` extra)."""
     progress: bool = True
     """Show SAELens's training bar (``-q`` turns it off)."""
-    """Log to Weights & Biases (needs the `wandb` extra)."""
 
     def batch_size(self, spec: SAESpec) -> int:
         """Vectors per step: ``spec.batch_size``, at most ``n_vectors`` (a small study's whole set)."""
