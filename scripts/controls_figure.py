@@ -23,8 +23,8 @@ from phase3_sweep import plot  # noqa: E402  (one line per world = one setting o
 WORLDS = ("default", "codeswitch (positive)", "disjoint (negative)")
 
 
-def _cells(values: pd.Series, fmt: str = "{:.2f}") -> str:
-    return " ".join(fmt.format(v) for v in values)
+def _cells(values: pd.Series) -> str:
+    return " ".join(f"{v:.2f}" for v in values)
 
 
 def final_rows(runs: dict[str, pd.DataFrame]) -> str:
