@@ -15,7 +15,7 @@ from sae_bilingual.config import SAESpec
 from sae_bilingual.data.corpus import make_windows
 from sae_bilingual.data.store import ActivationStore, collect_activations
 from sae_bilingual.errors import ConfigError
-from sae_bilingual.sae.metrics import ce_metrics_many, evaluate_sae
+from sae_bilingual.sae.metrics import ce_metrics_many, evaluate_sae, reconstruction_metrics
 from sae_bilingual.sae.model import PaperTopKSAE, new_paper_sae
 from sae_bilingual.sae.train import TrainRun, convergence, lr_grid, train_saes
 
@@ -114,7 +114,7 @@ def test_lr_grid_picks_min():
     spec = SAESpec(k=4, expansion=2, batch_size=64)
     df, best = lr_grid(lambda: ActivationStore(model, w.subset(slice(0, 32)), [hook], batch_size=64,
                                                buffer_vectors=512), hook, spec, TrainRun(total_steps=30),
-                       acts[hook], lrs=(1e-5, 3e-3))
+                       lambda sae: reconstruction_metrics(sae, acts[hook]), lrs=(1e-5, 3e-3))
     assert list(df["lr"]) == [1e-5, 3e-3] and best == df.loc[df["val_mse"].idxmin(), "lr"] == 3e-3
 
 

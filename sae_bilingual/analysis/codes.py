@@ -146,6 +146,48 @@ class Codes:
         )
 
 
+class CodesSpool:
+    """Top-K codes of one SAE appended to two raw files (int32 idx, float32 val) batch by batch.
+
+    Why: the evaluation streams, so a layer's codes are written as each LM batch is encoded
+    and read back whole only when that layer is analysed (one layer in RAM at a time).
+    """
+
+    def __init__(self, folder: str | os.PathLike, k: int):
+        self.folder, self.k = Path(folder), int(k)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._idx = open(self.folder / "idx.int32", "wb")  # closed by close()
+        self._val = open(self.folder / "val.float32", "wb")  # noqa: SIM115
+        self.n = 0
+
+    def append(self, idx: torch.Tensor, val: torch.Tensor) -> None:
+        """Write one batch of codes ([m, K] each)."""
+        self._idx.write(_as_np(idx, np.int32).tobytes())
+        self._val.write(_as_np(val, np.float32).tobytes())
+        self.n += int(idx.shape[0])
+
+    def close(self) -> None:
+        """Flush both files (reading them needs this first)."""
+        for f in (self._idx, self._val):
+            if not f.closed:
+                f.close()
+
+    def read(self, labels: Any, languages: tuple[str, ...], metadata: dict[str, str] | None = None) -> Codes:
+        """The spooled codes with their labels, as one in-memory :class:`Codes`."""
+        self.close()
+        idx = np.fromfile(self.folder / "idx.int32", dtype=np.int32).reshape(-1, self.k)
+        val = np.fromfile(self.folder / "val.float32", dtype=np.float32).reshape(-1, self.k)
+        return Codes(idx=idx, val=val, token_id=labels.token_id, lang=labels.lang, doc_id=labels.doc_id,
+                     position=labels.position, languages=languages, metadata=dict(metadata or {}))
+
+    def remove(self) -> None:
+        """Delete the spool (after the layer's ``codes.safetensors`` is written)."""
+        self.close()
+        for name in ("idx.int32", "val.float32"):
+            (self.folder / name).unlink(missing_ok=True)
+        self.folder.rmdir()
+
+
 @torch.no_grad()
 def encode_to_codes(
     sae: Any,
@@ -156,7 +198,8 @@ def encode_to_codes(
     languages: tuple[str, ...] | None = None,
     metadata: dict[str, str] | None = None,
 ) -> Codes:
-    """Encode unit-norm vectors with ``sae.encode_topk`` in batches and keep only the codes.
+    """Encode unit-norm vectors held in memory with ``sae.encode_topk`` in batches and keep
+    only the codes (small sets, tests; the study streams: :mod:`sae_bilingual.analysis.stream`).
 
     ``labels`` is a `store.Labels`-like object with ``lang``, ``token_id``, ``doc_id`` and
     ``position`` ([M] each); ``languages`` defaults to ``labels.languages`` or ("en", "ja").

@@ -102,15 +102,15 @@ def check_token_ids(windows: Windows, d_vocab: int | None) -> None:
             "model. Tokenize with the model family's own tokenizer (or one whose ids are < d_vocab)")
 
 
-@torch.no_grad()
-def collect_activations(model: Any, windows: Windows, hooks: Sequence[str], *, batch_size: int = 32,
-                        device: str | torch.device | None = None,
-                        dtype: torch.dtype = torch.float32,
-                        out_device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], Labels]:
-    """Unit-norm residual vectors at ``hooks`` for every non-BOS, non-pad position.
+def iter_activations(model: Any, windows: Windows, hooks: Sequence[str], *, batch_size: int = 32,
+                     device: str | torch.device | None = None, dtype: torch.dtype = torch.float32,
+                     out_device: str | torch.device = "cpu") -> Iterator[tuple[dict[str, torch.Tensor], Labels]]:
+    """Unit-norm residual vectors at ``hooks``, one LM batch of windows at a time.
 
-    One forward per batch of windows, stopped after the deepest hook; returns
-    ({hook: FloatTensor[M, d]}, Labels) with rows in window order, then position order.
+    Yields ({hook: FloatTensor[m, d] on ``out_device``}, Labels) per forward of ``batch_size``
+    windows (every non-BOS, non-pad position, in window then position order), the forward
+    stopped after the deepest hook. Why a generator: the evaluation streams these batches
+    straight into the SAEs' codes, so no more than one batch of activations ever exists.
     """
     hooks = list(hooks)
     if not hooks:
@@ -122,8 +122,6 @@ def collect_activations(model: Any, windows: Windows, hooks: Sequence[str], *, b
     device = device or getattr(getattr(model, "cfg", None), "device", None) or "cpu"
     check_token_ids(windows, getattr(getattr(model, "cfg", None), "d_vocab", None))
     T = windows.tokens.shape[1]
-    outs: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}
-    labs: list[Labels] = []
     pos_row = torch.arange(T)
     for s in range(0, len(windows), batch_size):
         w = windows.subset(slice(s, s + batch_size))
@@ -136,19 +134,40 @@ def collect_activations(model: Any, windows: Windows, hooks: Sequence[str], *, b
         def save(act: torch.Tensor, hook: Any) -> None:
             cache[hook.name] = act.detach()
 
-        model.run_with_hooks(toks.to(device), return_type=None, stop_at_layer=stop,
-                             fwd_hooks=[(h, save) for h in hooks])
+        with torch.no_grad():
+            model.run_with_hooks(toks.to(device), return_type=None, stop_at_layer=stop,
+                                 fwd_hooks=[(h, save) for h in hooks])
         rows, cols = mask.nonzero(as_tuple=True)
         lab = Labels(lang=w.lang[rows], token_id=toks[rows, cols], doc_id=w.doc_id[rows],
                      position=cols.clone())
+        out: dict[str, torch.Tensor] = {}
         for h in hooks:
             if h not in cache:
                 raise DataError(f"hook {h} did not fire; is it a residual hook of this model?")
-            a = cache[h].to(out_device)[rows, cols].to(torch.float32)  # indexing copies: safe to edit
+            act = cache.pop(h)
+            a = act[rows.to(act.device), cols.to(act.device)].to(out_device, torch.float32)  # a copy: safe to edit
             _check_finite(h, a, lab.doc_id, lab.position)
             unit_norm(a, inplace=True)  # the SAE's input space (why the SAE normalises again: unit_norm)
-            outs[h].append(a.to(dtype))
-        cache.clear()
+            out[h] = a.to(dtype)
+        yield out, lab
+
+
+def collect_activations(model: Any, windows: Windows, hooks: Sequence[str], *, batch_size: int = 32,
+                        device: str | torch.device | None = None,
+                        dtype: torch.dtype = torch.float32,
+                        out_device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], Labels]:
+    """Every batch of :func:`iter_activations` concatenated: ({hook: FloatTensor[M, d]}, Labels).
+
+    For the store's LM chunks and small sets; the study's evaluation streams instead
+    (``study.evaluate``), since a whole evaluation set of a large model does not fit in RAM.
+    """
+    hooks = list(hooks)
+    outs: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}
+    labs: list[Labels] = []
+    for acts, lab in iter_activations(model, windows, hooks, batch_size=batch_size, device=device,
+                                      dtype=dtype, out_device=out_device):
+        for h in hooks:
+            outs[h].append(acts[h])
         labs.append(lab)
     acts = {h: (v[0] if len(v) == 1 else torch.cat(v)) if v else torch.zeros(0, 0) for h, v in outs.items()}
     return acts, Labels.cat(labs)

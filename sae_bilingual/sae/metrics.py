@@ -1,6 +1,7 @@
 """An SAE's own metrics: reconstruction (MSE, FVU, L0, dead latents) and CE loss recovered.
 
-:func:`reconstruction_metrics` works on the evaluation vectors in the SAE's unit-norm space;
+:class:`ReconstructionStats` accumulates them over the (streamed) evaluation vectors in the
+SAE's unit-norm space;
 :func:`ce_metrics_many` splices each SAE into the LM at its hook and compares the next-token
 loss with the clean and the zero-ablated model (losses from :mod:`sae_bilingual.lm_loss`).
 """
@@ -21,28 +22,83 @@ from sae_bilingual.sae.model import PaperTopKSAE
 log = logging.getLogger(__name__)
 
 
+class ReconstructionStats:
+    """Reconstruction metrics of one SAE, accumulated exactly over batches of unit-norm vectors.
+
+    Why: the evaluation streams (one LM batch at a time), so no metric may need the whole
+    evaluation set. Sums are float64 (the squared error per batch in float32 first, as a
+    plain float32 reduction gives it); the total variance uses a shift (the first batch's
+    mean), ``sum ||x - s||^2 - M ||mean - s||^2``, which equals the two-pass value to float64
+    rounding. Metrics (SAEBench's core reconstruction set, in the SAE's unit-norm space):
+    ``mse`` (sum over d, mean over vectors), ``fvu``, ``explained_variance`` (1 - fvu,
+    mean-centred), ``cossim`` (mean cosine of x and x_hat), ``l2_ratio`` (mean
+    ||x_hat|| / ||x||), ``l0``, ``n_dead`` / ``n_live`` (latents never selected).
+    """
+
+    def __init__(self, d_sae: int):
+        self.fired = torch.zeros(int(d_sae), dtype=torch.bool)
+        self.m = 0
+        self.se = self.l0 = self.cos = self.l2_ratio = 0.0
+        self._shift: torch.Tensor | None = None
+        self._sum_sq = 0.0  # sum ||x - s||^2
+        self._sum = None  # sum (x - s), float64 [d]
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor, rec: torch.Tensor, idx: torch.Tensor, val: torch.Tensor) -> None:
+        """Add one batch: inputs ``x`` [m, d], reconstructions ``rec``, codes ``idx``/``val`` [m, K]."""
+        if x.shape[0] == 0:
+            return
+        self.se += float((rec - x).pow(2).sum())
+        self.l0 += float((val != 0).sum())
+        self.fired[idx[val != 0].reshape(-1).cpu()] = True
+        x64, r64 = x.to(torch.float64), rec.to(torch.float64)
+        nx, nr = x64.norm(dim=-1), r64.norm(dim=-1)
+        self.cos += float(((x64 * r64).sum(-1) / (nx * nr).clamp_min(1e-300)).sum())
+        self.l2_ratio += float((nr / nx.clamp_min(1e-300)).sum())
+        if self._shift is None:
+            self._shift = x64.mean(0)
+            self._sum = torch.zeros_like(self._shift)
+        c = x64 - self._shift
+        self._sum_sq += float(c.pow(2).sum())
+        self._sum += c.sum(0)
+        self.m += int(x.shape[0])
+
+    def result(self) -> dict[str, float]:
+        """The metrics over every vector seen (raises when there were none)."""
+        if self.m == 0:
+            raise DataError("no evaluation vectors")
+        M = self.m
+        var = self._sum_sq - float(self._sum.pow(2).sum()) / M
+        fvu = self.se / var if var > 0 else float("nan")
+        return {"mse": self.se / M, "fvu": fvu, "explained_variance": 1.0 - fvu, "cossim": self.cos / M,
+                "l2_ratio": self.l2_ratio / M, "l0": self.l0 / M,
+                "n_dead": int((~self.fired).sum()), "n_live": int(self.fired.sum())}
+
+
 @torch.no_grad()
+def encode_decode(sae: PaperTopKSAE, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(idx, val, reconstruction) of unit-norm vectors ``u`` in the SAE's unit-norm space.
+
+    The one encode/decode of the evaluation (codes and reconstruction metrics come from the
+    same call), the decode from the dense code as :meth:`decode_normalized` does it.
+    """
+    idx, val = sae.encode_topk(u)
+    z = torch.zeros(u.shape[0], sae.cfg.d_sae, dtype=u.dtype, device=u.device).scatter_(-1, idx, val)
+    return idx, val, sae.decode_normalized(z)
+
+
 def reconstruction_metrics(sae: PaperTopKSAE, x_unit: torch.Tensor, batch_size: int = 8192) -> dict[str, float]:
-    """MSE (sum over d, mean over vectors), FVU, L0 and dead latents on unit-norm vectors."""
+    """:class:`ReconstructionStats` of vectors held in memory (tests, small sets); the study
+    streams its evaluation instead (:mod:`sae_bilingual.analysis.stream`)."""
     if x_unit.shape[0] == 0:
         raise DataError("no evaluation vectors")
-    se = 0.0
-    l0 = 0.0
-    fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
+    stats = ReconstructionStats(sae.cfg.d_sae)
     dev = sae.W_enc.device
     for s in range(0, x_unit.shape[0], batch_size):
         u = x_unit[s:s + batch_size].to(dev, sae.W_enc.dtype)
-        idx, val = sae.encode_topk(u)
-        z = torch.zeros(u.shape[0], sae.cfg.d_sae, dtype=u.dtype, device=dev).scatter_(-1, idx, val)
-        rec = sae.decode_normalized(z)
-        se += float((rec - u).pow(2).sum())
-        l0 += float((val != 0).sum())
-        fired[idx[val != 0].reshape(-1).cpu()] = True
-    M = x_unit.shape[0]
-    x64 = x_unit.to(torch.float64)
-    var = float((x64 - x64.mean(0)).pow(2).sum())
-    return {"mse": se / M, "fvu": se / var if var > 0 else float("nan"), "l0": l0 / M,
-            "n_dead": int((~fired).sum()), "n_live": int(fired.sum())}
+        idx, val, rec = encode_decode(sae, u)
+        stats.update(u, rec, idx, val)
+    return stats.result()
 
 
 def _check_splice(model: Any, sae: Any) -> str:

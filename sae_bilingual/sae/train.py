@@ -41,7 +41,6 @@ from sae_lens.training.multi_sae_trainer import MultiSAETrainer
 from sae_bilingual.config import SAESpec
 from sae_bilingual.errors import ConfigError, DataError, ExtraMissingError
 from sae_bilingual.sae.files import save_sae
-from sae_bilingual.sae.metrics import reconstruction_metrics
 from sae_bilingual.sae.model import (
     PaperTopKSAE,
     PaperTopKTrainingSAE,
@@ -241,17 +240,19 @@ def train_saes(store: Iterator[Mapping[str, torch.Tensor]], hooks: Sequence[str]
 
 
 def lr_grid(make_store: Callable[[], Iterator[Mapping[str, torch.Tensor]]], hook: str,
-            spec: SAESpec, run: TrainRun, val_vectors: torch.Tensor,
+            spec: SAESpec, run: TrainRun, evaluate: Callable[[Any], Mapping[str, float]],
             lrs: Sequence[float] = (1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3)) -> tuple[pd.DataFrame, float]:
     """Train one SAE per learning rate on the same stream; pick the lowest validation MSE.
 
-    Returns (DataFrame with columns lr, val_mse, fvu; best lr). Paper: chosen on the final
-    checkpoint's middle layer.
+    ``evaluate(sae)`` gives the SAE's validation metrics (``mse``, ``fvu``), e.g.
+    :func:`sae_bilingual.sae.metrics.reconstruction_metrics` on held-out vectors, or the
+    study's streamed evaluation. Returns (DataFrame with columns lr, val_mse, fvu; best lr).
+    Paper: chosen on the final checkpoint's middle layer.
     """
     rows = []
     for lr in lrs:
         sae = train_saes(make_store(), [hook], dataclasses.replace(spec, lr=float(lr)), run)[hook]
-        m = reconstruction_metrics(sae, val_vectors)
+        m = evaluate(sae)
         rows.append({"lr": float(lr), "val_mse": m["mse"], "fvu": m["fvu"]})
         log.info("lr %.1e: val mse %.5f", lr, m["mse"])
     df = pd.DataFrame(rows)

@@ -1,9 +1,10 @@
 """What one work unit does: LM pass -> SAEs -> codes -> feature table -> summary.
 
 Kept apart from planning (plan.py), resume (unit.py, manifest.py) and the study's driver
-(run.py) so each reads top to bottom. The store and the SAE trainer are called through
-their modules (``store.collect_activations``, ``train.train_saes``): tests replace them
-there to prove that no LM pass or SAE step runs.
+(run.py) so each reads top to bottom. The store, the SAE trainer and the streamed
+evaluation are called through their modules (``store.collect_activations``,
+``train.train_saes``, ``stream.stream_eval``): tests replace them there to prove that no LM
+pass or SAE step runs.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import torch
 from safetensors import safe_open
 
 from sae_bilingual import __version__
-from sae_bilingual.analysis.codes import encode_to_codes
+from sae_bilingual.analysis import stream
+from sae_bilingual.analysis.codes import Codes
 from sae_bilingual.analysis.examples import top_examples
 from sae_bilingual.analysis.features import AnalysisConfig, analyse_features, script_of_tokens, summarise
 from sae_bilingual.analysis.ground_truth import score_ground_truth
@@ -38,7 +40,7 @@ from sae_bilingual.layers import hook_for_layer
 from sae_bilingual.models.registry import get_family
 from sae_bilingual.sae import train
 from sae_bilingual.sae.files import load_sae, save_sae
-from sae_bilingual.sae.metrics import ce_metrics_many, reconstruction_metrics
+from sae_bilingual.sae.metrics import ce_metrics_many
 from sae_bilingual.sae.train import TrainRun
 from sae_bilingual.study.artefacts import write_unit_summary
 from sae_bilingual.study.context import StudyContext
@@ -108,7 +110,7 @@ def _store(ctx: StudyContext, unit: Unit, model: Any, hooks: list[str], batch_si
     )
 
 
-UNIT_STAGES = {"model load": "load", "LM + SAE training": "train", "eval activations": "eval_acts",
+UNIT_STAGES = {"model load": "load", "LM + SAE training": "train", "eval LM + encode": "eval_acts",
                "clusters": "clusters", "CE metrics": "ce"}
 """A unit's shared stages -> their ``seconds_<name>`` column in the summary (per layer)."""
 
@@ -140,8 +142,10 @@ def _train_and_analyse(ctx: StudyContext, unit: Unit, model: Any, layers: list[i
         saes = train.train_saes(acts_store, hooks, spec, run, metas, init_from=init)
     crash_point("trained")
     eval_windows = ctx.windows("eval", unit.model_index)
-    acts, labels = timer.call("eval activations", store.collect_activations, model, eval_windows, hooks,
-                              batch_size=ctx.recipe.data.lm_batch_size, device=ctx.recipe.device)
+    ev = timer.call("eval LM + encode", stream.stream_eval, model, {h: saes[h] for h in hooks}, eval_windows,
+                    spool_dir=out / "cache" / "eval_codes" / unit.id, lm_batch_size=ctx.recipe.data.lm_batch_size,
+                    device=ctx.recipe.device, progress=ctx.progress)
+    labels = ev.labels
     clusters = timer.call("clusters", token_clusters, ctx, unit, labels)
     ce_windows = _first_docs_per_lang(eval_windows, ctx.recipe.analysis.ce_docs_per_lang)
     ce = timer.call("CE metrics", ce_metrics_many, model, [saes[h] for h in hooks], ce_windows,  # one clean pass
@@ -155,8 +159,11 @@ def _train_and_analyse(ctx: StudyContext, unit: Unit, model: Any, layers: list[i
             ldir.mkdir(parents=True, exist_ok=True)
             sae = saes[hook]
             save_sae(sae, ldir / "sae")
-            metrics = {**reconstruction_metrics(sae, acts[hook]), **ce[hook]}
-            row = analyse_layer(ctx, unit, layer, sae, acts[hook], labels, clusters, ldir)
+            metrics = {**ev.metrics[hook], **ce[hook]}
+            codes = ev.codes(hook, tuple(ctx.recipe.data.languages))
+            row = analyse_layer(ctx, unit, layer, sae, codes, clusters, ldir)
+            del codes
+            ev.spools[hook].remove()
             row.update({k: v if isinstance(v, str) else float(v) for k, v in metrics.items() if np.isscalar(v)})
             md = sae.cfg.metadata
             row.update({k: md[k] for k in ("warm_start", "train_loss_final", "train_loss_first_tenth",
@@ -167,7 +174,19 @@ def _train_and_analyse(ctx: StudyContext, unit: Unit, model: Any, layers: list[i
             row["seconds"] = round(sum(shared.values()) + row["seconds_analysis"], 2)
             write_unit_summary(ldir, row)
         crash_point("layer")
+    _remove_empty_dirs(out / "cache" / "eval_codes" / unit.id, stop=out / "cache")
     timer.log_split()
+
+
+def _remove_empty_dirs(folder: Path, stop: Path) -> None:
+    """Remove ``folder`` and its parents up to ``stop`` while they are empty (the eval spools'
+    folders; another rank's spools still there keep theirs)."""
+    while folder != stop and folder.is_dir():
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        folder = folder.parent
 
 
 def warm_start_saes(ctx: StudyContext, unit: Unit, layers: list[int], out: Path) -> dict[str, Any]:
@@ -275,12 +294,11 @@ def analysis_config(ctx: StudyContext) -> AnalysisConfig:
     return cfg
 
 
-def analyse_layer(ctx: StudyContext, unit: Unit, layer: int, sae: Any, vectors: torch.Tensor, labels: Any,
+def analyse_layer(ctx: StudyContext, unit: Unit, layer: int, sae: Any, codes: Codes,
                   clusters: SemanticClusters, ldir: Path) -> dict[str, Any]:
     """Codes -> per-feature table (+ examples) -> summary row for one SAE."""
     a = ctx.recipe.analysis
     languages = tuple(ctx.recipe.data.languages)
-    codes = encode_to_codes(sae, vectors, labels, languages=languages)
     codes.save(ldir / "codes.safetensors")
     acfg = analysis_config(ctx)
     gt = clusters.ground_truth
@@ -335,11 +353,15 @@ def run_lr_grid(ctx: StudyContext, unit: Unit, out: Path) -> float:
             return float(df.loc[df["val_mse"].idxmin(), "lr"])
     model = _load_model(ctx, unit)
     hook = hook_for_layer(unit.layers[0])
-    eval_acts, _ = store.collect_activations(model, ctx.windows("eval", unit.model_index), [hook],
-                                       batch_size=ctx.recipe.data.lm_batch_size, device=ctx.recipe.device)
+    eval_windows = ctx.windows("eval", unit.model_index)
+
+    def validate(sae: Any) -> dict[str, float]:  # one streamed pass over the eval windows per LR
+        return stream.stream_eval(model, {hook: sae}, eval_windows, lm_batch_size=ctx.recipe.data.lm_batch_size,
+                                  device=ctx.recipe.device).metrics[hook]
+
     spec, run = ctx.recipe.sae, _train_run(ctx, unit)
     df, best = train.lr_grid(lambda: _store(ctx, unit, model, [hook], run.batch_size(spec), out), hook, spec, run,
-                             eval_acts[hook], grid)
+                             validate, grid)
     df["model"], df["iteration"], df["layer"] = unit.family, unit.iteration, unit.layers[0]
     save_parquet(df, out / "tables" / "lr_grid.parquet")
     atomic_write_text(path, df.to_csv(index=False))  # last: its presence marks the grid done
