@@ -90,6 +90,11 @@ class DataSpec:
     """Shuffle-buffer size in vectors per layer (the paper: 0.5M-10M by model size)."""
     lm_batch_size: int = 32
     """Documents per LM forward when collecting activations."""
+    buffer_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """dtype of the shuffle buffers' vectors. bfloat16 halves the host RAM of the buffers (the
+    paper's 3.7B: 7.4 -> 3.7 GB per layer); each vector is rounded once to 8 mantissa bits after
+    its unit normalisation, and the SAE casts its batch back to float32 and normalises it again
+    before the step, so the SAE still trains on (rounded) unit vectors in float32."""
     logits_budget_mb: float = 256.0
     """Most MB of float32 logits formed at once (CE metrics, perplexity compute losses in chunks)."""
     activation_cache: bool = True
@@ -266,6 +271,10 @@ class Recipe:
     """Memory a unit may use on `device` (bytes, or '80GB', '40GiB'); None: the device's free
     memory when the unit starts. A unit whose layers do not fit together is trained in several
     LM passes of fewer layers, with identical results (memplan.py; `--dry-run` shows the plan)."""
+    max_host_memory: Union[int, str, None] = None
+    """Host RAM a unit may use (bytes, or '128GB'); None: the RAM available when the unit starts.
+    The shuffle buffers (one per layer of a pass), the evaluation labels and the analysis of one
+    layer live there; the plan groups layers so that both this and `max_memory` hold."""
     wandb: bool = False
     expected_gpu_hours: float | None = None
     """Documentation only: what the recipe costs at full scale."""
@@ -292,8 +301,9 @@ class Recipe:
                 f"sae.warm_start chains each checkpoint's SAEs to the previous checkpoint's, so the "
                 f"units of a model must run in order: use executor: local, not {self.executor!r}"
             )
-        if self.max_memory is not None:
-            parse_bytes(self.max_memory, "max_memory")  # raises naming the field and the forms
+        for name in ("max_memory", "max_host_memory"):
+            if getattr(self, name) is not None:
+                parse_bytes(getattr(self, name), name)  # raises naming the field and the forms
         if not 0 < self.analysis.act_threshold < 1:
             raise ConfigError("analysis.act_threshold must lie in (0, 1) (the paper: 0.7)")
         a = self.analysis

@@ -41,13 +41,13 @@ def _recipe(out: Path, **extra):
 def test_layer_groups_give_the_same_saes_and_tables(world_cache, tmp_path, monkeypatch):
     one = _recipe(tmp_path / "one", max_memory="1TB")
     shape = LMShape.from_hf_config(StudyContext(one, progress=False).family(0).hf_config)
-    comps = unit_components(one, shape)
+    comps = unit_components(one, shape, baseline=0)
     # a budget in which two layers fit one pass and three do not
     budget = int(pass_peak(comps, 2, merged=True)["device"] / PLAN_FRACTION) + 1
     assert pass_peak(comps, 3, merged=True)["device"] > PLAN_FRACTION * budget
-    assert plan_unit(one, shape, [0, 1, 2], budget).groups == [[0, 1], [2]]
-    assert plan_unit(one, shape, [0, 1, 2], int(pass_peak(comps, 1, merged=True)["device"] / PLAN_FRACTION) + 1
-                     ).groups == [[0], [1], [2]]
+    assert plan_unit(one, shape, [0, 1, 2], budget, baseline=0).groups == [[0, 1], [2]]
+    assert plan_unit(one, shape, [0, 1, 2], int(pass_peak(comps, 1, merged=True)["device"] / PLAN_FRACTION) + 1,
+                     baseline=0).groups == [[0], [1], [2]]
 
     passes: list[list[int]] = []
     real = pipeline._train_and_analyse

@@ -113,13 +113,13 @@ def test_paper_dry_run_before_download_plans_and_warns(capsys, tmp_path):
     recipe = load_recipe(PAPER)
     passes = {}
     for mem in ("80GB", "40GB"):
-        assert main(["study", str(PAPER), "--dry-run", "--set", f"max_memory={mem}"]) == 0
+        assert main(["study", str(PAPER), "--dry-run", "--set", f"max_memory={mem}", "--set", "max_host_memory=1TB"]) == 0
         text = capsys.readouterr().out
         passes[mem] = plan_unit(recipe, shape, list(range(1, 29)), parse_bytes(mem)).passes
         assert text.count(f": {passes[mem]} LM passes") == 6  # one line per unit
         assert "warning: models[0].source /data/llm-jp-3-3.7b does not exist" in text
         assert "warning: data.paths.en /data/wiki/en.jsonl does not exist" in text
-        assert "logits chunk (4,096 tokens x 99,584 vocab" in text and "6 units, 168 SAEs" in text
+        assert "logits chunk (673 tokens x 99,584 vocab" in text and "6 units, 168 SAEs" in text
         assert f"all units: {6 * passes[mem]} LM passes" in text
     assert 1 < passes["80GB"] < passes["40GB"]
     assert main(["study", str(PAPER), "--dry-run"]) == 0  # no GPU, no max_memory: says how to plan
@@ -139,3 +139,40 @@ def test_dry_run_refuses_a_missing_source_it_cannot_shape(tmp_path):
 
     with pytest.raises(ConfigError, match=r"models\[0\].source .*nowhere does not exist.*no built-in shape"):
         run_study(recipe, dry_run=True)
+
+
+@pytest.mark.parametrize("device_mem, host_mem, passes", [("80GB", "128GB", 3), ("40GB", "64GB", 6)])
+def test_paper_unit_fits_one_gpu_node_on_both_sides(capsys, device_mem, host_mem, passes):
+    """The issue's two nodes: every pass under both budgets, and the dry run says so per unit."""
+    recipe = load_recipe(PAPER, {"max_memory": device_mem, "max_host_memory": host_mem})
+    shape = LMShape.from_hf_config(llmjp_llama_config("3.7b"))
+    plan = plan_unit(recipe, shape, list(range(1, 29)), parse_bytes(device_mem),
+                     host_budget=parse_bytes(host_mem), baseline=2 * 10**9)
+    assert plan.fits and plan.passes == passes
+    assert plan.peak["device"] <= PLAN_FRACTION * parse_bytes(device_mem)
+    assert plan.peak["host"] <= PLAN_FRACTION * parse_bytes(host_mem)
+    # the fewest passes: one pass fewer would need a group that breaks a budget
+    comps = unit_components(recipe, shape, baseline=2 * 10**9)
+    more = pass_peak(comps, math.ceil(28 / (passes - 1)), merged=False)
+    assert (more["device"] > PLAN_FRACTION * parse_bytes(device_mem)
+            or more["host"] > PLAN_FRACTION * parse_bytes(host_mem))
+    assert main(["study", str(PAPER), "--dry-run", "--set", f"max_memory={device_mem}",
+                 "--set", f"max_host_memory={host_mem}"]) == 0
+    text = capsys.readouterr().out
+    assert text.count(f": {passes} LM passes") == 6 and text.count("host RAM ") >= 6
+
+
+def test_host_terms_are_byte_counts_and_the_buffer_dtype_halves_the_buffers():
+    recipe = load_recipe(PAPER)
+    shape = LMShape.from_hf_config(llmjp_llama_config("3.7b"))
+    by_name = {c.name.split(" (")[0]: c for c in unit_components(recipe, shape, baseline=0)}
+    buf = by_name["store buffer"]
+    chunk, B, d = 256 * 63, 32_768, 3072
+    assert buf.per_hook == 500_000 * d * 4 + 2 * chunk * d * 4 + 2 * B * d * 4
+    half = {c.name.split(" (")[0]: c for c in unit_components(
+        load_recipe(PAPER, {"data.buffer_dtype": "bfloat16"}), shape, baseline=0)}["store buffer"]
+    assert buf.per_hook - half.per_hook == 500_000 * d * 2
+    # evaluation streams: no host term grows with the number of layers in the analysis
+    assert all(c.per_hook == 0 for c in by_name.values() if c.where == "host" and c.phase == "analyse")
+    with pytest.raises(ConfigError, match="max_host_memory"):
+        load_recipe(PAPER, {"max_host_memory": "lots"})

@@ -287,7 +287,7 @@ class PaperTopKTrainingSAE(_PaperTopKMixin, TrainingSAE[PaperTopKTrainingSAEConf
     @torch.no_grad()
     def init_b_pre(self, sample: torch.Tensor) -> None:
         """b_pre <- geometric median of a (unit-normalised) data sample (paper)."""
-        self.b_dec.data.copy_(geometric_median(unit_norm(sample)).to(self.b_dec))
+        self.b_dec.data.copy_(geometric_median(unit_norm(sample.to(self.b_dec.dtype))).to(self.b_dec))
 
     def unit_input(self, x: torch.Tensor) -> torch.Tensor:
         """The training input in the SAE's space: cast, then L2-normalised when unit_norm.

@@ -21,9 +21,9 @@ from sae_bilingual.errors import ConfigError
 from sae_bilingual.study.memplan import (
     PLAN_FRACTION,
     LMShape,
-    available_memory,
     describe_unit_plan,
     fmt_bytes,
+    host_memory_budget,
     fmt_layers,
     memory_budget,
     plan_unit,
@@ -165,36 +165,41 @@ def describe_plan(plan: Any, recipe: Any) -> str:
 def describe_memory(recipe: Any, plan: Any, ctx: Any, *, logits_chunk_tokens: int | None = None) -> list[str]:
     """The memory plan of every unit: components per model, then passes and peak per unit."""
     budget, source = memory_budget(recipe)
-    head = (f"memory plan (device {recipe.device}, budget {fmt_bytes(budget)} from {source}, planned to "
-            f"{PLAN_FRACTION:.0%})" if budget else
+    host, host_source = host_memory_budget(recipe)
+    head = (f"memory plan (device {recipe.device}, budget {fmt_bytes(budget)} from {source}" if budget else
             f"memory plan (device {recipe.device}: {source}; set max_memory, e.g. --set max_memory=80GB, "
-            "to plan LM passes; shown: every layer in one pass)")
-    lines = [head]
+            "to plan the device")
+    head += (f"; host RAM budget {fmt_bytes(host)} from {host_source}" if host else "; host RAM unknown")
+    lines = [head + f"; each planned to {PLAN_FRACTION:.0%})"]
     shown: set[int] = set()
-    total_passes, host_peak, host_ram = 0, 0, available_memory("cpu")[0] or 0
+    total_passes = 0
     for u in plan.units:
         shape = LMShape.from_hf_config(ctx.family(u.model_index).hf_config)
         if u.model_index not in shown:
             shown.add(u.model_index)
             lines.append(f"  {u.family}: d_model {shape.d_model:,}, {shape.n_layers} layers, vocab {shape.d_vocab:,}; "
-                         f"LM {recipe.dtype}, SAEs float32")
-            lines.append(f"    {'component':<92} {'where':<6} {'phase':<7} {'per pass':>10} {'per layer':>10}")
+                         f"LM {recipe.dtype}, SAEs float32, store buffers {recipe.data.buffer_dtype}")
+            lines.append(f"    {'component':<104} {'where':<6} {'phase':<7} {'per pass':>10} {'per layer':>10}")
             for c in unit_components(recipe, shape, logits_chunk_tokens=logits_chunk_tokens):
-                lines.append(f"    {c.name:<92} {c.where:<6} {c.phase:<7} {fmt_bytes(c.fixed) if c.fixed else '-':>10} "
+                if c.name.startswith(("this process", "tokenised windows")) and c.phase != "train":
+                    continue  # held in every phase: listed once
+                lines.append(f"    {c.name:<104} {c.where:<6} {c.phase:<7} {fmt_bytes(c.fixed) if c.fixed else '-':>10} "
                              f"{fmt_bytes(c.per_hook) if c.per_hook else '-':>10}")
-        p = plan_unit(recipe, shape, u.layers, budget, source, logits_chunk_tokens=logits_chunk_tokens)
+        p = plan_unit(recipe, shape, u.layers, budget, source, host_budget=host, host_source=host_source,
+                      logits_chunk_tokens=logits_chunk_tokens)
         total_passes += p.passes
-        host_peak = max(host_peak, p.peak["host"])
         lines.append(f"  {u.id}: {describe_unit_plan(p)}")
         if not p.fits:
-            lines.append(f"    warning: one layer per pass needs {fmt_bytes(p.peak['device'])}, more than "
-                         f"{PLAN_FRACTION:.0%} of the budget; lower sae.batch_size / data.buffer_vectors")
+            lines.append(f"    warning: one layer per pass needs {fmt_bytes(p.peak['device'])} on the device and "
+                         f"{fmt_bytes(p.peak['host'])} of host RAM, more than {PLAN_FRACTION:.0%} of a budget; lower "
+                         "sae.batch_size / data.buffer_vectors / data.eval_tokens_per_lang, or data.buffer_dtype: "
+                         "bfloat16")
     if plan.units:
-        lines.append(f"  all units: {total_passes} LM passes for {len(plan.units)} units")
-    if host_peak > host_ram:
-        lines.append(f"  warning: a pass needs {fmt_bytes(host_peak)} of host RAM (store buffers, evaluation vectors) "
-                     f"and this machine has {fmt_bytes(host_ram)} available; the host that runs the units needs that "
-                     "much, or fewer data.eval_tokens_per_lang / data.buffer_vectors")
+        lm = sum(plan_unit(recipe, LMShape.from_hf_config(ctx.family(u.model_index).hf_config), u.layers, budget,
+                           source, host_budget=host, logits_chunk_tokens=logits_chunk_tokens).lm_cost()
+                 for u in plan.units)
+        lines.append(f"  all units: {total_passes} LM passes for {len(plan.units)} units "
+                     f"(LM work {lm:.2f} x one full-depth pass over every unit's tokens)")
     return lines
 
 

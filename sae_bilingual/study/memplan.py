@@ -1,19 +1,24 @@
 """One work unit's memory, from shapes alone, and the LM passes its layers need to fit.
 
 A unit trains one SAE per layer from one LM forward per batch. When the SAEs of all its
-layers (weights, gradients, Adam state, step outputs) do not fit the device beside the LM,
-the layers are split into groups, each trained from its own pass over the same windows.
-Each hook then sees the same batches in the same order (the store's random stream ignores
-which hooks it serves) and its SAE starts from the same seed (``train.hook_seed``), so the
-SAEs and tables are bit for bit those of one pass; only the LM time grows.
+layers (weights, gradients, Adam state, step outputs) do not fit the device beside the LM, or
+their shuffle buffers do not fit the host, the layers are split into groups, each trained
+from its own pass over the same windows. Each hook then sees the same batches in the same
+order (the store's random stream ignores which hooks it serves) and its SAE starts from the
+same seed (``train.hook_seed``), so the SAEs and tables are bit for bit those of one pass;
+only the LM time grows.
 
-Memory sits in two places: the device that runs the LM and the SAEs, and the host RAM that
-holds the shuffle buffers and the evaluation vectors (the store and ``collect_activations``
-keep CPU tensors). On a CPU device both are one RAM and are added. The estimate is made from
-the model's config and the recipe, before anything is loaded: the large terms (LM weights,
-SAE state, buffers, evaluation vectors) are exact byte counts of the tensors the code
-allocates; transient activations are upper estimates. Plans use ``PLAN_FRACTION`` of the
-budget, leaving room for the CUDA context, allocator slack and estimation error.
+Memory sits in two places, each with its budget (``max_memory``, ``max_host_memory``): the
+device that runs the LM and the SAEs, and the host RAM that holds this process, the
+tokenised windows, the LM while it is converted at load, the shuffle buffers (one per layer
+of a pass) and, in the analysis, the evaluation labels and one layer's codes (the evaluation
+itself streams: ``analysis.stream``). On a CPU device both are one RAM and are added. The
+estimate is made from the model's config and the recipe, before anything is loaded: the large
+terms (LM weights, SAE state, buffers, codes) are exact byte counts of the tensors the code
+allocates; transient activations are upper estimates, and the analysis working set is a
+measured multiple of the codes (``ANALYSIS_WORKSET_FACTOR``). Plans use ``PLAN_FRACTION`` of
+each budget, leaving room for the CUDA context, allocator slack and estimation error;
+``benchmarks/bench_unit_memory.py`` checks the predicted peak against a measured one.
 """
 
 from __future__ import annotations
@@ -26,8 +31,10 @@ from typing import Any
 import psutil
 import torch
 
+from sae_bilingual.analysis.stream import EVAL_ENCODE_BATCH
 from sae_bilingual.config_checks import parse_bytes
 from sae_bilingual.layers import hook_for_layer, stop_at_layer_for
+from sae_bilingual.lm_loss import chunk_positions
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +42,8 @@ PLAN_FRACTION = 0.9
 """Share of the memory budget a plan fills."""
 CE_BATCH_WINDOWS = 64
 """Windows per CE-metrics forward (sae.metrics.ce_metrics_many's batch_size)."""
-EVAL_ENCODE_BATCH = 8192
-"""Vectors per encode batch of the analysis (codes.encode_to_codes, reconstruction_metrics)."""
+PHASES = ("load", "train", "analyse")
+"""A unit's phases, in order; their memory does not overlap (each frees the last's transients)."""
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 def fmt_bytes(n: float) -> str:
     """'7.57 GB' style (powers of 10, as parse_bytes reads them)."""
@@ -105,21 +112,37 @@ class Component:
         return self.fixed + n_hooks * self.per_hook
 
 
-def unit_components(recipe: Any, shape: LMShape, *, logits_chunk_tokens: int | None = None) -> list[Component]:
-    """What one unit holds, per phase (training, then analysis), from the recipe and the LM's shape.
+ANALYSIS_WORKSET_FACTOR = 6
+"""Bytes the per-feature analysis of one layer holds beside its codes, per code entry (M x K),
+as a multiple of 8 bytes: sorted copies, masks and the token/feature keys of the active set
+(measured with benchmarks/bench_unit_memory.py)."""
 
-    ``logits_chunk_tokens``: tokens whose logits are alive at once in the CE metrics
-    (default: one CE batch, 64 windows of ``data.context``).
+
+def process_rss() -> int:
+    """Resident bytes of this process now (Python, torch, libraries, the tokenised corpus)."""
+    return int(psutil.Process().memory_info().rss)
+
+
+def unit_components(recipe: Any, shape: LMShape, *, logits_chunk_tokens: int | None = None,
+                    baseline: int | None = None) -> list[Component]:
+    """What one unit holds, per phase (LM load, training, analysis), from the recipe and the LM's shape.
+
+    ``logits_chunk_tokens``: positions whose logits are alive at once in the CE metrics
+    (default: as many as ``data.logits_budget_mb`` allows, as ``lm_loss`` cuts them);
+    ``baseline``: the process's resident bytes before the unit (default: measured now).
     """
     data, sae = recipe.data, recipe.sae
     lm_b = DTYPE_BYTES[recipe.dtype]
+    buf_b = DTYPE_BYTES[data.buffer_dtype]
     d, T = shape.d_model, data.context
     n = sae.d_sae or sae.expansion * d
     B, K = sae.batch_size, sae.k
     n_eval = data.eval_tokens_per_lang * len(data.languages)
-    chunk_vectors = data.lm_batch_size * (T - 1)
-    logits_tokens = logits_chunk_tokens or CE_BATCH_WINDOWS * T
+    n_windows = math.ceil((data.train_tokens_per_lang + data.eval_tokens_per_lang) / (T - 1)) * len(data.languages)
+    chunk = data.lm_batch_size * (T - 1)  # vectors of one LM batch
+    logits_tokens = logits_chunk_tokens or chunk_positions(shape.d_vocab, int(data.logits_budget_mb * 2**20))
     P = sae_params(d, n)
+    EB = EVAL_ENCODE_BATCH
 
     def forward(windows: int) -> tuple[int, int]:
         """(transient activations of one no-grad block, one saved residual) for a batch of windows."""
@@ -127,34 +150,45 @@ def unit_components(recipe: Any, shape: LMShape, *, logits_chunk_tokens: int | N
         act = tok * lm_b * (6 * d + 2 * (shape.n_heads + shape.n_kv_heads) * shape.d_head + 3 * shape.d_mlp)
         return act + 2 * windows * shape.n_heads * T * T * 4, tok * d * lm_b
 
-    train_fwd, train_saved = forward(data.lm_batch_size)
+    lm_fwd, lm_saved = forward(data.lm_batch_size)
     ce_fwd, ce_saved = forward(CE_BATCH_WINDOWS)
     weights = lm_weight_bytes(shape, lm_b)
-    return [
+    always = [Component("this process before the unit (Python, torch, libraries, corpus)", "host", p,
+                        fixed=process_rss() if baseline is None else baseline) for p in PHASES]
+    always += [Component(f"tokenised windows (~{n_windows:,} x {T} token ids, train + eval)", "host", p,
+                         fixed=n_windows * (T + 3) * 8) for p in PHASES]
+    return always + [
+        Component("LM load: the HF model's weights, converted on the host (transient)", "host", "load",
+                  fixed=weights),
+        Component(f"LM weights ({recipe.dtype})", "device", "load", fixed=weights),
         Component(f"LM weights ({recipe.dtype})", "device", "train", fixed=weights),
         Component(f"LM batch ({data.lm_batch_size} x {T} tokens; + saved residual per layer)", "device", "train",
-                  fixed=train_fwd, per_hook=train_saved),
+                  fixed=lm_fwd, per_hook=lm_saved),
         Component("SAE weights + grads + Adam state (per layer, float32)", "device", "train",
                   per_hook=16 * P + 8 * n + n),
         Component(f"SAE step outputs kept until all layers stepped (per layer, batch {B:,})", "device", "train",
                   per_hook=2 * B * d * 4 + B * K * 24),
         Component(f"SAE step workspace (one layer at a time: {B:,} x {n:,} pre-activations)", "device", "train",
                   fixed=B * n * 4 + 3 * B * d * 4),
-        Component(f"store buffer (per layer: {data.buffer_vectors:,} vectors + one LM chunk + one batch)", "host",
-                  "train", fixed=data.buffer_vectors * 65,
-                  per_hook=(data.buffer_vectors + 2 * chunk_vectors + 2 * B) * d * 4),
+        Component(f"store buffer (per layer: {data.buffer_vectors:,} vectors in {data.buffer_dtype} "
+                  f"+ one LM chunk + one batch)", "host", "train", fixed=data.buffer_vectors * 65,
+                  per_hook=data.buffer_vectors * d * buf_b + 2 * chunk * d * 4 + 2 * B * d * 4),
         Component(f"LM weights ({recipe.dtype})", "device", "analyse", fixed=weights),
+        Component("SAE weights for analysis (per layer, float32)", "device", "analyse", per_hook=4 * P),
+        Component(f"eval LM batch ({data.lm_batch_size} x {T} tokens; per layer: its residual, unit vectors and "
+                  f"<= {EB:,} + one batch re-cut rows)", "device", "analyse",
+                  fixed=lm_fwd + (EB + chunk) * d * 4, per_hook=lm_saved + (EB + 2 * chunk) * d * 4),
+        Component(f"SAE encode workspace ({EB:,} x {n:,} pre-activations + dense code)", "device", "analyse",
+                  fixed=2 * EB * n * 4 + EB * d * 4),
         Component(f"CE batch ({CE_BATCH_WINDOWS} x {T} tokens; + cached residual per layer)", "device", "analyse",
                   fixed=ce_fwd, per_hook=ce_saved),
         Component(f"logits chunk ({logits_tokens:,} tokens x {shape.d_vocab:,} vocab: float32 logits + log-softmax)",
                   "device", "analyse", fixed=2 * logits_tokens * shape.d_vocab * 4),
-        Component("SAE weights for analysis (per layer, float32)", "device", "analyse", per_hook=4 * P),
-        Component(f"SAE encode workspace ({EVAL_ENCODE_BATCH:,} x {n:,} codes)", "device", "analyse",
-                  fixed=2 * EVAL_ENCODE_BATCH * n * 4),
-        Component(f"eval activations (per layer: {n_eval:,} vectors, float32)", "host", "analyse",
-                  fixed=n_eval * 32, per_hook=n_eval * d * 4),
-        Component(f"analysis codes (one layer at a time: {n_eval:,} x K={K})", "host", "analyse",
-                  fixed=n_eval * (8 * K + 32)),
+        Component(f"eval labels ({n_eval:,} vectors; codes stream to disk, nothing per layer held)", "host",
+                  "analyse", fixed=n_eval * 32 * 2),
+        Component(f"analysis of one layer at a time ({n_eval:,} x K={K} codes, their file copy, the "
+                  "per-feature working set)", "host", "analyse",
+                  fixed=n_eval * K * 8 * (2 + ANALYSIS_WORKSET_FACTOR) + n_eval * 32),
     ]
 
 
@@ -188,10 +222,23 @@ def available_memory(device: str) -> tuple[int | None, str]:
 
 
 def memory_budget(recipe: Any) -> tuple[int | None, str]:
-    """The budget a unit plans against: ``max_memory`` when set, else the device's free memory."""
+    """The device budget a unit plans against: ``max_memory`` when set, else the device's free
+    memory (on the CPU: the RAM available now plus what this process already holds)."""
     if getattr(recipe, "max_memory", None) is not None:
         return parse_bytes(recipe.max_memory), "max_memory"
-    return available_memory(recipe.device)
+    got, source = available_memory(recipe.device)
+    if got is not None and torch.device(recipe.device).type == "cpu":
+        return got + process_rss(), source + " + this process"
+    return got, source
+
+
+def host_memory_budget(recipe: Any) -> tuple[int | None, str]:
+    """The host-RAM budget: ``max_host_memory`` when set, else the RAM available now plus what
+    this process already holds (the plan counts the process itself)."""
+    if getattr(recipe, "max_host_memory", None) is not None:
+        return parse_bytes(recipe.max_host_memory, "max_host_memory"), "max_host_memory"
+    got, source = available_memory("cpu")
+    return (got + process_rss() if got is not None else None), source + " + this process"
 
 
 def split_balanced(layers: list[int], n_groups: int) -> list[list[int]]:
@@ -217,7 +264,9 @@ class UnitPlan:
     budget_source: str
     merged: bool
     fits: bool
-    """False when even one layer per pass exceeds the budget (the plan then uses one per pass)."""
+    """False when even one layer per pass exceeds a budget (the plan then uses one per pass)."""
+    host_budget: int | None = None
+    host_source: str = ""
 
     @property
     def passes(self) -> int:
@@ -229,19 +278,31 @@ class UnitPlan:
         return sum(stop_at_layer_for([hook_for_layer(max(g))]) for g in self.groups) / full
 
 
+def _fits(peak: dict[str, int], budget: int | None, host_budget: int | None, merged: bool) -> bool:
+    """Whether a pass's peak stays within ``PLAN_FRACTION`` of every budget that applies."""
+    if merged:  # one RAM: the tighter of the two budgets given
+        limits = [b for b in (budget, host_budget) if b is not None]
+        return not limits or peak["device"] <= PLAN_FRACTION * min(limits)
+    return ((budget is None or peak["device"] <= PLAN_FRACTION * budget)
+            and (host_budget is None or peak["host"] <= PLAN_FRACTION * host_budget))
+
+
 def plan_unit(recipe: Any, shape: LMShape, layers: list[int], budget: int | None = None,
-              budget_source: str = "", *, logits_chunk_tokens: int | None = None) -> UnitPlan:
-    """As few contiguous layer groups as fit ``PLAN_FRACTION`` of ``budget`` (None: one group)."""
-    comps = unit_components(recipe, shape, logits_chunk_tokens=logits_chunk_tokens)
+              budget_source: str = "", *, host_budget: int | None = None, host_source: str = "",
+              logits_chunk_tokens: int | None = None, baseline: int | None = None) -> UnitPlan:
+    """As few contiguous layer groups as keep every pass within ``PLAN_FRACTION`` of both the
+    device ``budget`` and the ``host_budget`` (None: that side is not limited)."""
+    comps = unit_components(recipe, shape, logits_chunk_tokens=logits_chunk_tokens, baseline=baseline)
     merged = torch.device(recipe.device).type == "cpu"
     layers = sorted(layers)
-    if budget is None or not layers:
-        return UnitPlan([layers], pass_peak(comps, len(layers), merged), budget, budget_source, merged, True)
-    usable = PLAN_FRACTION * budget
-    k = max((k for k in range(1, len(layers) + 1) if pass_peak(comps, k, merged)["device"] <= usable), default=0)
+    extra = {"host_budget": host_budget, "host_source": host_source}
+    if (budget is None and host_budget is None) or not layers:
+        return UnitPlan([layers], pass_peak(comps, len(layers), merged), budget, budget_source, merged, True, **extra)
+    k = max((k for k in range(1, len(layers) + 1) if _fits(pass_peak(comps, k, merged), budget, host_budget, merged)),
+            default=0)
     groups = split_balanced(layers, math.ceil(len(layers) / max(k, 1)))
     peak = pass_peak(comps, max(len(g) for g in groups), merged)
-    return UnitPlan(groups, peak, budget, budget_source, merged, k > 0)
+    return UnitPlan(groups, peak, budget, budget_source, merged, k > 0, **extra)
 
 
 def fmt_layers(layers: list[int]) -> str:
@@ -264,13 +325,17 @@ def describe_unit_plan(p: UnitPlan) -> str:
 def unit_groups(recipe: Any, hf_config: Any, layers: list[int], unit_id: str = "unit") -> list[list[int]]:
     """The layer groups of one unit on this machine now (called before the LM is loaded)."""
     budget, source = memory_budget(recipe)
-    plan = plan_unit(recipe, LMShape.from_hf_config(hf_config), layers, budget, source)
+    host, host_source = host_memory_budget(recipe)
+    plan = plan_unit(recipe, LMShape.from_hf_config(hf_config), layers, budget, source,
+                     host_budget=host, host_source=host_source)
     if not plan.fits:
-        log.warning("%s: one layer per LM pass needs ~%s, more than %.0f%% of the %s budget (%s); running one "
-                    "layer per pass anyway. Lower sae.batch_size, data.buffer_vectors or data.lm_batch_size, or "
-                    "use a device with more memory", unit_id, fmt_bytes(plan.peak["device"]), 100 * PLAN_FRACTION,
-                    source, fmt_bytes(budget or 0))
+        log.warning("%s: one layer per LM pass needs ~%s on the device and ~%s of host RAM, more than %.0f%% of "
+                    "the budgets (%s from %s, %s from %s); running one layer per pass anyway. Lower sae.batch_size, "
+                    "data.buffer_vectors (or data.buffer_dtype: bfloat16), data.eval_tokens_per_lang or "
+                    "data.lm_batch_size, or use a machine with more memory", unit_id, fmt_bytes(plan.peak["device"]),
+                    fmt_bytes(plan.peak["host"]), 100 * PLAN_FRACTION, fmt_bytes(budget or 0), source,
+                    fmt_bytes(host or 0), host_source)
     if plan.passes > 1:
-        log.info("%s: memory plan %s (budget %s from %s)", unit_id, describe_unit_plan(plan),
-                 fmt_bytes(budget or 0), source)
+        log.info("%s: memory plan %s (device budget %s from %s, host %s from %s)", unit_id, describe_unit_plan(plan),
+                 fmt_bytes(budget or 0), source, fmt_bytes(host or 0), host_source)
     return plan.groups

@@ -98,7 +98,8 @@ def _store(ctx: StudyContext, unit: Unit, model: Any, hooks: list[str], batch_si
     if data.activation_cache and out is not None:
         cache = {"cache_dir": out / "cache" / "activations",
                  "cache_id": {"unit": unit.id, "hooks": hooks, "seed": ctx.recipe.seed,
-                              "context": data.context, "train_tokens_per_lang": data.train_tokens_per_lang}}
+                              "context": data.context, "train_tokens_per_lang": data.train_tokens_per_lang,
+                              **({"buffer_dtype": data.buffer_dtype} if data.buffer_dtype != "float32" else {})}}
     return store.ActivationStore(
         model, ctx.windows("train", unit.model_index), hooks,
         batch_size=batch_size,
@@ -106,6 +107,7 @@ def _store(ctx: StudyContext, unit: Unit, model: Any, hooks: list[str], batch_si
         lm_batch_size=data.lm_batch_size,
         seed=ctx.recipe.seed,
         device=ctx.recipe.device,
+        dtype=_torch_dtype(data.buffer_dtype),
         **cache,
     )
 
