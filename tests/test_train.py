@@ -204,3 +204,24 @@ def test_quiet_run_hides_saelens_training_bar(capsys, progress):
     store = ActivationStore(model, w.subset(slice(0, 16)), [hook], batch_size=64, buffer_vectors=512)
     train_saes(store, [hook], SAESpec(k=4, expansion=2, lr=1e-3, batch_size=64), TrainRun(total_steps=3, progress=progress))
     assert ("Training Multi-SAE" in capsys.readouterr().err) is progress
+
+
+def test_bfloat16_buffer_trains_within_seed_noise_of_float32():
+    """data.buffer_dtype: bfloat16 rounds each stored unit vector once; the SAE casts back to
+    float32 and renormalises, so its validation MSE moves less than changing the seed does."""
+    model, w = _world()
+    hook = "blocks.1.hook_resid_post"
+    acts, _ = collect_activations(model, w.subset(slice(64, 80)), [hook])
+    spec = SAESpec(k=8, expansion=4, lr=3e-3, batch_size=128, warmup_steps=0)
+
+    def val_mse(dtype: torch.dtype, seed: int) -> float:
+        store = ActivationStore(model, w.subset(slice(0, 64)), [hook], batch_size=128, buffer_vectors=1024,
+                                lm_batch_size=16, dtype=dtype, seed=0)
+        if dtype != torch.float32:
+            assert store.next_with_labels()[0][hook].dtype == dtype  # the buffer really holds bf16
+        sae = train_saes(store, [hook], spec, TrainRun(total_steps=120, seed=seed))[hook]
+        return reconstruction_metrics(sae, acts[hook])["mse"]
+
+    f32, bf16, other_seed = val_mse(torch.float32, 0), val_mse(torch.bfloat16, 0), val_mse(torch.float32, 1)
+    assert bf16 != f32  # the rounding reached the SAE
+    assert abs(bf16 - f32) <= max(abs(other_seed - f32), 0.01 * f32)
