@@ -81,14 +81,62 @@ def _content(rel: str, path: Path) -> bytes | str:
     return path.read_bytes()
 
 
-def compare_outputs(ref: Path, other: Path) -> list[str]:
-    """Differences between two study dirs (empty list: identical up to timing columns)."""
+def _close(a: object, b: object, rtol: float) -> bool:
+    """Equal, or both numbers within ``rtol`` (relative) of each other; NaN equals NaN."""
+    if a == b:
+        return True
+    try:
+        fa, fb = float(a), float(b)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    return (fa != fa and fb != fb) or abs(fa - fb) <= rtol * max(abs(fa), abs(fb))
+
+
+def _records(rel: str, path: Path) -> list[dict]:
+    """A csv's rows or a json object, timing keys dropped, as a list of dicts."""
+    if rel.endswith(".csv"):
+        import pandas as pd
+
+        df = pd.read_csv(path)
+        return df[[c for c in df.columns if not _is_timing(c)]].to_dict("records")
+    obj = json.loads(path.read_text(encoding="utf-8"))
+    return [{k: v for k, v in obj.items() if not _is_timing(k)}] if isinstance(obj, dict) else [{"": obj}]
+
+
+def _tolerant_equal(rel: str, pa: Path, pb: Path, rtol: float, new_columns: set[str]) -> bool:
+    """Tables/json equal within ``rtol``, ignoring keys that only the second one has (noted)."""
+    ra, rb = _records(rel, pa), _records(rel, pb)
+    if len(ra) != len(rb):
+        return False
+    for x, y in zip(ra, rb):
+        if set(x) - set(y):
+            return False
+        new_columns.update(set(y) - set(x))
+        if not all(_close(x[k], y[k], rtol) for k in x):
+            return False
+    return True
+
+
+def compare_outputs(ref: Path, other: Path, *, rtol: float | None = None,
+                    notes: list[str] | None = None) -> list[str]:
+    """Differences between two study dirs (empty list: identical up to timing columns).
+
+    ``rtol``: csv/json numbers may differ by this relative amount and OTHER may add keys
+    (a change that adds summary columns, or sums them in another order); what was added is
+    appended to ``notes``. Binary files (parquet, safetensors) are always compared exactly.
+    """
     a, b = compared_files(ref), compared_files(other)
     diffs = [f"missing in {other.name}: {k}" for k in sorted(set(a) - set(b))]
     diffs += [f"extra in {other.name}: {k}" for k in sorted(set(b) - set(a))]
+    added: set[str] = set()
     for rel in sorted(set(a) & set(b)):
-        if _content(rel, a[rel]) != _content(rel, b[rel]):
-            diffs.append(f"differs: {rel}{_explain(rel, a[rel], b[rel])}")
+        if _content(rel, a[rel]) == _content(rel, b[rel]):
+            continue
+        if rtol is not None and rel.endswith((".csv", ".json")) and _tolerant_equal(rel, a[rel], b[rel], rtol, added):
+            continue
+        diffs.append(f"differs: {rel}{_explain(rel, a[rel], b[rel])}")
+    if added and notes is not None:
+        notes.append(f"keys only in {other.name} (allowed by --rtol): {sorted(added)}")
     return diffs
 
 
@@ -158,10 +206,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--compare", nargs=2, type=Path, metavar=("REF", "OTHER"),
                     help="only compare two finished study folders (e.g. before/after a refactor) and exit")
+    ap.add_argument("--rtol", type=float, default=None,
+                    help="with --compare: csv/json numbers equal within this relative tolerance, and keys "
+                         "OTHER adds are listed, not counted (e.g. 1e-9 for a change that sums in another order)")
     args = ap.parse_args(argv)
     if args.compare:
-        diffs = compare_outputs(*args.compare)
-        print("\n".join(diffs) or f"identical: {len(compared_files(args.compare[0]))} result files")
+        notes: list[str] = []
+        diffs = compare_outputs(*args.compare, rtol=args.rtol, notes=notes)
+        print("\n".join(notes + diffs) or "", end="\n" if notes or diffs else "")
+        if not diffs:
+            tol = f" (csv/json numbers within rtol {args.rtol:g})" if args.rtol is not None else ""
+            print(f"identical: {len(compared_files(args.compare[0]))} result files{tol}")
         return 1 if diffs else 0
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="sae_soak_"))
