@@ -23,9 +23,17 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
+import torch
 import yaml
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from sae_bilingual.config import load_recipe
+from sae_bilingual.study import memplan, pipeline, timing
+from sae_bilingual.study.run import run_study
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SAE_BILINGUAL_SHARED", REPO.parent / "shared"))
@@ -35,9 +43,6 @@ CORPUS = SHARED / "data" / "small_parallel_enja"
 
 def make_model(root: Path) -> None:
     """A random LLM-jp-3 150M-shaped Llama as ``root/iter_0000100`` (float32 safetensors)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     torch.manual_seed(0)
     cfg = LlamaConfig(hidden_size=512, num_hidden_layers=12, num_attention_heads=8, num_key_value_heads=8,
                       head_dim=64, intermediate_size=2048, vocab_size=99_584, max_position_embeddings=4096,
@@ -65,14 +70,54 @@ def write_recipe(work: Path, case: str) -> Path:
     return path
 
 
+STAGE_PHASE = {"model load": "load", "LM + SAE training": "train"}
+"""The pipeline's timed stages -> the plan's phases (every other stage is the analysis)."""
+
+
+def rss_now() -> int:
+    """Resident bytes of this process (``VmRSS``)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+class PhaseSampler:
+    """Samples RSS every 10 ms and keeps each plan phase's peak, the phase named by the
+    pipeline stage running now (``StageTimer.stage`` is wrapped to say which)."""
+
+    def __init__(self) -> None:
+        self.phase, self.peak, self._stop = "setup", {}, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.01):
+            self.peak[self.phase] = max(self.peak.get(self.phase, 0), rss_now())
+
+    def wrap(self, stage):
+        """``StageTimer.stage`` that also switches the phase being sampled."""
+        sampler = self
+
+        @contextmanager
+        def staged(timer, name):
+            before, sampler.phase = sampler.phase, STAGE_PHASE.get(name, "analyse")
+            sampler.peak[sampler.phase] = max(sampler.peak.get(sampler.phase, 0), rss_now())
+            with stage(timer, name):
+                yield
+            sampler.peak[sampler.phase] = max(sampler.peak.get(sampler.phase, 0), rss_now())
+            sampler.phase = before
+        return staged
+
+    def stop(self) -> dict[str, int]:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
 def run_case(args: argparse.Namespace) -> None:
-    """In a fresh process: run the unit in ``--groups`` passes, print {predicted, measured, groups} as JSON."""
-    import torch
-
-    from sae_bilingual.config import load_recipe
-    from sae_bilingual.study import memplan, pipeline
-    from sae_bilingual.study.run import run_study
-
+    """In a fresh process: run the unit in ``--groups`` passes, print {predicted, measured, groups,
+    per-phase predicted and measured} as JSON."""
     torch.set_num_threads(2)
     seen: dict = {}
 
@@ -80,14 +125,18 @@ def run_case(args: argparse.Namespace) -> None:
         """The unit's layers in ``--groups`` passes, and the plan's peak for them (baseline: now)."""
         groups = memplan.split_balanced(layers, args.groups)
         comps = memplan.unit_components(recipe, memplan.LMShape.from_hf_config(hf_config))
-        peak = memplan.pass_peak(comps, max(map(len, groups)), merged=True)
-        seen.update(predicted=peak["device"] + peak["host"], groups=groups)
+        n = max(map(len, groups))
+        peak = memplan.pass_peak(comps, n, merged=True)
+        phases = {p: sum(c.bytes(n) for c in comps if c.phase == p) for p in memplan.PHASES}
+        seen.update(predicted=peak["device"] + peak["host"], groups=groups, predicted_phases=phases)
         return groups
 
     pipeline.unit_groups = forced
+    sampler = PhaseSampler()
+    timing.StageTimer.stage = sampler.wrap(timing.StageTimer.stage)
     run_study(load_recipe(write_recipe(Path(args.workdir), f"g{args.groups}")), progress=False)
     measured = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({**seen, "measured": measured}))
+    print(json.dumps({**seen, "measured": measured, "measured_phases": sampler.stop()}))
 
 
 def main() -> None:
@@ -112,6 +161,9 @@ def main() -> None:
         ratios[case] = got["measured"] / got["predicted"]
         print(f"{case:>5} group(s) {got['groups']}: predicted peak {got['predicted'] / 1e9:.2f} GB, "
               f"measured peak RSS {got['measured'] / 1e9:.2f} GB, ratio {ratios[case]:.2f}")
+        for phase, pred in got.get("predicted_phases", {}).items():
+            meas = got.get("measured_phases", {}).get(phase, 0)
+            print(f"      phase {phase:<8} predicted {pred / 1e9:.2f} GB, measured {meas / 1e9:.2f} GB")
     print(f"RATIO measured/predicted one-group = {ratios['one']:.2f} three-groups = {ratios['three']:.2f}")
 
 
