@@ -11,10 +11,13 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")  # stable for S @ X
 
 EPS = 1e-12
 """Floor of a vector norm before dividing by it (an all-zero vector stays zero)."""
@@ -37,19 +40,45 @@ def unit_norm(x: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
 
 
 def pre_activation(xc: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor | None = None,
-                   relu: bool = False) -> torch.Tensor:
+                   relu: bool = False, out: torch.Tensor | None = None) -> torch.Tensor:
     """The encoder's pre-activations ``(u - b_pre) @ W_enc (+ b_enc) (ReLU)``, ``[..., n]``.
 
     Takes the centred input ``xc = u - b_pre``, which every caller has already: the training
     kernel keeps it for its backward and SAELens's ``process_sae_in`` returns it. ``b_enc``
     and ``relu`` exist for the authors' released weights only (the paper has neither).
+    ``out`` (no autograd) receives the result in place: see :func:`_pre_buffer`.
     """
+    if out is not None:
+        pre = torch.matmul(xc, W_enc, out=out)
+        if b_enc is not None:
+            pre.add_(b_enc)
+        return pre.relu_() if relu else pre
     pre = xc @ W_enc
     if b_enc is not None:
         pre = pre + b_enc
     if relu:
         pre = pre.relu()
     return pre
+
+
+_PRE_BUFFER: list[torch.Tensor] = []
+"""The one reused (B, n) pre-activation buffer of CPU training steps (see :func:`_pre_buffer`)."""
+
+
+def _pre_buffer(xc: torch.Tensor, n: int) -> torch.Tensor | None:
+    """A reused CPU buffer for the training step's (B, n) pre-activations, else None.
+
+    A fresh 134 MB (B=4096, n=8192) tensor is a new mmap each step, and first-touching its
+    pages cost ~50 ms of a ~300 ms CPU step; the buffer is dead once top-K has read it, so
+    every SAE of every step can share one. GPUs (caching allocator) and autocast keep
+    fresh tensors.
+    """
+    if xc.device.type != "cpu" or torch.is_autocast_enabled("cpu"):
+        return None
+    shape = (xc.shape[0], n)
+    if not _PRE_BUFFER or _PRE_BUFFER[0].shape != shape or _PRE_BUFFER[0].dtype != xc.dtype:
+        _PRE_BUFFER[:] = [torch.empty(shape, dtype=xc.dtype)]
+    return _PRE_BUFFER[0]
 
 
 def _gemm_dtype(x: torch.Tensor) -> torch.dtype | None:
@@ -66,15 +95,24 @@ def _gemm_dtype(x: torch.Tensor) -> torch.dtype | None:
 
 def _code_outer(idx: torch.Tensor, vals: torch.Tensor, X: torch.Tensor, n: int,
                 gemm_dtype: torch.dtype | None) -> torch.Tensor:
-    """S^T X for the (B, n) code S with ``vals`` at ``idx`` (zeros elsewhere) -> (n, d)."""
+    """S^T X for the (B, n) code S with ``vals`` at ``idx`` (zeros elsewhere) -> (n, d).
+
+    Sparse path: S^T as CSR, its rows (latents) found by one sort of the B*K indices; CSR
+    skips the COO path's coalesce; ``addmm(beta=0, out=)`` its zero-fill and result copy (together
+    2.7x faster at B=4096 K=32 n=8192 d=512).
+    """
     B, K = idx.shape
     if gemm_dtype is not None:
         G = torch.zeros(B, n, dtype=gemm_dtype, device=idx.device).scatter_(1, idx, vals.to(gemm_dtype))
         return (G.t() @ X.to(gemm_dtype)).to(X.dtype)
-    rows = torch.arange(B, device=idx.device).repeat_interleave(K)
-    S = torch.sparse_coo_tensor(torch.stack([idx.reshape(-1), rows]), vals.reshape(-1).to(X.dtype), (n, B),
-                                check_invariants=False)
-    return torch.sparse.mm(S, X)
+    flat = idx.reshape(-1)
+    order = torch.argsort(flat)
+    crow = torch.zeros(n + 1, dtype=torch.int64, device=idx.device)
+    torch.cumsum(torch.bincount(flat, minlength=n), 0, out=crow[1:])
+    S_t = torch.sparse_csr_tensor(crow, order // K, vals.reshape(-1)[order].to(X.dtype), (n, B),
+                                  check_invariants=False)
+    out = X.new_empty(n, X.shape[1])  # beta=0 into ``out``: no zero-fill, no result copy
+    return torch.addmm(out, S_t, X, beta=0, out=out)
 
 
 class _TopKEncode(torch.autograd.Function):
@@ -92,7 +130,8 @@ class _TopKEncode(torch.autograd.Function):
     def forward(ctx: Any, u: torch.Tensor, b_pre: torch.Tensor, W_enc: torch.Tensor,
                 b_enc: torch.Tensor | None, k: int, relu: bool) -> tuple[torch.Tensor, torch.Tensor]:
         xc = u - b_pre
-        vals, idx = torch.topk(pre_activation(xc, W_enc, b_enc), k, dim=-1, sorted=False)
+        pre = pre_activation(xc, W_enc, b_enc, out=_pre_buffer(xc, W_enc.shape[1]))
+        vals, idx = torch.topk(pre, k, dim=-1, sorted=False)
         # under autocast pre/vals are bf16: hand back vals in the parameter dtype so the sparse
         # decode and this backward's sparse products see one dtype (else they raise)
         vals = vals.to(W_enc.dtype)
