@@ -106,7 +106,7 @@ def _code_outer(idx: torch.Tensor, vals: torch.Tensor, X: torch.Tensor, n: int,
         G = torch.zeros(B, n, dtype=gemm_dtype, device=idx.device).scatter_(1, idx, vals.to(gemm_dtype))
         return (G.t() @ X.to(gemm_dtype)).to(X.dtype)
     flat = idx.reshape(-1)
-    order = torch.argsort(flat)
+    order = torch.argsort(flat, stable=True)  # rows ascending per latent: a fixed summation order
     crow = torch.zeros(n + 1, dtype=torch.int64, device=idx.device)
     torch.cumsum(torch.bincount(flat, minlength=n), 0, out=crow[1:])
     S_t = torch.sparse_csr_tensor(crow, order // K, vals.reshape(-1)[order].to(X.dtype), (n, B),
