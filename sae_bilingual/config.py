@@ -19,6 +19,11 @@ from sae_bilingual.config_checks import check_k, check_recipe, parse_bytes
 from sae_bilingual.config_loading import from_dict, set_dotted
 from sae_bilingual.errors import ConfigError
 
+ADAM_EPS = 6.25e-10
+"""Adam epsilon of the original code (SAESpec and the training SAE's config default to it)."""
+GEOMETRIC_MEDIAN_SAMPLE = 4096
+"""First-batch vectors whose geometric median initialises b_pre."""
+
 # --------------------------------------------------------------------------- schema
 
 
@@ -122,13 +127,13 @@ class SAESpec:
     """Vectors per optimiser step (the paper: 32,768; a study clamps it to its training vectors)."""
     warmup_steps: int = 500
     """Linear LR warm-up (the paper: 500); clamped to a tenth of a short run."""
-    adam_eps: float = 6.25e-10
+    adam_eps: float = ADAM_EPS
     """Adam epsilon of the original code."""
     fused_adam: bool = True
     """torch's fused Adam kernel; false: SAELens's per-tensor Adam (same update up to rounding)."""
     fast: bool = True
     """The sparse training step; false: the dense reference (same maths, for tests)."""
-    geometric_median_sample: int = 4096
+    geometric_median_sample: int = GEOMETRIC_MEDIAN_SAMPLE
     """Vectors of the first batch whose geometric median initialises b_pre (the paper)."""
     aux_k_coefficient: float = 0.0
     """Weight of the auxiliary-K loss that trains latents dead for `dead_feature_window` steps
