@@ -43,6 +43,9 @@ class ModelSpec:
     tokenizer: str | None = None
     """Tokenizer dir, SentencePiece .model or Hub repo (None: next to the checkpoints, or
     <root>/tokenizer/)."""
+    tokenizer_vocab_reason: str | None = None
+    """Why the tokenizer may hold far fewer tokens than the model's vocabulary (required then:
+    preflight refuses a tokenizer under 90 % of vocab_size without a reason)."""
     tokens_per_step: int | None = None
     """Training tokens per optimizer step, for token counts when the checkpoints carry none
     (a catalogue.json in the root wins)."""
