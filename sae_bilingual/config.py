@@ -43,6 +43,9 @@ class ModelSpec:
     tokenizer: str | None = None
     """Tokenizer dir, SentencePiece .model or Hub repo (None: next to the checkpoints, or
     <root>/tokenizer/)."""
+    model_backend: Literal["hooked", "bridge"] = "hooked"
+    """How checkpoints load: 'hooked' (an unprocessed HookedTransformer; needed by SAELens's
+    runner and HookedSAETransformer) or 'bridge' (TransformerLens 3's TransformerBridge)."""
     tokenizer_vocab_reason: str | None = None
     """Why the tokenizer may hold far fewer tokens than the model's vocabulary (required then:
     preflight refuses a tokenizer under 90 % of vocab_size without a reason)."""
