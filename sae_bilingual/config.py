@@ -19,6 +19,11 @@ from sae_bilingual.config_checks import check_k, check_recipe, parse_bytes
 from sae_bilingual.config_loading import from_dict, set_dotted
 from sae_bilingual.errors import ConfigError
 
+ADAM_EPS = 6.25e-10
+"""Adam epsilon of the original code (SAESpec and the training SAE's config default to it)."""
+GEOMETRIC_MEDIAN_SAMPLE = 4096
+"""First-batch vectors whose geometric median initialises b_pre."""
+
 # --------------------------------------------------------------------------- schema
 
 
@@ -38,6 +43,12 @@ class ModelSpec:
     tokenizer: str | None = None
     """Tokenizer dir, SentencePiece .model or Hub repo (None: next to the checkpoints, or
     <root>/tokenizer/)."""
+    model_backend: Literal["hooked", "bridge"] = "hooked"
+    """How checkpoints load: 'hooked' (an unprocessed HookedTransformer; needed by SAELens's
+    runner and HookedSAETransformer) or 'bridge' (TransformerLens 3's TransformerBridge)."""
+    tokenizer_vocab_reason: str | None = None
+    """Why the tokenizer may hold far fewer tokens than the model's vocabulary (required then:
+    preflight refuses a tokenizer under 90 % of vocab_size without a reason)."""
     tokens_per_step: int | None = None
     """Training tokens per optimizer step, for token counts when the checkpoints carry none
     (a catalogue.json in the root wins)."""
@@ -122,13 +133,13 @@ class SAESpec:
     """Vectors per optimiser step (the paper: 32,768; a study clamps it to its training vectors)."""
     warmup_steps: int = 500
     """Linear LR warm-up (the paper: 500); clamped to a tenth of a short run."""
-    adam_eps: float = 6.25e-10
+    adam_eps: float = ADAM_EPS
     """Adam epsilon of the original code."""
     fused_adam: bool = True
     """torch's fused Adam kernel; false: SAELens's per-tensor Adam (same update up to rounding)."""
     fast: bool = True
     """The sparse training step; false: the dense reference (same maths, for tests)."""
-    geometric_median_sample: int = 4096
+    geometric_median_sample: int = GEOMETRIC_MEDIAN_SAMPLE
     """Vectors of the first batch whose geometric median initialises b_pre (the paper)."""
     aux_k_coefficient: float = 0.0
     """Weight of the auxiliary-K loss that trains latents dead for `dead_feature_window` steps

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from transformer_lens.model_bridge import TransformerBridge
 from transformer_lens.utilities import apply_softcap
 
 from sae_bilingual.errors import ConfigError, DataError
@@ -37,12 +38,40 @@ def chunk_positions(d_vocab: int, budget_bytes: int) -> int:
     return max(1, int(budget_bytes) // (4 * int(d_vocab)))
 
 
-def final_residual(model: Any, x: torch.Tensor, *, start_at_layer: int | None = None, **kwargs: Any) -> torch.Tensor:
+def final_residual(model: Any, x: torch.Tensor, *, start_at_layer: int | None = None,
+                   tokens: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
     """The residual stream after the last block, before the final norm: ``[B, T, d]``.
 
     ``x`` is token ids (``start_at_layer=None``) or the residual before block ``start_at_layer``.
+    A TransformerBridge can neither start at a layer nor stop before its final norm: it runs
+    ``tokens`` (the ids ``x`` came from) through the whole model, with ``x`` put in place at
+    ``blocks.{start_at_layer}.hook_resid_pre``, and the last block's output is taken by a hook
+    (so it costs a full forward with logits).
     """
-    return model(x, start_at_layer=start_at_layer, stop_at_layer=int(model.cfg.n_layers), **kwargs)
+    n = int(model.cfg.n_layers)
+    if not isinstance(model, TransformerBridge):
+        return model(x, start_at_layer=start_at_layer, stop_at_layer=n, **kwargs)
+    if start_at_layer is not None and start_at_layer >= n:
+        return x
+    if start_at_layer is not None and tokens is None:
+        raise ConfigError("a TransformerBridge cannot start at a layer: pass tokens= to final_residual "
+                          "(or load the model with model_backend: hooked)")
+    grab: dict[str, torch.Tensor] = {}
+    hooks: list[tuple[str, Any]] = [(f"blocks.{n - 1}.hook_resid_post", lambda act, hook: grab.setdefault("r", act))]
+    if start_at_layer is not None:
+        hooks.insert(0, (f"blocks.{start_at_layer}.hook_resid_pre", lambda act, hook: x))
+    model.run_with_hooks(x if start_at_layer is None else tokens, fwd_hooks=hooks, **kwargs)
+    return grab["r"]
+
+
+def cache_and_final_residual(model: Any, tokens: torch.Tensor, names: set[str]) -> tuple[torch.Tensor, Any]:
+    """(:func:`final_residual` of ``tokens``, the activations at ``names``) from one forward."""
+    n = int(model.cfg.n_layers)
+    if not isinstance(model, TransformerBridge):
+        return model.run_with_cache(tokens, names_filter=lambda k: k in names, stop_at_layer=n)
+    last = f"blocks.{n - 1}.hook_resid_post"
+    _, cache = model.run_with_cache(tokens, names_filter=lambda k: k in names or k == last)
+    return cache[last], cache
 
 
 def logits_of(model: Any, resid: torch.Tensor) -> torch.Tensor:

@@ -85,3 +85,98 @@ def test_prefix_tokenisation_equals_the_whole_text_on_real_documents(sp_model) -
         got = tokenize_prefixes(tok, docs, context)
         for doc, ids in zip(docs, got):
             assert ids[:context] == ([1] + sp.encode(doc))[:context]
+
+
+# ------------------------------------------------------------- every SentencePiece model type
+def _train_spm(path, model_type: str, vocab: int = 1000) -> None:
+    import sentencepiece as spm
+
+    en = _lines("train.en", 2000)
+    ja = [s.replace(" ", "") for s in _lines("train.ja", 2000)]
+    with open(path, "wb") as f:
+        spm.SentencePieceTrainer.train(sentence_iterator=iter(en + ja), model_writer=f, vocab_size=vocab,
+                                       model_type=model_type, character_coverage=0.99, minloglevel=2,
+                                       hard_vocab_limit=False)
+
+
+def _test_texts() -> list[str]:
+    texts = _lines("test.en", 300) + [s.replace(" ", "") for s in _lines("test.ja", 300)]
+    return texts + [" leading space", "two  spaces\nnewline", "絵文字😀😀とタブ\tです", "ＡＢＣ全角 ｶﾀｶﾅ ①", ""]
+
+
+@pytest.mark.parametrize("model_type", ["bpe", "unigram", "char"])
+def test_every_sentencepiece_model_type_encodes_like_sentencepiece(tmp_path, model_type: str) -> None:
+    """Issue 28: a BPE .model was read as Unigram (346 of 606 of these texts differed)."""
+    import sentencepiece as spm
+
+    from sae_bilingual.models.tokenizer import sentencepiece_source, verify_sentencepiece
+
+    path = tmp_path / f"{model_type}.model"
+    _train_spm(path, model_type)
+    tok = load_tokenizer(path)
+    sp = spm.SentencePieceProcessor(model_file=str(path))
+    assert len(tok) == sp.get_piece_size() and tok.sentencepiece_model_type == model_type
+    texts = _test_texts()
+    got = tok(texts)["input_ids"]
+    assert all(g[0] == sp.bos_id() == 1 for g in got)
+    assert [g[1:] for g in got] == [sp.encode(t) for t in texts]
+    known = [i for i, t in enumerate(texts) if sp.unk_id() not in sp.encode(t)]  # (spm decodes <unk> as " ⁇ ")
+    assert len(known) > len(texts) // 2
+    assert [tok.decode(got[i], skip_special_tokens=True) for i in known] == [sp.decode(sp.encode(texts[i]))
+                                                                              for i in known]
+    assert sentencepiece_source(tok) == path
+    assert verify_sentencepiece(tok, texts).n_differ == 0
+
+
+def test_a_tokenizer_that_lies_is_refused(tmp_path) -> None:
+    from sae_bilingual.models.tokenizer import compare_with_sentencepiece, verify_sentencepiece
+
+    _train_spm(tmp_path / "bpe.model", "bpe")
+    _train_spm(tmp_path / "unigram.model", "unigram")
+    bpe = load_tokenizer(tmp_path / "bpe.model")
+    texts = _test_texts()
+    c = compare_with_sentencepiece(bpe, tmp_path / "unigram.model", texts)
+    assert c.n_texts == len(texts) and c.n_differ > len(texts) // 4, c
+    with pytest.raises(CheckpointError) as e:
+        verify_sentencepiece(bpe, texts, where="models[0].tokenizer", model_file=tmp_path / "unigram.model")
+    msg = str(e.value)
+    assert f"{c.n_differ} of {len(texts)}" in msg and "models[0].tokenizer" in msg and "HF tokenizer directory" in msg
+
+
+def test_word_model_differs_only_where_sentencepiece_fuses_unknown_words(tmp_path) -> None:
+    import sentencepiece as spm
+
+    from sae_bilingual.models.tokenizer import verify_sentencepiece
+
+    path = tmp_path / "word.model"
+    _train_spm(path, "word")
+    tok, sp = load_tokenizer(path), spm.SentencePieceProcessor(model_file=str(path))
+    texts = _test_texts()
+    ours = [g[1:] for g in tok(texts)["input_ids"]]
+
+    def fuse_unk(ids: list[int]) -> list[int]:
+        return [x for i, x in enumerate(ids) if not (x == sp.unk_id() and i and ids[i - 1] == sp.unk_id())]
+
+    assert [fuse_unk(g) for g in ours] == [sp.encode(t) for t in texts]
+    assert sum(g != sp.encode(t) for g, t in zip(ours, texts)) > 0  # the runs exist in these texts
+    with pytest.raises(CheckpointError, match="model type word"):
+        verify_sentencepiece(tok, texts)
+
+
+@pytest.mark.parametrize("model_type", ["bpe", "unigram"])
+def test_model_to_hf_folder_round_trips(tmp_path, model_type: str) -> None:
+    """README 'Tokenizers': load_tokenizer(.model).save_pretrained(dir) -> an HF folder that any
+    AutoTokenizer user loads with SentencePiece's NFKC normaliser intact."""
+    import sentencepiece as spm
+    from transformers import AutoTokenizer, LlamaTokenizer
+
+    path = tmp_path / f"{model_type}.model"
+    _train_spm(path, model_type)
+    load_tokenizer(path).save_pretrained(tmp_path / "hf")
+    back = AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    sp = spm.SentencePieceProcessor(model_file=str(path))
+    texts = _test_texts()
+    assert sp.encode("ＡＢＣ") == sp.encode("ABC")  # NFKC is part of this model
+    assert [g[1:] for g in back(texts)["input_ids"]] == [sp.encode(t) for t in texts]
+    # what the README warns against, under transformers 5
+    assert len(LlamaTokenizer(vocab_file=str(path))) == 3

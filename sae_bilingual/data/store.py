@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -131,12 +131,15 @@ def iter_activations(model: Any, windows: Windows, hooks: Sequence[str], *, batc
         mask[:, 0] = False  # drop BOS
         cache: dict[str, torch.Tensor] = {}
 
-        def save(act: torch.Tensor, hook: Any) -> None:
-            cache[hook.name] = act.detach()
+        def saver(name: str) -> Callable[[torch.Tensor, Any], None]:
+            def save(act: torch.Tensor, hook: Any) -> None:
+                cache[name] = act.detach()  # by the requested name: a TransformerBridge's hook.name is canonical
+
+            return save
 
         with torch.no_grad():
             model.run_with_hooks(toks.to(device), return_type=None, stop_at_layer=stop,
-                                 fwd_hooks=[(h, save) for h in hooks])
+                                 fwd_hooks=[(h, saver(h)) for h in hooks])
         rows, cols = mask.nonzero(as_tuple=True)
         lab = Labels(lang=w.lang[rows], token_id=toks[rows, cols], doc_id=w.doc_id[rows],
                      position=cols.clone())

@@ -106,7 +106,7 @@ def perplexities_under_injections(
                 if skip_bos:
                     d[:, :, 0] = 0
                 x = (x_mid[None] + d).reshape(G * x_mid.shape[0], *x_mid.shape[1:])
-            resid = final_residual(mid_model, x, start_at_layer=layer)
+            resid = final_residual(mid_model, x, start_at_layer=layer, tokens=tok.repeat(G, 1))
             rows = nll_rows(mid_model, resid, tok.repeat(G, 1), ln.repeat(G), budget_bytes=logits_budget_bytes)
             for g, r in enumerate(rows.cpu().reshape(G, -1)):
                 nll[grp.start + g].index_add_(0, lg, r)

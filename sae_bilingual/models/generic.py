@@ -34,6 +34,7 @@ from huggingface_hub import list_repo_refs
 from transformers import AutoConfig
 
 from sae_bilingual.errors import CheckpointError
+from sae_bilingual.models.bridge import bridge_from_hf_model, check_backend
 from sae_bilingual.models.catalogue import CATALOGUE_FILE, Checkpoint, CheckpointCatalogue
 from sae_bilingual.models.checkpoint_names import describe_patterns, parse_checkpoint_name
 from sae_bilingual.models.convert_any import check_convertible, hooked_from_hf_any
@@ -202,7 +203,8 @@ class HFFamily(HFLlamaFamily):
 
     def load(self, checkpoint: Checkpoint | int | None = None, device: str | torch.device = "cpu",
              dtype: torch.dtype = torch.float32) -> Any:
-        """One checkpoint (a Checkpoint, a step, or None = final) as an unprocessed HookedTransformer."""
+        """One checkpoint (a Checkpoint, a step, or None = final) as an unprocessed HookedTransformer
+        (a TransformerBridge with ``model_backend = "bridge"``)."""
         cat = self.catalogue()
         ck = cat.select(iteration=checkpoint if not isinstance(checkpoint, Checkpoint) else checkpoint.iteration)
         where, rev = self._where(ck)
@@ -213,7 +215,8 @@ class HFFamily(HFLlamaFamily):
             log.warning("%s: no tokenizer (%s); the model runs on token ids only", self.name, e)
             tok = None
         hf_model = load_hf_llama(where, revision=rev, dtype=dtype)
-        model = hooked_from_hf_any(hf_model, device=device, dtype=dtype, tokenizer=tok, model_name=self.name)
+        wrap = bridge_from_hf_model if check_backend(self.model_backend) == "bridge" else hooked_from_hf_any
+        model = wrap(hf_model, device=device, dtype=dtype, tokenizer=tok, model_name=self.name)
         del hf_model
         if tok is not None and len(tok) > int(model.cfg.d_vocab):
             raise CheckpointError(

@@ -26,7 +26,8 @@ from transformers import AutoConfig
 from sae_bilingual.errors import CheckpointError
 from sae_bilingual.layers import hook_for_layer
 from sae_bilingual.models.catalogue import HUB_NOTE, ITER_DIR, Checkpoint, CheckpointCatalogue
-from sae_bilingual.models.hf import has_tokenizer_files, load_hooked
+from sae_bilingual.models.bridge import bridge_from_hf_model, check_backend
+from sae_bilingual.models.hf import has_tokenizer_files, load_hf_llama, load_hooked
 from sae_bilingual.models.sizes import normalise_size
 from sae_bilingual.models.tokenizer import load_tokenizer
 
@@ -97,6 +98,8 @@ class HFLlamaFamily(HFConfigShape):
     """Tokenizer object or path/repo for load_tokenizer; None = next to the weights."""
     default_config: Any = None
     """Offline HF config (e.g. LLM-jp size table) used for the shape when weights are remote."""
+    model_backend: str = "hooked"
+    """'hooked' (an unprocessed HookedTransformer) or 'bridge' (TransformerBridge; models/bridge.py)."""
     _catalogue: CheckpointCatalogue | None = field(default=None, init=False, repr=False)
 
     # ------------------------------------------------------------------ source
@@ -203,7 +206,11 @@ class HFLlamaFamily(HFConfigShape):
         except (CheckpointError, OSError, ValueError) as e:
             log.warning("%s: no family tokenizer (%s); using files next to the weights if any", self.name, e)
             tok = None
-        model = load_hooked(src, revision=rev, device=device, dtype=dtype, tokenizer=tok, model_name=self.name)
+        if check_backend(self.model_backend) == "bridge":
+            model = bridge_from_hf_model(load_hf_llama(src, revision=rev, dtype=dtype), device=device, dtype=dtype,
+                                         tokenizer=tok, model_name=self.name)
+        else:
+            model = load_hooked(src, revision=rev, device=device, dtype=dtype, tokenizer=tok, model_name=self.name)
         if tok is not None and len(tok) > int(model.cfg.d_vocab):
             raise CheckpointError(
                 f"{self.name}: the tokenizer has {len(tok)} tokens but checkpoint {ck.iteration} embeds "

@@ -16,7 +16,7 @@ import torch
 
 from sae_bilingual.errors import ConfigError, DataError, SAEFileError
 from sae_bilingual.layers import layer_for_hook
-from sae_bilingual.lm_loss import DEFAULT_LOGITS_BUDGET_BYTES, final_residual, nll_rows
+from sae_bilingual.lm_loss import DEFAULT_LOGITS_BUDGET_BYTES, cache_and_final_residual, final_residual, nll_rows
 from sae_bilingual.sae.model import PaperTopKSAE
 
 log = logging.getLogger(__name__)
@@ -154,8 +154,7 @@ def ce_metrics_many(model: Any, saes: Sequence[Any], windows: Any, *, batch_size
         toks, ln = w.tokens.to(device), w.lengths
         splice_mask = (pos[None, :] < ln[:, None]).to(device)[..., None]
         splice_mask[:, 0] = False  # only non-BOS positions: the SAE never saw BOS
-        resid, cache = model.run_with_cache(toks, names_filter=lambda n: n in names,
-                                            stop_at_layer=int(model.cfg.n_layers))
+        resid, cache = cache_and_final_residual(model, toks, set(names))
         clean_total += float(nll_rows(model, resid, toks, ln, budget_bytes=budget_bytes).sum())
         n_tok += int((ln - 1).clamp_min(0).sum())
         for sae, hook in zip(saes, hooks):
@@ -163,7 +162,7 @@ def ce_metrics_many(model: Any, saes: Sequence[Any], windows: Any, *, batch_size
             rec = sae(act.to(sae.W_enc.dtype)).to(act.dtype)
             for name, x in (("sae", torch.where(splice_mask, rec, act)),
                             ("zero", torch.where(splice_mask, torch.zeros_like(act), act))):
-                out = final_residual(model, x, start_at_layer=layer_for_hook(hook))
+                out = final_residual(model, x, start_at_layer=layer_for_hook(hook), tokens=toks)
                 totals[hook][name] += float(nll_rows(model, out, toks, ln, budget_bytes=budget_bytes).sum())
     clean = clean_total / max(1, n_tok)
     result: dict[str, dict[str, Any]] = {}

@@ -40,6 +40,7 @@ from torch import nn
 from transformer_lens.hook_points import HookPoint
 
 from sae_bilingual import __version__
+from sae_bilingual.config import ADAM_EPS, GEOMETRIC_MEDIAN_SAMPLE
 from sae_bilingual.config_checks import check_k
 from sae_bilingual.errors import ConfigError
 from sae_bilingual.layers import LayerError, layer_for_hook
@@ -53,6 +54,7 @@ from sae_bilingual.sae.kernels import (
     topk_encode_sparse,
     unit_norm,
 )
+from sae_bilingual.sae.training_choices import first_step, register_training_sae
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +97,16 @@ class PaperTopKSAEConfig(SAEConfig):
 
 @dataclass(kw_only=True)
 class PaperTopKTrainingSAEConfig(TrainingSAEConfig):
-    """Training config of the paper's TopK SAE (same fields as inference + init).
+    """Training config of the paper's TopK SAE (same fields as inference + training choices).
 
+    The defaults are the paper's training, under any trainer (see training_choices.py).
     decoder_init_norm: decoder rows start at this norm (paper: unit-norm rows, W_enc = W_dec^T).
     fast: use the sparse-decode / sparse-backward training step (else the dense reference).
     aux_k_coefficient: weight of the auxiliary-K loss on dead latents (0 = the paper; see auxk.py).
     aux_k: latents per row in the auxiliary loss (None: d_in // 2, as SAELens).
+    adam_eps: eps of the optimiser stepping this SAE (None: leave the optimiser's own).
+    fused_adam: torch's fused Adam kernel (same update up to float rounding).
+    geometric_median_sample: b_pre <- geometric median of this many first-batch vectors (None: zeros).
     """
 
     k: int = 32
@@ -111,6 +117,9 @@ class PaperTopKTrainingSAEConfig(TrainingSAEConfig):
     fast: bool = True
     aux_k_coefficient: float = 0.0
     aux_k: int | None = None
+    adam_eps: float | None = ADAM_EPS
+    fused_adam: bool = True
+    geometric_median_sample: int | None = GEOMETRIC_MEDIAN_SAMPLE
 
     @classmethod
     def architecture(cls) -> str:
@@ -244,6 +253,7 @@ class PaperTopKSAE(_PaperTopKMixin, SAE[PaperTopKSAEConfig]):
 class PaperTopKTrainingSAE(_PaperTopKMixin, TrainingSAE[PaperTopKTrainingSAEConfig]):
     """Training class; ``training_forward_pass`` is the fast sparse step (cfg.fast).
 
+    The paper's b_pre init, Adam eps and unit-norm decoder hold under any trainer (training_choices.py).
     ``loss_history`` keeps every training step's loss (detached scalars, no sync per step):
     how fast an SAE converges is what a warm start changes (see train.convergence).
     """
@@ -251,6 +261,9 @@ class PaperTopKTrainingSAE(_PaperTopKMixin, TrainingSAE[PaperTopKTrainingSAEConf
     def __init__(self, cfg: PaperTopKTrainingSAEConfig, use_error_term: bool = False):
         super().__init__(cfg, use_error_term)
         self.loss_history: list[torch.Tensor] = []
+        self.first_step_pending = True
+        self.b_pre_pending = cfg.geometric_median_sample is not None
+        register_training_sae(self)
 
     @torch.no_grad()
     def init_from(self, sae: SAE) -> None:
@@ -263,6 +276,7 @@ class PaperTopKTrainingSAE(_PaperTopKMixin, TrainingSAE[PaperTopKTrainingSAEConf
                               "warm starts need the same d_in, d_sae and architecture")
         for k, v in mine.items():
             v.copy_(theirs[k].to(v))
+        self.b_pre_pending = False
 
     def initialize_weights(self) -> None:
         _PaperTopKMixin.initialize_weights(self)
@@ -288,6 +302,7 @@ class PaperTopKTrainingSAE(_PaperTopKMixin, TrainingSAE[PaperTopKTrainingSAEConf
     def init_b_pre(self, sample: torch.Tensor) -> None:
         """b_pre <- geometric median of a (unit-normalised) data sample (paper)."""
         self.b_dec.data.copy_(geometric_median(unit_norm(sample.to(self.b_dec.dtype))).to(self.b_dec))
+        self.b_pre_pending = False
 
     def unit_input(self, x: torch.Tensor) -> torch.Tensor:
         """The training input in the SAE's space: cast, then L2-normalised when unit_norm.
@@ -302,11 +317,12 @@ class PaperTopKTrainingSAE(_PaperTopKMixin, TrainingSAE[PaperTopKTrainingSAEConf
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
         """One training step's forward: unit-norm input, loss = mean_b ||u - u_hat||^2.
 
-        Decoder rows are re-normalised first, so under any SAELens trainer they are unit-norm
-        after every optimiser step as seen by the next forward (and at save, see train.py).
+        The first call initialises b_pre from the batch (training_choices.first_step); decoder
+        rows are re-normalised after every optimiser step by the optimiser hook.
         """
-        self.normalize_decoder_()
         u = self.unit_input(step_input.sae_in)
+        if self.first_step_pending:
+            first_step(self, u)
         feature_acts: torch.Tensor
         if not self.cfg.fast:
             loss, feature_acts, pre, recon = dense_reference_loss(

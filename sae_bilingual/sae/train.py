@@ -2,15 +2,11 @@
 
 Every hook's SAE trains in lockstep from one activation stream (one LM forward feeds all
 layers). The training loop, LR schedule, dead-latent tracking and checkpoints are
-SAELens's; ours is the architecture (model.py), the data (data/store.py) and three
-adjustments made on SAELens's own objects rather than by forking its loop:
-  * Adam eps = 6.25e-10 (original code), and torch's fused kernel, are set on each per-SAE
-    optimiser after construction;
-  * b_pre is initialised to the geometric median of the first batch, which is then still
-    used for training (the stream is re-chained);
-  * decoder rows are re-normalised inside the SAE's training forward (see model.py) and once
-    more at the end.
-SAELens clips the global gradient norm to 1.0; under Adam a per-step rescaling of the whole
+SAELens's; ours is the architecture (model.py) and the data (data/store.py). The paper's
+training choices (b_pre <- geometric median of the first batch, Adam eps 6.25e-10 and torch's
+fused kernel, unit-norm decoder rows after every step) belong to the architecture
+(training_choices.py), so SAELens's own ``LanguageModelSAETrainingRunner`` trains the same SAE
+(tests/test_runner.py). SAELens clips the global gradient norm to 1.0; under Adam a per-step rescaling of the whole
 gradient changes almost nothing (Adam divides by the gradient's running RMS), so we keep it.
 
 What to train is the recipe's ``sae:`` section (:class:`sae_bilingual.config.SAESpec`, with a
@@ -102,6 +98,20 @@ class TrainRun:
         return min(spec.warmup_steps, self.steps(spec) // 10)
 
 
+def paper_training_config(spec: SAESpec, d_in: int, **kw: Any) -> PaperTopKTrainingSAEConfig:
+    """The training SAE config of ``spec`` (a recipe's ``sae:`` section) for inputs of width d_in.
+
+    Why: the one mapping from the recipe to the architecture's fields, shared by
+    :func:`train_saes` and a :class:`sae_lens.LanguageModelSAERunnerConfig`'s ``sae=``.
+    ``kw``: further config fields (device, dtype, metadata, ...).
+    """
+    # fused Adam: one kernel per step instead of ~10 per tensor (~1 ms of a 6 ms toy step on 2 cores)
+    return PaperTopKTrainingSAEConfig(d_in=int(d_in), d_sae=spec.n_latents(d_in), k=spec.k, fast=spec.fast,
+                                      aux_k_coefficient=spec.aux_k_coefficient, adam_eps=spec.adam_eps,
+                                      fused_adam=spec.fused_adam,
+                                      geometric_median_sample=spec.geometric_median_sample, **kw)
+
+
 def _hook_dirname(hook: str) -> str:
     return hook.replace("/", "_")
 
@@ -189,14 +199,10 @@ def train_saes(store: Iterator[Mapping[str, torch.Tensor]], hooks: Sequence[str]
         d_in = int(first[h].shape[-1])
         md = make_metadata(hook_name=h, seed=run.seed, k=spec.k, lr=spec.lr, aux_k_coefficient=spec.aux_k_coefficient,
                            training_tokens=steps * batch_size, **dict((metadata_by_hook or {}).get(h, {})))
-        scfg = PaperTopKTrainingSAEConfig(d_in=d_in, d_sae=spec.n_latents(d_in), k=spec.k,
-                                          device=run.device, dtype=run.dtype, fast=spec.fast,
-                                          aux_k_coefficient=spec.aux_k_coefficient, metadata=md)
-        sae = PaperTopKTrainingSAE(scfg)
+        sae = PaperTopKTrainingSAE(paper_training_config(spec, d_in, device=run.device, dtype=run.dtype,
+                                                         metadata=md))
         if init_from and h in init_from:
-            sae.init_from(init_from[h])
-        else:
-            sae.init_b_pre(first[h][: spec.geometric_median_sample].to(sae.device))
+            sae.init_from(init_from[h])  # else b_pre is initialised on the first batch
         saes[h] = sae
 
     logger = LoggingConfig(log_to_wandb=False)
@@ -215,19 +221,11 @@ def train_saes(store: Iterator[Mapping[str, torch.Tensor]], hooks: Sequence[str]
         n_checkpoints=0, checkpoint_path=None, logger=logger)
     trainer = MultiSAETrainer(tcfg, saes=dict(saes), hook_names={h: h for h in hooks},
                               data_provider=itertools.chain([first], store))
-    for t in trainer.trainers.values():
-        for g in t.optimizer.param_groups:
-            g["eps"] = spec.adam_eps
-            # torch's fused Adam: one kernel per step instead of ~10 per tensor (~1 ms of a
-            # 6 ms toy step on 2 cores); same update up to float rounding. Set before the
-            # first step, when the optimiser has no state yet.
-            g["fused"] = spec.fused_adam
     log.info("training %d SAE(s) for %d steps of %d vectors", len(hooks), steps, batch_size)
     with _training_bar(run.progress):
         trainer.fit()
     out: dict[str, PaperTopKSAE] = {}
     for h, sae in saes.items():
-        sae.normalize_decoder_()
         inf = to_inference(sae)
         inf.cfg.metadata.n_training_steps = steps
         inf.cfg.metadata.warm_start = bool(init_from and h in init_from)

@@ -72,7 +72,14 @@ class StudyContext:
                 source = str(self.world.root)
             extra = {k: getattr(spec, k) for k in ("revision", "tokenizer", "tokens_per_step", "name")
                      if getattr(spec, k) is not None}
-            self._families[index] = get_family(spec.family, source=source, **extra)
+            fam = get_family(spec.family, source=source, **extra)
+            if spec.model_backend != "hooked":
+                if not hasattr(fam, "model_backend"):
+                    raise ConfigError(f"models[{index}].model_backend = {spec.model_backend!r}: family "
+                                      f"{spec.family!r} ({type(fam).__name__}) loads only its own way; "
+                                      "use model_backend: hooked")
+                fam.model_backend = spec.model_backend
+            self._families[index] = fam
         return self._families[index]
 
     def tokenizer(self, index: int = 0) -> Any:

@@ -14,12 +14,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from sae_bilingual.config_checks import check_k, default_model_ids
 from sae_bilingual.data.store import check_token_ids
 from sae_bilingual.errors import CheckpointError, ConfigError, DataError
 from sae_bilingual.intervention.comet_bridge import comet_model_path, comet_python
+from sae_bilingual.models.tokenizer import sentencepiece_source, verify_sentencepiece
 from sae_bilingual.study.unit import check_path_part
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,42 @@ def check_context(recipe: Any, fam: Any, model: str) -> None:
             f"data.context = {recipe.data.context} is longer than the context window of {model} "
             f"(n_ctx = max_position_embeddings = {n_ctx}); lower data.context to at most {n_ctx}"
         )
+
+
+MIN_TOKENIZER_SHARE = 0.9
+"""A tokenizer under this share of the model's vocab_size needs ``models[].tokenizer_vocab_reason``
+(models pad their embedding by < 2 %: LLM-jp-3 99,574 tokens / 99,584, Pythia 50,277 / 50,304)."""
+VERIFY_TEXTS = 256
+"""Corpus texts on which a tokenizer converted from a SentencePiece .model is checked."""
+
+
+def check_tokenizer_size(tokenizer: Any, vocab_size: int | None, reason: str | None, where: str) -> None:
+    """Refuse a tokenizer much smaller than the model's vocabulary unless the recipe says why.
+
+    Why: such a tokenizer maps most text to a few ids that all exist in the model, so nothing
+    downstream fails (transformers 5's ``LlamaTokenizer(vocab_file=...)`` silently builds one
+    of 3 tokens from a .model it cannot read).
+    """
+    n = len(tokenizer)
+    if vocab_size is None or reason or n >= MIN_TOKENIZER_SHARE * int(vocab_size):
+        return
+    raise ConfigError(
+        f"{where}: the tokenizer ({getattr(tokenizer, 'name_or_path', '') or type(tokenizer).__name__}) has "
+        f"{n:,} tokens but the model's vocabulary has {int(vocab_size):,} (under {MIN_TOKENIZER_SHARE:.0%}): "
+        "most likely it is not the model's tokenizer, or it was built empty. Use the model's own tokenizer, "
+        f"or say why in the recipe: {where}.tokenizer_vocab_reason: '...'")
+
+
+def check_tokenizer_source(tokenizer: Any, documents: Any, where: str, n: int = VERIFY_TEXTS) -> None:
+    """A tokenizer converted from a SentencePiece .model encodes a sample of the corpus (evenly
+    spaced training documents) exactly like SentencePiece does."""
+    if sentencepiece_source(tokenizer) is None or "text" not in getattr(documents, "column_names", ()):
+        return
+    m = len(documents)
+    rows = sorted({int(r) for r in np.linspace(0, m - 1, num=min(n, m))}) if m else []
+    texts = documents.select(rows)["text"] if rows else []
+    c = verify_sentencepiece(tokenizer, texts, where=f"{where}.tokenizer")
+    log.info("%s.tokenizer: %d corpus texts tokenise exactly as SentencePiece does", where, c.n_texts)
 
 
 def check_safetensors(path: Path) -> None:
@@ -153,6 +191,12 @@ def preflight(recipe: Any, plan: Any, ctx: Any) -> None:
     check_comet(recipe)
     check_pairs_files(recipe)
     indices = sorted({u.model_index for u in plan.units}) or [0]
+    for i in indices:
+        where = f"models[{i}]"
+        tok = ctx.tokenizer(i)
+        check_tokenizer_size(tok, getattr(ctx.family(i).hf_config, "vocab_size", None),
+                             recipe.models[i].tokenizer_vocab_reason, where)
+        check_tokenizer_source(tok, ctx.documents()["train"], where)
     for split in ("train", "eval"):
         for i in indices:
             w = ctx.windows(split, i)  # raises DataError: empty, one language, budget > corpus
