@@ -16,7 +16,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from sae_bilingual.config_checks import check_k, check_recipe, parse_bytes
-from sae_bilingual.config_loading import from_dict, set_dotted
+from sae_bilingual.config_loading import from_dict, load_yaml, set_dotted
 from sae_bilingual.errors import ConfigError
 
 ADAM_EPS = 6.25e-10
@@ -366,7 +366,7 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
     if not path.is_file():
         raise ConfigError(f"recipe {path} does not exist; see recipes/ for examples")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = load_yaml(path.read_text(encoding="utf-8"), str(path)) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"recipe {path} is not valid YAML: {e}") from e
     if not isinstance(data, dict):

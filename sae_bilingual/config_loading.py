@@ -4,7 +4,8 @@
 recursively, and raises a :class:`~sae_bilingual.errors.ConfigError` that names the offending
 field by its dotted path (``sae.k``, ``models[0].layers``) and says what would be valid;
 :func:`set_dotted` applies a ``--set a.b.c=value`` override to the data first. Nothing here
-knows the recipe's schema (:mod:`sae_bilingual.config`).
+knows the recipe's schema (:mod:`sae_bilingual.config`). :func:`load_yaml` is ``yaml.safe_load``
+refusing a key given twice in one mapping (PyYAML keeps the last silently).
 """
 
 from __future__ import annotations
@@ -14,10 +15,49 @@ import types
 import typing
 from typing import TYPE_CHECKING, Any, Literal, Union
 
+import yaml
+
 from sae_bilingual.errors import ConfigError
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping key given twice (merge keys ``<<`` excepted)."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            first = seen.setdefault(key, key_node.start_mark.line + 1)
+        except TypeError:  # an unhashable (complex) key: construct_mapping says so
+            continue
+        if first != key_node.start_mark.line + 1:
+            raise ConfigError(
+                f"{key_node.start_mark.name}: key {key!r} appears twice (line {first} and line "
+                f"{key_node.start_mark.line + 1}); YAML would silently keep only the second: "
+                "merge them into one"
+            )
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def load_yaml(text: str, source: str = "<recipe>") -> Any:
+    """``yaml.safe_load(text)``, but a key repeated in one mapping is a :class:`ConfigError`
+    naming both lines of ``source``."""
+    loader = _UniqueKeyLoader(text)
+    loader.name = source
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:

@@ -88,6 +88,15 @@ def _umask() -> int:
     return mask
 
 
+def fix_modes(root: str | os.PathLike) -> None:
+    """Give every file under ``root`` open()'s usual mode (0666 & ~umask): SAELens and
+    safetensors write ``sae_weights.safetensors`` 0600, unreadable to other users."""
+    mode = 0o666 & ~_umask()
+    for p in Path(root).rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            os.chmod(p, mode)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (temp file in the same dir + rename)."""
     path = Path(path)
@@ -192,6 +201,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         if _identity(marker) != ident:  # (a folder's own inode can be reused by a new one)
             raise _vanished(tmp)
         marker.unlink()
+        fix_modes(tmp)
         for child in tmp.rglob("*"):
             if child.is_file():
                 with open(child, "rb") as f:

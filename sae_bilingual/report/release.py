@@ -32,16 +32,15 @@ from sae_lens.loading.pretrained_saes_directory import PretrainedSAELookup, get_
 
 from sae_bilingual import __version__
 from sae_bilingual.errors import OutputError, SAEFileError
-from sae_bilingual.io import atomic_dir
 from sae_bilingual.models.public import PUBLIC_FAMILIES, hub_location
+from sae_bilingual.report.release_install import CARD_FILE, RELEASE_FILE, is_release_folder, staged_release
 from sae_bilingual.sae.files import export_stock_topk, load_sae
 from sae_bilingual.sae.model import ARCHITECTURE
+from sae_bilingual.study.outdir import check_not_in_use
 from sae_bilingual.study.unit import layer_dirs, layer_id
 
 log = logging.getLogger(__name__)
 
-RELEASE_FILE = "pretrained_saes.yaml"
-CARD_FILE = "README.md"
 LOADER_NAME = "sae_bilingual_local_release"
 ENV_RELEASES = "SAE_BILINGUAL_RELEASES"
 STOCK_DIFFERENCE = (
@@ -84,11 +83,13 @@ def finished_saes(run_dir: str | Path) -> list[ExportedSAE]:
 
 
 def _check_out(run_dir: Path, out: Path) -> None:
-    """Never replace the study itself or an unrelated folder (the export swaps OUT whole)."""
+    """Never write into the study itself or an unrelated folder."""
     r, o = run_dir.resolve(), out.resolve()
     if o == r or r.is_relative_to(o) or (o.is_relative_to(r) and o.relative_to(r).parts[:1] == ("units",)):
         raise OutputError(f"export folder {out} would overwrite the study {run_dir}; choose another folder")
-    if o.exists() and any(o.iterdir()) and not (o / RELEASE_FILE).exists():
+    if o.exists() and not o.is_dir():
+        raise OutputError(f"export folder {out} is a file; give a folder for the release")
+    if o.exists() and any(o.iterdir()) and not is_release_folder(o):
         raise OutputError(f"{out} exists and is not a release folder written by `sae-bilingual export`; "
                           "choose an empty or new folder")
 
@@ -219,7 +220,8 @@ def export_release(run_dir: str | Path, out: str | Path, *, release: str | None 
     repo_id = repo_id or f"<hf-user>/{release}"
     by_model: dict[str, list[tuple[ExportedSAE, dict]]] = {}
     model_ids: dict[str, str] = {}
-    with atomic_dir(out) as tmp:
+    check_not_in_use(run_dir)  # a running study: its unfinished SAEs would be missing
+    with staged_release(out) as tmp:
         for e in saes:
             sae = load_sae(e.sae_dir)
             if sae.cfg.architecture() != ARCHITECTURE:

@@ -34,10 +34,13 @@ def run_intervention(ctx: StudyContext, plan: Plan, out: Path) -> pd.DataFrame:
     iv = ctx.recipe.intervention
     path, settings_path = out / "tables" / "intervention.csv", out / "tables" / "intervention_settings.json"
     settings = json.dumps({"intervention": dataclasses.asdict(iv), "seed": ctx.recipe.seed}, sort_keys=True, default=str)
+    if path.exists() and settings_path.exists() and settings_path.read_text() == settings:
+        return pd.read_csv(path)
     if path.exists():
-        if not settings_path.exists() or settings_path.read_text() == settings:  # (older runs wrote no settings)
-            return pd.read_csv(path)
-        log.info("the intervention settings changed since %s was written: recomputing it", path)
+        log.info("%s was written with other settings (or its settings file is missing): recomputing it", path)
+    # The settings file goes first and comes back last: tables stand for these settings only
+    # when it exists and matches (a run killed between the two writes is redone).
+    settings_path.unlink(missing_ok=True)
     fam = ctx.family(iv.model)
     cat = fam.catalogue()
     final = cat.final

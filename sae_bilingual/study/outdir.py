@@ -197,8 +197,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _leftover(path: Path, now: float) -> bool:
+def is_leftover(path: Path, now: float | None = None) -> bool:
     """True for a temporary file/dir whose writer is certainly gone."""
+    now = time.time() if now is None else now
     owner = temp_owner(path.name)
     if owner is not None and owner[1] == host_tag():
         return not _alive(owner[0])
@@ -219,7 +220,7 @@ def remove_crash_leftovers(out: Path) -> list[Path]:
     for root, dirs, files in os.walk(out, followlinks=False):
         for name in [d for d in dirs if is_temp_name(d)] + [f for f in files if is_temp_name(f)]:
             p = Path(root) / name
-            if not _leftover(p, now):
+            if not is_leftover(p, now):
                 continue
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p, ignore_errors=True)

@@ -1,0 +1,60 @@
+"""Second adversarial probe (issue 30): study-stage slips that reused stale results or
+failed late, each now refused or redone."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+
+from sae_bilingual.config import Recipe
+from sae_bilingual.study.intervention_stage import run_intervention
+
+
+class _Recompute(Exception):
+    """Raised by the stand-in context where the stage starts recomputing."""
+
+
+def _ctx(recipe: Recipe) -> SimpleNamespace:
+    def family(i: int) -> None:
+        raise _Recompute
+
+    return SimpleNamespace(recipe=recipe, family=family)
+
+
+def _settings(recipe: Recipe) -> str:
+    return json.dumps({"intervention": dataclasses.asdict(recipe.intervention), "seed": recipe.seed},
+                      sort_keys=True, default=str)
+
+
+def test_intervention_table_without_its_settings_file_is_redone(tmp_path: Path) -> None:
+    """A forced rerun killed between intervention.csv and its settings used to leave a table
+    that a later rerun (other settings) reused."""
+    recipe = Recipe()
+    recipe.intervention.draws = 2
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    pd.DataFrame({"condition": ["none"], "draws": [3]}).to_csv(tables / "intervention.csv", index=False)
+    with pytest.raises(_Recompute):
+        run_intervention(_ctx(recipe), SimpleNamespace(units=[]), tmp_path)
+
+
+def test_recompute_removes_the_old_settings_before_writing_tables(tmp_path: Path) -> None:
+    """Settings of draws=2 beside a table being redone for draws=3: a kill mid-redo must not
+    leave the draws=2 settings vouching for draws=3 tables."""
+    old, new = Recipe(), Recipe()
+    old.intervention.draws, new.intervention.draws = 2, 3
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    pd.DataFrame({"condition": ["none"]}).to_csv(tables / "intervention.csv", index=False)
+    (tables / "intervention_settings.json").write_text(_settings(old))
+    assert run_intervention(_ctx(old), SimpleNamespace(units=[]), tmp_path)["condition"].tolist() == ["none"]
+    with pytest.raises(_Recompute):  # the redo for draws=3 is "killed" as it starts
+        run_intervention(_ctx(new), SimpleNamespace(units=[]), tmp_path)
+    assert not (tables / "intervention_settings.json").exists()
+    with pytest.raises(_Recompute):  # ... so draws=2 again redoes the table too
+        run_intervention(_ctx(old), SimpleNamespace(units=[]), tmp_path)
