@@ -10,6 +10,7 @@ pass or SAE step runs.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import time
 from pathlib import Path
@@ -129,6 +130,19 @@ def run_unit(ctx: StudyContext, unit: Unit, layers: list[int], out: Path, *, lr:
     load_per_layer = timer.seconds["model load"] / len(layers)
     for group in groups:
         _train_and_analyse(ctx, unit, model, group, out, lr=lr, load_per_layer=load_per_layer)
+        _free_cycles()
+
+
+def _free_cycles() -> None:
+    """Free what only the cyclic collector can: without it each pass's peak RSS rose ~0.5 GB.
+
+    The activation store's generator refers back to the store, and SAELens's activation
+    normalisation keeps closures over the SAE; reference counting alone frees neither, so
+    buffers and SAEs of a finished stage stayed resident into the next one.
+    """
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _train_and_analyse(ctx: StudyContext, unit: Unit, model: Any, layers: list[int], out: Path, *, lr: float,
@@ -142,6 +156,8 @@ def _train_and_analyse(ctx: StudyContext, unit: Unit, model: Any, layers: list[i
         metas = {hook_for_layer(l): _metadata(ctx, unit, l) for l in layers}
         init = warm_start_saes(ctx, unit, layers, out) if ctx.recipe.sae.warm_start else None
         saes = train.train_saes(acts_store, hooks, spec, run, metas, init_from=init)
+        del acts_store
+    _free_cycles()  # the shuffle buffers belong to training only (memplan.PHASES)
     crash_point("trained")
     eval_windows = ctx.windows("eval", unit.model_index)
     ev = timer.call("eval LM + encode", stream.stream_eval, model, {h: saes[h] for h in hooks}, eval_windows,
@@ -165,6 +181,7 @@ def _train_and_analyse(ctx: StudyContext, unit: Unit, model: Any, layers: list[i
             codes = ev.codes(hook, tuple(ctx.recipe.data.languages))
             row = analyse_layer(ctx, unit, layer, sae, codes, clusters, ldir)
             del codes
+            _free_cycles()
             ev.spools[hook].remove()
             row.update({k: v if isinstance(v, str) else float(v) for k, v in metrics.items() if np.isscalar(v)})
             md = sae.cfg.metadata
