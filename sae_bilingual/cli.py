@@ -61,7 +61,7 @@ def resolve_recipe_path(name: str | None) -> Path:
 
 def cmd_study(args: argparse.Namespace) -> int:
     overrides = parse_set(args.set or [])
-    if args.output_dir:
+    if args.output_dir is not None:  # ("" is refused by the recipe check, never ignored)
         overrides["output_dir"] = args.output_dir
     recipe = load_recipe(resolve_recipe_path(args.recipe), overrides)
     result = run_study(recipe, dry_run=args.dry_run, progress=not args.quiet, force=args.force)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+from pathlib import Path
 from typing import Any
 
 from sae_bilingual.errors import ConfigError
@@ -29,6 +30,7 @@ _BYTE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**1
 def check_recipe(recipe: Any) -> None:
     """Every load-time check; raises ConfigError naming the field and a valid value."""
     _check_numbers(recipe)
+    _check_inputs(recipe)
     _check_intervention(recipe)
     _check_device(recipe.device)
     default_model_ids(recipe)
@@ -90,6 +92,27 @@ def parse_bytes(value: int | float | str, field: str = "max_memory") -> int:
     if not math.isfinite(n) or n <= 0:
         raise ConfigError(f"{field}: must be a positive size, got {value!r}")
     return int(n)
+
+
+def _check_inputs(recipe: Any) -> None:
+    """Inputs that contradict each other: a language twice, one corpus file for two languages,
+    an empty output folder name (which would silently mean the current folder)."""
+    langs = list(recipe.data.languages)
+    twice = sorted({c for c in langs if langs.count(c) > 1})
+    if twice:
+        raise ConfigError(f"data.languages = {langs} names {twice[0]!r} twice; list each language once, "
+                          f"e.g. languages: [{', '.join(dict.fromkeys(langs))}]")
+    for name in ("paths", "eval_paths"):
+        seen: dict[Path, str] = {}
+        for lang, path in getattr(recipe.data, name).items():
+            key = Path(str(path)).expanduser().resolve()
+            if key in seen:
+                raise ConfigError(f"data.{name}.{seen[key]} and data.{name}.{lang} are the same file {path}: "
+                                  "every document would be labelled with both languages; give each "
+                                  "language its own file")
+            seen[key] = lang
+    if not str(recipe.output_dir).strip():
+        raise ConfigError("output_dir is empty; name the study's folder, e.g. --output-dir runs/my-study")
 
 
 def _check_intervention(recipe: Any) -> None:

@@ -21,6 +21,7 @@ def one_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     assert "Traceback" not in err
     lines = [l for l in err.splitlines() if l.startswith("error: ")]
     assert len(lines) == 1, err
+    assert err.rstrip("\n").splitlines()[-1] == lines[0], err  # the message is one line, and last
     return lines[0]
 
 
