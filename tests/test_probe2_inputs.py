@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from sae_bilingual.config import load_recipe
 from sae_bilingual.errors import ConfigError
@@ -35,3 +37,32 @@ def test_an_empty_output_dir_is_refused_not_ignored(tmp_path: Path, capsys) -> N
     line = one_error(["study", str(r), "--dry-run", "--output-dir", ""], capsys)
     assert "output_dir is empty" in line
     assert not (tmp_path / "from_recipe").exists()
+
+
+# ----------------------------------------------------------------------------- convert (items 6, 11)
+
+N, D = 16, 8
+
+
+def _released(**change: torch.Tensor) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    sd = {"encoder.weight": torch.randn(N, D, generator=g), "encoder.bias": torch.randn(N, generator=g),
+          "W_dec": torch.randn(N, D, generator=g), "b_dec": torch.randn(D, generator=g)}
+    return {**sd, **change}
+
+
+def _convert_error(tmp_path: Path, capsys, sd: dict[str, torch.Tensor]) -> str:
+    src = tmp_path / "sae.safetensors"
+    save_file(sd, str(src))
+    line = one_error(["convert", str(src), str(tmp_path / "out"), "--model", "toy"], capsys)
+    assert not (tmp_path / "out").exists()
+    return line
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_convert_refuses_nan_or_inf_weights(tmp_path: Path, capsys, bad: float) -> None:
+    """Before: rc 0 and an SAE that SAELens loads and that outputs NaN."""
+    w = _released()["W_dec"].clone()
+    w[3, 2] = bad
+    line = _convert_error(tmp_path, capsys, _released(W_dec=w))
+    assert "tensor W_dec holds 1 NaN/inf values" in line and "nothing was written" in line

@@ -33,7 +33,7 @@ from safetensors.torch import load_file
 
 from sae_bilingual.errors import OutputError, SAEFileError
 from sae_bilingual.io import atomic_write_bytes
-from sae_bilingual.sae.files import save_sae
+from sae_bilingual.sae.files import check_finite, save_sae
 from sae_bilingual.sae.model import PaperTopKSAE, PaperTopKSAEConfig, make_metadata
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,7 @@ def read_released(path: str | os.PathLike, k: int | None = None) -> tuple[dict[s
     b_enc = sd.get("encoder.bias", torch.zeros(n)).float()
     out = {"W_enc": enc_w.T.contiguous(), "b_enc": b_enc.contiguous(),
            "W_dec": W_dec.contiguous(), "b_dec": sd["b_dec"].float().reshape(d).contiguous()}
+    check_finite(out, wfile, "nothing was written; re-download it, or convert another checkpoint")
     if info and info.get("d_in", d) != d:
         raise SAEFileError(f"config.json says d_in={info['d_in']} but the weights have {d}")
     info.setdefault("k", k if k is not None else 32)
