@@ -13,6 +13,7 @@ import pytest
 
 from sae_bilingual.config import Recipe
 from sae_bilingual.study.intervention_stage import run_intervention
+from tests.test_probe2_config import one_error
 
 
 class _Recompute(Exception):
@@ -58,3 +59,13 @@ def test_recompute_removes_the_old_settings_before_writing_tables(tmp_path: Path
     assert not (tables / "intervention_settings.json").exists()
     with pytest.raises(_Recompute):  # ... so draws=2 again redoes the table too
         run_intervention(_ctx(old), SimpleNamespace(units=[]), tmp_path)
+
+
+def test_a_bad_export_path_fails_before_any_stage(tmp_path: Path, capsys) -> None:
+    """Before: the path was found bad only by the export, after every other stage had run."""
+    (tmp_path / "afile").write_text("x")
+    out = tmp_path / "out"
+    line = one_error(["study", "smoke", "-q", "--output-dir", str(out), "--set", "export.enabled=true",
+                      "--set", f"export.path={tmp_path / 'afile'}"], capsys)
+    assert line == f"error: export.path {tmp_path / 'afile'} is a file; give a folder for the release"
+    assert not out.exists()

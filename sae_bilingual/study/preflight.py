@@ -22,6 +22,7 @@ from sae_bilingual.data.store import check_token_ids
 from sae_bilingual.errors import CheckpointError, ConfigError, DataError
 from sae_bilingual.intervention.comet_bridge import comet_model_path, comet_python
 from sae_bilingual.models.tokenizer import sentencepiece_source, verify_sentencepiece
+from sae_bilingual.report.release import check_export_folder
 from sae_bilingual.study.unit import check_path_part
 
 log = logging.getLogger(__name__)
@@ -190,6 +191,9 @@ def preflight(recipe: Any, plan: Any, ctx: Any) -> None:
         check_checkpoint_files(ctx, i, it)
     check_comet(recipe)
     check_pairs_files(recipe)
+    if recipe.export.enabled:  # (else found only after every other stage)
+        out = Path(recipe.output_dir)
+        check_export_folder(out, Path(recipe.export.path) if recipe.export.path else out / "release", "export.path")
     indices = sorted({u.model_index for u in plan.units}) or [0]
     for i in indices:
         where = f"models[{i}]"

@@ -111,7 +111,7 @@ def _run_locked(recipe: Recipe, ctx: StudyContext, plan: Plan, timer: StageTimer
     report = timer.call("report", write_report, out, make_figures=False)
     if recipe.export.enabled:
         timer.call("export", export_release, out, recipe.export.path or out / "release",
-                   release=recipe.export.release, repo_id=recipe.export.repo_id)
+                   release=recipe.export.release, repo_id=recipe.export.repo_id, from_study=True)
     append_timings(timer, out / "tables" / TIMINGS_FILE)
     timer.log_split()
     log.info("study finished in %.1f s: %d SAEs, report %s", timer.elapsed(), len(summary), report)
