@@ -11,7 +11,9 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
+from sae_bilingual import world as world_module
 from sae_bilingual.config import Recipe
+from sae_bilingual.world import WorldConfig
 from sae_bilingual.study.intervention_stage import run_intervention
 from tests.test_probe2_config import one_error
 
@@ -69,3 +71,20 @@ def test_a_bad_export_path_fails_before_any_stage(tmp_path: Path, capsys) -> Non
                       "--set", f"export.path={tmp_path / 'afile'}"], capsys)
     assert line == f"error: export.path {tmp_path / 'afile'} is a file; give a folder for the release"
     assert not out.exists()
+
+
+@pytest.mark.parametrize("dry", [True, False])
+def test_an_empty_recipe_fails_on_the_budget_before_building_the_world(tmp_path: Path, capsys, monkeypatch,
+                                                                       dry: bool) -> None:
+    """Before: the default world was built (287 s), even for --dry-run, before the budget error."""
+    def build_world(*a, **k):
+        raise AssertionError("the world was built")
+
+    monkeypatch.setattr(world_module, "build_world", build_world)
+    (tmp_path / "empty.yaml").write_text("")
+    argv = ["study", str(tmp_path / "empty.yaml"), "--output-dir", str(tmp_path / "out")]
+    line = one_error(argv + (["--dry-run"] if dry else []), capsys)
+    n = WorldConfig().n_train_docs // 2 * 63  # en documents x tokens after BOS, worked out by hand
+    assert line.startswith(f"error: data.train_tokens_per_lang = 50,000,000 is larger than the corpus of the toy "
+                           f"world: its 10,000 train documents in 'en' hold at most {n:,} tokens")
+    assert not (tmp_path / "out").exists()
