@@ -3,11 +3,12 @@ cannot hold, are refused with one error line before any work (and before the out
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save, save_file
 
 from sae_bilingual.config import load_recipe
 from sae_bilingual.errors import ConfigError
@@ -41,7 +42,7 @@ def test_an_empty_output_dir_is_refused_not_ignored(tmp_path: Path, capsys) -> N
 
 # ----------------------------------------------------------------------------- convert (items 6, 11)
 
-N, D = 16, 8
+N, D = 64, 8
 
 
 def _released(**change: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -66,3 +67,59 @@ def test_convert_refuses_nan_or_inf_weights(tmp_path: Path, capsys, bad: float) 
     w[3, 2] = bad
     line = _convert_error(tmp_path, capsys, _released(W_dec=w))
     assert "tensor W_dec holds 1 NaN/inf values" in line and "nothing was written" in line
+
+
+def _safetensors_bytes() -> bytes:
+    return save(_released())
+
+
+def _damaged(kind: str) -> bytes:
+    good = _safetensors_bytes()
+    n = int.from_bytes(good[:8], "little")
+    header = json.loads(good[8:8 + n])
+    if kind == "huge header length":
+        return (2**60).to_bytes(8, "little") + good[8:]
+    if kind == "garbage header":
+        return (12).to_bytes(8, "little") + b"\x00not json!\xff" + good[8 + n:]
+    if kind == "zero bytes":
+        return b""
+    if kind == "truncated":
+        return good[: len(good) // 2]
+    first = next(k for k in header if k != "__metadata__")  # offsets past the end of the data
+    header[first]["data_offsets"][1] += 10**6
+    text = json.dumps(header).encode()
+    return len(text).to_bytes(8, "little") + text + good[8 + n:]
+
+
+@pytest.mark.parametrize("kind", ["huge header length", "garbage header", "zero bytes", "truncated",
+                                  "offsets past the end"])
+def test_convert_of_a_damaged_safetensors_file_is_one_line(tmp_path: Path, capsys, kind: str) -> None:
+    src = tmp_path / "sae.safetensors"
+    src.write_bytes(_damaged(kind))
+    line = one_error(["convert", str(src), str(tmp_path / "out")], capsys)
+    assert f"{src} is not a readable safetensors file" in line and "re-download it" in line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"b_dec": torch.zeros(D + 1)}, f"b_dec has shape ({D + 1},); a released SAE of d_in = {D} needs ({D},)"),
+    ({"encoder.bias": torch.zeros(N - 1)}, f"encoder.bias has shape ({N - 1},); a released SAE of {N} latents needs ({N},)"),
+    ({"encoder.weight": torch.zeros(N * D)}, f"encoder.weight has shape ({N * D},); it must be 2-D [latents, d_in]"),
+])
+def test_convert_of_tensors_of_the_wrong_shape_is_one_line(tmp_path: Path, capsys, change, words) -> None:
+    assert words in _convert_error(tmp_path, capsys, _released(**change))
+
+
+@pytest.mark.parametrize("text, words", [
+    ("{not json", "is not valid JSON"),
+    ("[1, 2]", "must hold a JSON object (model_type, d_in, num_latents, k), got list"),
+    ('{"k": "eight"}', "k = 'eight' must be a whole number"),
+])
+def test_convert_of_a_bad_config_json_is_one_line(tmp_path: Path, capsys, text: str, words: str) -> None:
+    src = tmp_path / "hf"
+    src.mkdir()
+    save_file(_released(), str(src / "model.safetensors"))
+    (src / "config.json").write_text(text)
+    line = one_error(["convert", str(src), str(tmp_path / "out")], capsys)
+    assert f"{src / 'config.json'}" in line and words in line
+    assert not (tmp_path / "out").exists()
