@@ -12,7 +12,8 @@ from pathlib import Path
 import yaml
 
 from sae_bilingual.config import load_recipe
-from sae_bilingual.errors import OutputError, SaeBilingualError
+from sae_bilingual.config_loading import yaml_error_line
+from sae_bilingual.errors import ConfigError, OutputError, SaeBilingualError
 from sae_bilingual.report.figures import make_all_figures
 from sae_bilingual.report.html import write_report
 from sae_bilingual.report.neuronpedia import export_all_neuronpedia
@@ -33,7 +34,10 @@ def parse_set(items: Sequence[str]) -> dict[str, object]:
         if "=" not in item:
             raise SaeBilingualError(f"--set {item!r}: write FIELD=VALUE, e.g. --set sae.k=16")
         key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: {yaml_error_line(e)}, e.g. --set 'sae.lr_grid=[0.001, 0.002]'") from None
     return out
 
 
