@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 """A model id usable as one folder level under units/."""
 DEVICE = re.compile(r"(cpu|cuda|mps|xpu)(:\d+)?")
+MAX_SEED = 2**32 - 1
+"""Largest recipe seed: every generator the study seeds (torch, numpy, datasets) takes it plus its offsets."""
 _BYTE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
                "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
@@ -50,6 +52,8 @@ def _finite_positive(value: Any, name: str, example: str) -> None:
 def _check_numbers(recipe: Any) -> None:
     s, a = recipe.sae, recipe.analysis
     _at_least(recipe.seed, 0, "seed", "0")
+    if recipe.seed > MAX_SEED:  # torch's generators take < 2^63: an overflow mid-run otherwise
+        raise ConfigError(f"seed = {recipe.seed} is too large: use a whole number from 0 to {MAX_SEED} (2^32 - 1)")
     if not isinstance(s.lr, str):
         _finite_positive(s.lr, "sae.lr", "0.001")
     if s.lr == "grid" and not s.lr_grid:

@@ -123,3 +123,15 @@ def test_convert_of_a_bad_config_json_is_one_line(tmp_path: Path, capsys, text: 
     line = one_error(["convert", str(src), str(tmp_path / "out")], capsys)
     assert f"{src / 'config.json'}" in line and words in line
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("seed", [10**23, 2**32])
+def test_a_huge_seed_is_refused_before_the_output_folder(tmp_path: Path, capsys, seed: int) -> None:
+    """Before: an overflow traceback from torch.Generator.manual_seed, the output folder made."""
+    line = one_error(["study", "smoke", "--set", f"seed={seed}", "--output-dir", str(tmp_path / "o")], capsys)
+    assert line == f"error: seed = {seed} is too large: use a whole number from 0 to 4294967295 (2^32 - 1)"
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_largest_seed_is_accepted(tmp_path: Path) -> None:
+    assert load_recipe(_recipe(tmp_path, "seed: 4294967295\n")).seed == 2**32 - 1
