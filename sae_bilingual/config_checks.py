@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 from pathlib import Path
 from typing import Any
 
 from sae_bilingual.errors import ConfigError
+from sae_bilingual.io import host_tag
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +119,40 @@ def _check_inputs(recipe: Any) -> None:
             seen[key] = lang
     if not str(recipe.output_dir).strip():
         raise ConfigError("output_dir is empty; name the study's folder, e.g. --output-dir runs/my-study")
+    check_path_length(recipe.output_dir, "output_dir")
+    if recipe.export.path:  # (built in a hidden sibling .<name>.<pid@host>.<random>.tmp)
+        check_path_length(recipe.export.path, "export.path", beside=len(host_tag()) + 32)
+
+
+PATH_ROOM = 1024
+"""Bytes of path a study needs below its output folder (units/<model>/iter_*/L*/..., temp names)."""
+
+
+def _limits(path: Path) -> tuple[int, int]:
+    """(longest file name, longest path) in bytes where ``path`` lives (POSIX defaults if unknown)."""
+    for a in (path, *path.parents):
+        try:
+            if a.is_dir():
+                return os.pathconf(a, "PC_NAME_MAX"), os.pathconf(a, "PC_PATH_MAX")
+        except (OSError, ValueError):
+            continue
+    return 255, 4096
+
+
+def check_path_length(path: str, field: str, beside: int = 0) -> None:
+    """A folder the study will create fits the filesystem's name and path limits (else an
+    ENAMETOOLONG traceback after planning); ``beside``: bytes a temporary sibling adds to its name."""
+    p = Path(str(path)).expanduser().absolute()
+    name_max, path_max = _limits(p.parent)
+    for i, part in enumerate(p.parts):
+        allowed = name_max - (beside if i == len(p.parts) - 1 else 0)
+        if len(os.fsencode(part)) > allowed:
+            raise ConfigError(f"{field}: the folder name {part[:24]}... is {len(os.fsencode(part))} bytes long, but "
+                              f"this filesystem allows {allowed} here; choose a shorter name")
+    n = len(os.fsencode(str(p)))
+    if n > path_max - PATH_ROOM:
+        raise ConfigError(f"{field}: the path is {n} bytes long; paths here may have {path_max} bytes and the study "
+                          f"needs about {PATH_ROOM} below it: choose a path under {path_max - PATH_ROOM} bytes")
 
 
 def _check_intervention(recipe: Any) -> None:

@@ -135,3 +135,21 @@ def test_a_huge_seed_is_refused_before_the_output_folder(tmp_path: Path, capsys,
 
 def test_the_largest_seed_is_accepted(tmp_path: Path) -> None:
     assert load_recipe(_recipe(tmp_path, "seed: 4294967295\n")).seed == 2**32 - 1
+
+
+@pytest.mark.parametrize("tail", ["a" * 300, "/".join(["b" * 99] * 46)], ids=["300-char name", "4.6 KB path"])
+def test_an_output_dir_too_long_for_the_filesystem_is_one_line(tmp_path: Path, capsys, tail: str) -> None:
+    """Before: an ENAMETOOLONG traceback."""
+    line = one_error(["study", "smoke", "--output-dir", str(tmp_path / tail)], capsys)
+    if len(tail) == 300:
+        assert "output_dir: the folder name aaaaaaaaaaaaaaaaaaaaaaaa... is 300 bytes long" in line
+    else:
+        n = len(str(tmp_path / tail).encode())
+        assert f"output_dir: the path is {n} bytes long; paths here may have 4096 bytes" in line
+
+
+def test_an_export_folder_name_leaves_room_for_its_build_folder(tmp_path: Path) -> None:
+    ok = load_recipe(_recipe(tmp_path, f"export: {{path: {tmp_path / ('c' * 200)}}}\n"))
+    assert ok.export.path.endswith("c" * 200)
+    with pytest.raises(ConfigError, match=r"export\.path: the folder name c+\.\.\. is 250 bytes long"):
+        load_recipe(_recipe(tmp_path, f"export: {{path: {tmp_path / ('c' * 250)}}}\n"))
