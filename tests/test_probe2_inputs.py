@@ -153,3 +153,30 @@ def test_an_export_folder_name_leaves_room_for_its_build_folder(tmp_path: Path) 
     assert ok.export.path.endswith("c" * 200)
     with pytest.raises(ConfigError, match=r"export\.path: the folder name c+\.\.\. is 250 bytes long"):
         load_recipe(_recipe(tmp_path, f"export: {{path: {tmp_path / ('c' * 250)}}}\n"))
+
+
+def test_a_cache_that_is_a_file_is_one_line(tmp_path: Path, capsys, monkeypatch) -> None:
+    """Before: NotADirectoryError traceback."""
+    (tmp_path / "cache").write_text("")
+    monkeypatch.setenv("SAE_BILINGUAL_CACHE", str(tmp_path / "cache"))
+    line = one_error(["world", "--tiny", "-q"], capsys)
+    assert line.startswith(f"error: the toy-world cache {tmp_path / 'cache'} cannot be written (Not a directory")
+    assert "set SAE_BILINGUAL_CACHE to a folder you can write" in line
+
+
+def test_a_read_only_cache_is_one_line(tmp_path: Path, capsys, monkeypatch) -> None:
+    """Before: PermissionError traceback. (Tests may run as root, who writes anywhere: the
+    refusal of a read-only folder is stood in for by mkdir raising as the kernel would.)"""
+    cache = tmp_path / "ro"
+    cache.mkdir()
+    mkdir = Path.mkdir
+
+    def read_only(self: Path, *a, **k) -> None:
+        if self.is_relative_to(cache):
+            raise PermissionError(13, "Permission denied", str(self))
+        mkdir(self, *a, **k)
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    monkeypatch.setenv("SAE_BILINGUAL_CACHE", str(cache))
+    line = one_error(["study", "smoke", "--dry-run"], capsys)
+    assert line.startswith(f"error: the toy-world cache {cache} cannot be written (Permission denied: {cache}/world)")
