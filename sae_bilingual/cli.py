@@ -21,7 +21,7 @@ from sae_bilingual.report.release import export_release
 from sae_bilingual.sae.convert import convert_released
 from sae_bilingual.study.outdir import is_study_folder, output_lock
 from sae_bilingual.study.run import run_study
-from sae_bilingual.study.summary import collect_summary
+from sae_bilingual.study.summary import check_layer_files, collect_summary
 from sae_bilingual.world import WorldConfig, build_world
 
 EMBEDDED_RECIPES = Path(__file__).parent / "recipes"
@@ -91,6 +91,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not is_study_folder(out):
         raise OutputError(f"{out} is not a study folder (no manifest.json); pass the output_dir of a study")
     with output_lock(out):  # not while a study writes there
+        check_layer_files(out)  # a damaged layer: named, never a reader's traceback
         collect_summary(out)
         make_all_figures(out)
         export_all_neuronpedia(out)

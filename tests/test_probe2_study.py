@@ -1,5 +1,5 @@
-"""Second adversarial probe (issue 30): study-stage slips that reused stale results or
-failed late, each now refused or redone."""
+"""Second adversarial probe (issue 30): study-stage slips that reused stale results, failed
+late or ended in a traceback, each now refused (in one line, before the work) or redone."""
 
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ import pytest
 
 from sae_bilingual import world as world_module
 from sae_bilingual.config import Recipe
-from sae_bilingual.world import WorldConfig
+from sae_bilingual.study.artefacts import layer_finished, write_unit_summary
 from sae_bilingual.study.intervention_stage import run_intervention
+from sae_bilingual.world import WorldConfig
 from tests.test_probe2_config import one_error
+from tests.test_probe2_export import fake_study
 
 
 class _Recompute(Exception):
@@ -88,3 +90,19 @@ def test_an_empty_recipe_fails_on_the_budget_before_building_the_world(tmp_path:
     assert line.startswith(f"error: data.train_tokens_per_lang = 50,000,000 is larger than the corpus of the toy "
                            f"world: its 10,000 train documents in 'en' hold at most {n:,} tokens")
     assert not (tmp_path / "out").exists()
+
+
+def test_report_names_a_layer_whose_features_table_was_truncated(tmp_path: Path, capsys) -> None:
+    """Before: a pyarrow traceback (`study` checked the recorded checksums, `report` never did)."""
+    study = fake_study(tmp_path / "study")
+    ldir = study / "units" / "toy" / "iter_0000010" / "L02"
+    table = ldir / "features.parquet"
+    pd.DataFrame({"feature": range(16), "class": ["en"] * 16}).to_parquet(table)
+    write_unit_summary(ldir, json.loads((ldir / "summary.json").read_text()))
+    assert layer_finished(ldir)
+    table.write_bytes(table.read_bytes()[:100])
+    line = one_error(["report", str(study)], capsys)
+    assert line == (f"error: {ldir}: features.parquet changed on disk since layer 2 of toy/iter_0000010 finished "
+                    "(truncated or edited): the layer is damaged; rerun the study to repair it (it redoes only "
+                    "damaged layers), then the report")
+    assert not layer_finished(ldir)  # the same rule: the study's rerun redoes this layer
