@@ -86,6 +86,8 @@ def cmd_world(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     out = Path(args.study_dir)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out} is a file, not a study folder; pass the output_dir of a study")
     if not out.is_dir():
         raise OutputError(f"study folder {out} does not exist; pass the output_dir of a study")
     if not is_study_folder(out):

@@ -106,3 +106,10 @@ def test_report_names_a_layer_whose_features_table_was_truncated(tmp_path: Path,
                     "(truncated or edited): the layer is damaged; rerun the study to repair it (it redoes only "
                     "damaged layers), then the report")
     assert not layer_finished(ldir)  # the same rule: the study's rerun redoes this layer
+
+
+def test_report_on_a_file_says_it_is_a_file(tmp_path: Path, capsys) -> None:
+    """Before: 'study folder ... does not exist'."""
+    (tmp_path / "recipe.yaml").write_text("name: x\n")
+    line = one_error(["report", str(tmp_path / "recipe.yaml")], capsys)
+    assert line == f"error: {tmp_path / 'recipe.yaml'} is a file, not a study folder; pass the output_dir of a study"
