@@ -65,8 +65,9 @@ def test_recompute_removes_the_old_settings_before_writing_tables(tmp_path: Path
         run_intervention(_ctx(old), SimpleNamespace(units=[]), tmp_path)
 
 
-def test_a_bad_export_path_fails_before_any_stage(tmp_path: Path, capsys) -> None:
-    """Before: the path was found bad only by the export, after every other stage had run."""
+def test_a_bad_export_path_fails_before_any_stage(world_cache: str, tmp_path: Path, capsys) -> None:
+    """Before: the path was found bad only by the export, after every other stage had run
+    (preflight needs the tiny world: built once per session, see conftest)."""
     (tmp_path / "afile").write_text("x")
     out = tmp_path / "out"
     line = one_error(["study", "smoke", "-q", "--output-dir", str(out), "--set", "export.enabled=true",
