@@ -12,7 +12,8 @@ from pathlib import Path
 import yaml
 
 from sae_bilingual.config import load_recipe
-from sae_bilingual.errors import OutputError, SaeBilingualError
+from sae_bilingual.config_loading import yaml_error_line
+from sae_bilingual.errors import ConfigError, OutputError, SaeBilingualError
 from sae_bilingual.report.figures import make_all_figures
 from sae_bilingual.report.html import write_report
 from sae_bilingual.report.neuronpedia import export_all_neuronpedia
@@ -20,7 +21,7 @@ from sae_bilingual.report.release import export_release
 from sae_bilingual.sae.convert import convert_released
 from sae_bilingual.study.outdir import is_study_folder, output_lock
 from sae_bilingual.study.run import run_study
-from sae_bilingual.study.summary import collect_summary
+from sae_bilingual.study.summary import check_layer_files, collect_summary
 from sae_bilingual.world import WorldConfig, build_world
 
 EMBEDDED_RECIPES = Path(__file__).parent / "recipes"
@@ -33,7 +34,10 @@ def parse_set(items: Sequence[str]) -> dict[str, object]:
         if "=" not in item:
             raise SaeBilingualError(f"--set {item!r}: write FIELD=VALUE, e.g. --set sae.k=16")
         key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: {yaml_error_line(e)}, e.g. --set 'sae.lr_grid=[0.001, 0.002]'") from None
     return out
 
 
@@ -61,7 +65,7 @@ def resolve_recipe_path(name: str | None) -> Path:
 
 def cmd_study(args: argparse.Namespace) -> int:
     overrides = parse_set(args.set or [])
-    if args.output_dir:
+    if args.output_dir is not None:  # ("" is refused by the recipe check, never ignored)
         overrides["output_dir"] = args.output_dir
     recipe = load_recipe(resolve_recipe_path(args.recipe), overrides)
     result = run_study(recipe, dry_run=args.dry_run, progress=not args.quiet, force=args.force)
@@ -82,11 +86,14 @@ def cmd_world(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     out = Path(args.study_dir)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out} is a file, not a study folder; pass the output_dir of a study")
     if not out.is_dir():
         raise OutputError(f"study folder {out} does not exist; pass the output_dir of a study")
     if not is_study_folder(out):
         raise OutputError(f"{out} is not a study folder (no manifest.json); pass the output_dir of a study")
     with output_lock(out):  # not while a study writes there
+        check_layer_files(out)  # a damaged layer: named, never a reader's traceback
         collect_summary(out)
         make_all_figures(out)
         export_all_neuronpedia(out)

@@ -16,7 +16,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from sae_bilingual.config_checks import check_k, check_recipe, parse_bytes
-from sae_bilingual.config_loading import from_dict, load_yaml, set_dotted
+from sae_bilingual.config_loading import from_dict, load_yaml, set_dotted, yaml_error_line
 from sae_bilingual.errors import ConfigError
 
 ADAM_EPS = 6.25e-10
@@ -368,7 +368,7 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
     try:
         data = load_yaml(path.read_text(encoding="utf-8"), str(path)) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"recipe {path} is not valid YAML: {e}") from e
+        raise ConfigError(f"recipe {path}: {yaml_error_line(e)}") from e
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {path} must be a mapping of fields, got {type(data).__name__}")
     for dotted, value in (overrides or {}).items():

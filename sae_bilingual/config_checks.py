@@ -12,16 +12,21 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
+from pathlib import Path
 from typing import Any
 
 from sae_bilingual.errors import ConfigError
+from sae_bilingual.io import host_tag
 
 log = logging.getLogger(__name__)
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 """A model id usable as one folder level under units/."""
 DEVICE = re.compile(r"(cpu|cuda|mps|xpu)(:\d+)?")
+MAX_SEED = 2**32 - 1
+"""Largest recipe seed: every generator the study seeds (torch, numpy, datasets) takes it plus its offsets."""
 _BYTE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
                "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
@@ -29,6 +34,7 @@ _BYTE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**1
 def check_recipe(recipe: Any) -> None:
     """Every load-time check; raises ConfigError naming the field and a valid value."""
     _check_numbers(recipe)
+    _check_inputs(recipe)
     _check_intervention(recipe)
     _check_device(recipe.device)
     default_model_ids(recipe)
@@ -48,6 +54,8 @@ def _finite_positive(value: Any, name: str, example: str) -> None:
 def _check_numbers(recipe: Any) -> None:
     s, a = recipe.sae, recipe.analysis
     _at_least(recipe.seed, 0, "seed", "0")
+    if recipe.seed > MAX_SEED:  # torch's generators take < 2^63: an overflow mid-run otherwise
+        raise ConfigError(f"seed = {recipe.seed} is too large: use a whole number from 0 to {MAX_SEED} (2^32 - 1)")
     if not isinstance(s.lr, str):
         _finite_positive(s.lr, "sae.lr", "0.001")
     if s.lr == "grid" and not s.lr_grid:
@@ -90,6 +98,61 @@ def parse_bytes(value: int | float | str, field: str = "max_memory") -> int:
     if not math.isfinite(n) or n <= 0:
         raise ConfigError(f"{field}: must be a positive size, got {value!r}")
     return int(n)
+
+
+def _check_inputs(recipe: Any) -> None:
+    """Inputs that contradict each other: a language twice, one corpus file for two languages,
+    an empty output folder name (which would silently mean the current folder)."""
+    langs = list(recipe.data.languages)
+    twice = sorted({c for c in langs if langs.count(c) > 1})
+    if twice:
+        raise ConfigError(f"data.languages = {langs} names {twice[0]!r} twice; list each language once, "
+                          f"e.g. languages: [{', '.join(dict.fromkeys(langs))}]")
+    for name in ("paths", "eval_paths"):
+        seen: dict[Path, str] = {}
+        for lang, path in getattr(recipe.data, name).items():
+            key = Path(str(path)).expanduser().resolve()
+            if key in seen:
+                raise ConfigError(f"data.{name}.{seen[key]} and data.{name}.{lang} are the same file {path}: "
+                                  "every document would be labelled with both languages; give each "
+                                  "language its own file")
+            seen[key] = lang
+    if not str(recipe.output_dir).strip():
+        raise ConfigError("output_dir is empty; name the study's folder, e.g. --output-dir runs/my-study")
+    check_path_length(recipe.output_dir, "output_dir")
+    if recipe.export.path:  # (built in a hidden sibling .<name>.<pid@host>.<random>.tmp)
+        check_path_length(recipe.export.path, "export.path", beside=len(host_tag()) + 32)
+
+
+PATH_ROOM = 1024
+"""Bytes of path a study needs below its output folder (units/<model>/iter_*/L*/..., temp names)."""
+
+
+def _limits(path: Path) -> tuple[int, int]:
+    """(longest file name, longest path) in bytes where ``path`` lives (POSIX defaults if unknown)."""
+    for a in (path, *path.parents):
+        try:
+            if a.is_dir():
+                return os.pathconf(a, "PC_NAME_MAX"), os.pathconf(a, "PC_PATH_MAX")
+        except (OSError, ValueError):
+            continue
+    return 255, 4096
+
+
+def check_path_length(path: str, field: str, beside: int = 0) -> None:
+    """A folder the study will create fits the filesystem's name and path limits (else an
+    ENAMETOOLONG traceback after planning); ``beside``: bytes a temporary sibling adds to its name."""
+    p = Path(str(path)).expanduser().absolute()
+    name_max, path_max = _limits(p.parent)
+    for i, part in enumerate(p.parts):
+        allowed = name_max - (beside if i == len(p.parts) - 1 else 0)
+        if len(os.fsencode(part)) > allowed:
+            raise ConfigError(f"{field}: the folder name {part[:24]}... is {len(os.fsencode(part))} bytes long, but "
+                              f"this filesystem allows {allowed} here; choose a shorter name")
+    n = len(os.fsencode(str(p)))
+    if n > path_max - PATH_ROOM:
+        raise ConfigError(f"{field}: the path is {n} bytes long; paths here may have {path_max} bytes and the study "
+                          f"needs about {PATH_ROOM} below it: choose a path under {path_max - PATH_ROOM} bytes")
 
 
 def _check_intervention(recipe: Any) -> None:

@@ -11,6 +11,7 @@ refusing a key given twice in one mapping (PyYAML keeps the last silently).
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from typing import TYPE_CHECKING, Any, Literal, Union
@@ -58,6 +59,23 @@ def load_yaml(text: str, source: str = "<recipe>") -> Any:
         return loader.get_single_data()
     finally:
         loader.dispose()
+
+
+def yaml_error_line(e: yaml.YAMLError) -> str:
+    """A YAML error in one line: what is wrong and where (PyYAML's text spans several lines).
+
+    A tag such as ``!!python/object/apply`` is refused by the safe loader before anything is
+    constructed; the line says so, since such a tag is how YAML would run code."""
+    problem = str(getattr(e, "problem", None) or e).splitlines()[0]
+    mark = getattr(e, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    tag = re.search(r"constructor for the tag '([^']+)'", problem)
+    if isinstance(e, yaml.constructor.ConstructorError) and tag:
+        shown = tag.group(1).replace("tag:yaml.org,2002:", "!!")
+        return (f"not valid YAML here: the tag {shown}{where} is refused (read with yaml.safe_load, which builds "
+                "no Python objects: nothing was executed); write a plain value: a number, string or list")
+    context = getattr(e, "context", None)
+    return f"not valid YAML ({context + ': ' if context else ''}{problem}{where}); quote a string, close a list"
 
 
 def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:

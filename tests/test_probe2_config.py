@@ -21,6 +21,7 @@ def one_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     assert "Traceback" not in err
     lines = [l for l in err.splitlines() if l.startswith("error: ")]
     assert len(lines) == 1, err
+    assert err.rstrip("\n").splitlines()[-1] == lines[0], err  # the message is one line, and last
     return lines[0]
 
 
@@ -40,3 +41,24 @@ def test_repeated_key_inside_a_section_is_refused(tmp_path) -> None:
 
 def test_yaml_merge_keys_may_be_overridden() -> None:
     assert load_yaml("a: &a {x: 1, y: 3}\nb:\n  <<: *a\n  x: 2\n") == {"a": {"x": 1, "y": 3}, "b": {"x": 2, "y": 3}}
+
+
+def test_set_with_broken_yaml_is_one_line(capsys) -> None:
+    line = one_error(["study", "--set", "sae.k=[1,", "--dry-run"], capsys)
+    assert line.startswith("error: --set 'sae.k=[1,': not valid YAML (") and "line 1, column 4" in line
+
+
+def test_set_with_a_python_tag_says_nothing_was_executed(tmp_path: Path, capsys) -> None:
+    canary = tmp_path / "ran"
+    line = one_error(["study", "--set", f'sae.k=!!python/object/apply:os.system ["touch {canary}"]', "--dry-run"],
+                     capsys)
+    assert "the tag !!python/object/apply:os.system at line 1, column 1 is refused" in line
+    assert "nothing was executed" in line
+    assert not canary.exists()
+
+
+def test_a_recipe_of_broken_yaml_is_one_line(tmp_path: Path, capsys) -> None:
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("sae:\n  k: [1,\n")
+    line = one_error(["study", str(recipe), "--dry-run"], capsys)
+    assert line.startswith(f"error: recipe {recipe}: not valid YAML (while parsing a flow node")

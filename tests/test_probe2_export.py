@@ -92,6 +92,14 @@ def test_export_refuses_a_study_that_is_running(tmp_path: Path, capsys) -> None:
     assert not (tmp_path / "rel").exists()
 
 
+def test_the_studys_own_export_stage_is_not_refused_by_its_lock(tmp_path: Path) -> None:
+    """Before: a study with export.enabled ended 'in use by another sae-bilingual run' (itself)."""
+    study = fake_study(tmp_path / "study")
+    with output_lock(study):  # as run_study holds it
+        export_release(study, tmp_path / "rel", from_study=True)
+    assert (tmp_path / "rel" / "pretrained_saes.yaml").is_file()
+
+
 def test_a_killed_exports_hidden_folder_is_removed_by_the_next(tmp_path: Path) -> None:
     study = fake_study(tmp_path / "study")
     rel = tmp_path / "rel"

@@ -82,16 +82,23 @@ def finished_saes(run_dir: str | Path) -> list[ExportedSAE]:
     return out
 
 
-def _check_out(run_dir: Path, out: Path) -> None:
-    """Never write into the study itself or an unrelated folder."""
-    r, o = run_dir.resolve(), out.resolve()
+def check_export_folder(run_dir: Path, out: Path, field: str = "export folder") -> None:
+    """Never write into the study itself or an unrelated folder; the folder can be created.
+
+    The study's preflight calls it too (``field`` = 'export.path'), so a bad path fails in
+    seconds, not after every other stage."""
+    r, o = Path(run_dir).resolve(), Path(out).resolve()
     if o == r or r.is_relative_to(o) or (o.is_relative_to(r) and o.relative_to(r).parts[:1] == ("units",)):
-        raise OutputError(f"export folder {out} would overwrite the study {run_dir}; choose another folder")
+        raise OutputError(f"{field} {out} would overwrite the study {run_dir}; choose another folder")
     if o.exists() and not o.is_dir():
-        raise OutputError(f"export folder {out} is a file; give a folder for the release")
+        raise OutputError(f"{field} {out} is a file; give a folder for the release")
     if o.exists() and any(o.iterdir()) and not is_release_folder(o):
-        raise OutputError(f"{out} exists and is not a release folder written by `sae-bilingual export`; "
+        raise OutputError(f"{field} {out} exists and is not a release folder written by `sae-bilingual export`; "
                           "choose an empty or new folder")
+    base = next(a for a in (o, *o.parents) if a.exists())
+    if not base.is_dir() or not os.access(base, os.W_OK | os.X_OK):
+        why = "is a file" if not base.is_dir() else "is not writable"
+        raise OutputError(f"{field} {out} cannot be created: {base} {why}; choose a folder you can write")
 
 
 def _row_provenance(e: ExportedSAE, md: dict[str, Any], languages: list[str]) -> dict[str, Any]:
@@ -205,14 +212,17 @@ def _card(doc: dict[str, Any], recipe: dict[str, Any], out: Path, languages: lis
 
 
 def export_release(run_dir: str | Path, out: str | Path, *, release: str | None = None,
-                   repo_id: str | None = None) -> Path:
-    """Write every finished SAE of the study in ``run_dir`` as a SAELens release folder ``out``."""
+                   repo_id: str | None = None, from_study: bool = False) -> Path:
+    """Write every finished SAE of the study in ``run_dir`` as a SAELens release folder ``out``.
+
+    ``from_study``: the study itself calls it, holding ``run_dir``'s lock with every SAE
+    finished; anyone else is refused while a study runs there."""
     run_dir, out = Path(run_dir), Path(out)
     saes = finished_saes(run_dir)
     if not saes:
         raise OutputError(f"{run_dir} holds no finished SAE (units/<model>/iter_*/L*/summary.json); "
                           "run `sae-bilingual study` first")
-    _check_out(run_dir, out)
+    check_export_folder(run_dir, out)
     recipe_path = run_dir / "recipe.yaml"
     recipe = yaml.safe_load(recipe_path.read_text(encoding="utf-8")) if recipe_path.exists() else {}
     languages = list(recipe.get("data", {}).get("languages") or ["en", "ja"])
@@ -220,7 +230,8 @@ def export_release(run_dir: str | Path, out: str | Path, *, release: str | None 
     repo_id = repo_id or f"<hf-user>/{release}"
     by_model: dict[str, list[tuple[ExportedSAE, dict]]] = {}
     model_ids: dict[str, str] = {}
-    check_not_in_use(run_dir)  # a running study: its unfinished SAEs would be missing
+    if not from_study:
+        check_not_in_use(run_dir)  # a running study: its unfinished SAEs would be missing
     with staged_release(out) as tmp:
         for e in saes:
             sae = load_sae(e.sae_dir)

@@ -33,7 +33,7 @@ from safetensors.torch import load_file
 
 from sae_bilingual.errors import OutputError, SAEFileError
 from sae_bilingual.io import atomic_write_bytes
-from sae_bilingual.sae.files import save_sae
+from sae_bilingual.sae.files import check_finite, save_sae
 from sae_bilingual.sae.model import PaperTopKSAE, PaperTopKSAEConfig, make_metadata
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,11 @@ _WEIGHT_FILES = ("sae.safetensors", "model.safetensors", "sae.pth", "pytorch_mod
 
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as e:  # noqa: BLE001  safetensors raises its own types on a bad header or size
+            raise SAEFileError(f"{path} is not a readable safetensors file ({e}): it is damaged or truncated; "
+                               "re-download it") from e
     try:
         sd = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
@@ -59,6 +63,21 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
     return sd
 
 
+def _read_config(path: Path) -> dict[str, Any]:
+    """An HF TopKSAE's config.json, refused in one line when it is not a usable object."""
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise SAEFileError(f"{path} is not valid JSON ({e}); re-download it, or delete it to use the weights alone") from e
+    if not isinstance(info, dict):
+        raise SAEFileError(f"{path} must hold a JSON object (model_type, d_in, num_latents, k), "
+                           f"got {type(info).__name__}; re-download it")
+    k = info.get("k", 1)
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise SAEFileError(f"{path}: k = {k!r} must be a whole number (latents kept per token, e.g. 32); fix the file")
+    return info
+
+
 def read_released(path: str | os.PathLike, k: int | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read a released SAE -> (SAELens state dict W_enc/b_enc/W_dec/b_dec in float32, info)."""
     p = Path(path)
@@ -66,7 +85,7 @@ def read_released(path: str | os.PathLike, k: int | None = None) -> tuple[dict[s
     if p.is_dir():
         cfg_path = p / "config.json"
         if cfg_path.exists():
-            info = json.loads(cfg_path.read_text())
+            info = _read_config(cfg_path)
         files = [p / f for f in _WEIGHT_FILES if (p / f).exists()]
         if not files:
             raise SAEFileError(f"{p} holds none of {list(_WEIGHT_FILES)}: not a released SAE directory")
@@ -81,7 +100,13 @@ def read_released(path: str | os.PathLike, k: int | None = None) -> tuple[dict[s
     if any(key not in sd for key in need_enc):
         raise SAEFileError(f"{wfile} lacks {[x for x in need_enc if x not in sd]}; keys: {sorted(sd)[:10]}")
     enc_w = sd["encoder.weight"].float()  # [n, d]
+    if enc_w.dim() != 2:
+        raise SAEFileError(f"{wfile}: encoder.weight has shape {tuple(enc_w.shape)}; it must be 2-D [latents, d_in]")
     n, d = enc_w.shape
+    for name, want, what in (("b_dec", d, f"d_in = {d}"), ("encoder.bias", n, f"{n} latents")):
+        if name in sd and tuple(sd[name].shape) != (want,):
+            raise SAEFileError(f"{wfile}: {name} has shape {tuple(sd[name].shape)}; a released SAE of {what} "
+                               f"needs ({want},): the file does not hold one SAE")
     if "W_dec" in sd:  # format (a)
         W_dec = sd["W_dec"].float()
     elif "decoder.weight" in sd:  # format (b): nn.Linear(n, d).weight is [d, n]
@@ -92,7 +117,8 @@ def read_released(path: str | os.PathLike, k: int | None = None) -> tuple[dict[s
         raise SAEFileError(f"decoder shape {tuple(W_dec.shape)} does not match encoder {(n, d)}")
     b_enc = sd.get("encoder.bias", torch.zeros(n)).float()
     out = {"W_enc": enc_w.T.contiguous(), "b_enc": b_enc.contiguous(),
-           "W_dec": W_dec.contiguous(), "b_dec": sd["b_dec"].float().reshape(d).contiguous()}
+           "W_dec": W_dec.contiguous(), "b_dec": sd["b_dec"].float().contiguous()}
+    check_finite(out, wfile, "nothing was written; re-download it, or convert another checkpoint")
     if info and info.get("d_in", d) != d:
         raise SAEFileError(f"config.json says d_in={info['d_in']} but the weights have {d}")
     info.setdefault("k", k if k is not None else 32)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -75,12 +76,18 @@ def load_sae(path: str | Path, device: str = "cpu", dtype: str | None = None) ->
             f"cannot load the SAE in {p} ({type(e).__name__}: {e}); tensors in {weights.name}: "
             f"{sorted(names)}. The weights do not fit cfg.json or the file is damaged; {_FIX}"
         ) from e
-    for name, t in sae.state_dict().items():
-        bad = int((~torch.isfinite(t)).sum()) if t.is_floating_point() else 0
-        if bad:  # a diverged training run: every code and reconstruction would be NaN
-            raise SAEFileError(f"{weights}: tensor {name} holds {bad} NaN/inf values of {t.numel()}; the SAE "
-                               f"is unusable (training diverged?); {_FIX}")
+    check_finite(sae.state_dict(), weights, _FIX)
     return sae
+
+
+def check_finite(tensors: Mapping[str, torch.Tensor], where: str | Path, fix: str) -> None:
+    """Refuse SAE weights holding NaN/inf: every code and reconstruction would be NaN (and
+    SAELens loads such a file without a word)."""
+    for name, t in tensors.items():
+        bad = int((~torch.isfinite(t)).sum()) if t.is_floating_point() else 0
+        if bad:
+            raise SAEFileError(f"{where}: tensor {name} holds {bad} NaN/inf values of {t.numel()}; the SAE "
+                               f"is unusable (training diverged?); {fix}")
 
 
 @torch.no_grad()

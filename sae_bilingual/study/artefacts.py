@@ -68,8 +68,6 @@ def mismatches(ldir: Path, recorded: Any) -> list[str]:
                 bad.append(rel)
         except (OSError, AttributeError):
             bad.append(rel)
-    if bad:
-        log.warning("%s: %s changed on disk since the layer finished: redoing it", ldir, ", ".join(bad))
     return bad
 
 
@@ -83,4 +81,9 @@ def write_unit_summary(ldir: Path, row: dict[str, Any]) -> None:
 def layer_finished(ldir: Path) -> bool:
     """The layer's summary.json parses and its artefacts still match their checksums."""
     row = read_json(ldir / SUMMARY_FILE)
-    return isinstance(row, dict) and not mismatches(ldir, row.get(ARTEFACTS_KEY))
+    if not isinstance(row, dict):
+        return False
+    bad = mismatches(ldir, row.get(ARTEFACTS_KEY))
+    if bad:
+        log.warning("%s: %s changed on disk since the layer finished: redoing it", ldir, ", ".join(bad))
+    return not bad

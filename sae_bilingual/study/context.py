@@ -55,12 +55,7 @@ class StudyContext:
     def world(self) -> toy_world.World:
         """The toy world, built (or loaded from cache) on first use."""
         if self._world is None:
-            spec = self.recipe.world
-            try:
-                cfg = world_config(toy_world.WorldConfig.from_preset(spec.preset), spec.overrides)
-            except TypeError as e:
-                raise ConfigError(f"world.overrides: {e}") from e
-            self._world = toy_world.build_world(cfg, progress=self.progress)
+            self._world = toy_world.build_world(recipe_world_config(self.recipe), progress=self.progress)
         return self._world
 
     def family(self, index: int) -> ModelFamily:
@@ -129,6 +124,15 @@ class StudyContext:
                 seed=self.recipe.seed + (0 if split == "train" else 1),
             )
         return self._windows[key]
+
+
+def recipe_world_config(recipe: Recipe) -> toy_world.WorldConfig:
+    """The toy world's config for ``recipe`` (its preset with ``world.overrides``)."""
+    spec = recipe.world
+    try:
+        return world_config(toy_world.WorldConfig.from_preset(spec.preset), spec.overrides)
+    except TypeError as e:
+        raise ConfigError(f"world.overrides: {e}") from e
 
 
 def world_config(cfg: toy_world.WorldConfig, overrides: dict[str, Any]) -> toy_world.WorldConfig:

@@ -22,6 +22,8 @@ from sae_bilingual.data.store import check_token_ids
 from sae_bilingual.errors import CheckpointError, ConfigError, DataError
 from sae_bilingual.intervention.comet_bridge import comet_model_path, comet_python
 from sae_bilingual.models.tokenizer import sentencepiece_source, verify_sentencepiece
+from sae_bilingual.report.release import check_export_folder
+from sae_bilingual.study.context import recipe_world_config
 from sae_bilingual.study.unit import check_path_part
 
 log = logging.getLogger(__name__)
@@ -170,6 +172,26 @@ def check_pairs_files(recipe: Any) -> None:
                         f"{iv.few_shot} examples plus at least one test pair are needed")
 
 
+def check_toy_budget(recipe: Any) -> None:
+    """The token budgets fit the toy world's corpus, checked from its config before the world
+    is built (minutes for the default world). An upper bound: documents take turns by language
+    and hold at most ``context - 1`` tokens after BOS; the windows check the exact count."""
+    if recipe.data.corpus != "toy":
+        return
+    cfg = recipe_world_config(recipe)
+    per_doc = min(cfg.context, recipe.data.context) - 1
+    for split, docs in (("train", cfg.n_train_docs), ("eval", cfg.n_eval_docs)):
+        field = f"data.{split}_tokens_per_lang"
+        budget = getattr(recipe.data, f"{split}_tokens_per_lang")
+        for i, lang in enumerate(cfg.languages):
+            n_docs = len(range(i, docs, len(cfg.languages)))
+            if budget > n_docs * per_doc:
+                raise DataError(
+                    f"{field} = {budget:,} is larger than the corpus of the toy world: its {n_docs:,} {split} "
+                    f"documents in {lang!r} hold at most {n_docs * per_doc:,} tokens after BOS ({per_doc} each). "
+                    f"Lower tokens_per_lang ({field} <= {n_docs * per_doc}) or raise world.overrides.n_{split}_docs")
+
+
 def preflight(recipe: Any, plan: Any, ctx: Any) -> None:
     """Run every pre-study check on a resolved plan; raises a SaeBilingualError subclass.
 
@@ -190,6 +212,9 @@ def preflight(recipe: Any, plan: Any, ctx: Any) -> None:
         check_checkpoint_files(ctx, i, it)
     check_comet(recipe)
     check_pairs_files(recipe)
+    if recipe.export.enabled:  # (else found only after every other stage)
+        out = Path(recipe.output_dir)
+        check_export_folder(out, Path(recipe.export.path) if recipe.export.path else out / "release", "export.path")
     indices = sorted({u.model_index for u in plan.units}) or [0]
     for i in indices:
         where = f"models[{i}]"

@@ -36,6 +36,7 @@ from sae_bilingual.study.executors import UnitJob, get_executor
 from sae_bilingual.study.intervention_stage import run_intervention
 from sae_bilingual.study.outdir import check_not_in_use, check_output_dir, output_lock, prepare_output_dir
 from sae_bilingual.study.plan import Plan, plan_study
+from sae_bilingual.study.preflight import check_toy_budget
 from sae_bilingual.study.summary import collect_summary
 from sae_bilingual.study.timing import TIMINGS_FILE, StageTimer, append_timings
 from sae_bilingual.world import World
@@ -48,6 +49,7 @@ def run_study(recipe: Recipe, *, dry_run: bool = False, progress: bool = True, f
 
     The output folder is checked (not a folder of unrelated files) and locked for the whole
     run: a second study on it fails naming this one."""
+    check_toy_budget(recipe)  # before the toy world is built, also for a dry run
     if not dry_run:
         check_not_in_use(recipe.output_dir)  # in seconds, not after planning
     if dry_run:  # plans from shapes where inputs are missing, listing them (dryrun.py)
@@ -111,7 +113,7 @@ def _run_locked(recipe: Recipe, ctx: StudyContext, plan: Plan, timer: StageTimer
     report = timer.call("report", write_report, out, make_figures=False)
     if recipe.export.enabled:
         timer.call("export", export_release, out, recipe.export.path or out / "release",
-                   release=recipe.export.release, repo_id=recipe.export.repo_id)
+                   release=recipe.export.release, repo_id=recipe.export.repo_id, from_study=True)
     append_timings(timer, out / "tables" / TIMINGS_FILE)
     timer.log_split()
     log.info("study finished in %.1f s: %d SAEs, report %s", timer.elapsed(), len(summary), report)

@@ -1,5 +1,6 @@
 """The study's summary table: every finished layer's ``summary.json`` stacked into
-``tables/summary.{parquet,csv}``, one row per SAE (the report, figures and lineage read it)."""
+``tables/summary.{parquet,csv}``, one row per SAE (the report, figures and lineage read it);
+:func:`check_layer_files`: the layers' files still match their recorded checksums."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from sae_bilingual.errors import DataError
 from sae_bilingual.io import atomic_write_text, save_parquet
-from sae_bilingual.study.artefacts import ARTEFACTS_KEY, SUMMARY_FILE, read_json
+from sae_bilingual.study.artefacts import ARTEFACTS_KEY, SUMMARY_FILE, mismatches, read_json
 from sae_bilingual.study.unit import layer_dirs
 
 
@@ -21,3 +23,18 @@ def collect_summary(out: Path) -> pd.DataFrame:
     save_parquet(df, out / "tables" / "summary.parquet")
     atomic_write_text(out / "tables" / "summary.csv", df.to_csv(index=False))
     return df
+
+
+def check_layer_files(out: Path) -> None:
+    """Refuse a study whose finished layer has a file that no longer matches the size and
+    checksum in its summary.json (the rule the study resumes by, artefacts.mismatches).
+
+    Why: `report` read a truncated features.parquet into a pyarrow traceback; a study rerun
+    redoes exactly such a layer."""
+    for d in layer_dirs(out, having=(SUMMARY_FILE,)):
+        row = read_json(d.path / SUMMARY_FILE)
+        bad = mismatches(d.path, row.get(ARTEFACTS_KEY)) if isinstance(row, dict) else []
+        if bad:
+            raise DataError(f"{d.path}: {', '.join(bad)} changed on disk since layer {d.layer} of {d.unit_id} "
+                            "finished (truncated or edited): the layer is damaged; rerun the study to repair it "
+                            "(it redoes only damaged layers), then the report")

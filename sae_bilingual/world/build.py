@@ -25,7 +25,7 @@ import datasets
 import pandas as pd
 from transformers import PreTrainedTokenizerFast
 
-from sae_bilingual.errors import DataError
+from sae_bilingual.errors import DataError, OutputError
 from sae_bilingual.io import atomic_dir, atomic_write_json, atomic_write_text, save_parquet
 from sae_bilingual.models.catalogue import iter_dirname
 from sae_bilingual.world.config import WORLD_VERSION, WorldConfig
@@ -118,8 +118,14 @@ def is_complete(root: Path) -> bool:
 
 @contextlib.contextmanager
 def _lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(path, "a+")
+    except OSError as e:  # read-only, a file, a name too long: the first write into the cache
+        raise OutputError(f"the toy-world cache {path.parent.parent} cannot be written ({e.strerror or e}: "
+                          f"{e.filename}); set SAE_BILINGUAL_CACHE to a folder you can write (unset: "
+                          "~/.cache/sae_bilingual)") from e
+    with f:
         fcntl.flock(f, fcntl.LOCK_EX)  # two processes asking for one world: the second waits
         try:
             yield
