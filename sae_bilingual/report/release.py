@@ -82,6 +82,11 @@ def finished_saes(run_dir: str | Path) -> list[ExportedSAE]:
     return out
 
 
+def study_release_folder(run_dir: str | Path, path: str | None) -> Path:
+    """Where a study's own export goes: ``export.path``, else ``<output_dir>/release``."""
+    return Path(path) if path else Path(run_dir) / "release"
+
+
 def check_export_folder(run_dir: Path, out: Path, field: str = "export folder") -> None:
     """Never write into the study itself or an unrelated folder; the folder can be created.
 

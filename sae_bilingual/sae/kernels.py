@@ -81,6 +81,12 @@ def _pre_buffer(xc: torch.Tensor, n: int) -> torch.Tensor | None:
     return _PRE_BUFFER[0]
 
 
+def release_step_workspace() -> None:
+    """Drop the buffer of :func:`_pre_buffer`: it serves training only (the memory plan counts it
+    in the train phase), so the evaluation and analysis after training do not hold it."""
+    _PRE_BUFFER.clear()
+
+
 def _gemm_dtype(x: torch.Tensor) -> torch.dtype | None:
     """bf16/fp16 when ``x`` is on a GPU under autocast, else None (keep the sparse kernels).
 

@@ -37,6 +37,7 @@ from sae_lens.training.multi_sae_trainer import MultiSAETrainer
 from sae_bilingual.config import SAESpec
 from sae_bilingual.errors import ConfigError, DataError, ExtraMissingError
 from sae_bilingual.sae.files import save_sae
+from sae_bilingual.sae.kernels import release_step_workspace
 from sae_bilingual.sae.model import (
     PaperTopKSAE,
     PaperTopKTrainingSAE,
@@ -224,6 +225,7 @@ def train_saes(store: Iterator[Mapping[str, torch.Tensor]], hooks: Sequence[str]
     log.info("training %d SAE(s) for %d steps of %d vectors", len(hooks), steps, batch_size)
     with _training_bar(run.progress):
         trainer.fit()
+    release_step_workspace()
     out: dict[str, PaperTopKSAE] = {}
     for h, sae in saes.items():
         inf = to_inference(sae)

@@ -22,7 +22,7 @@ from sae_bilingual.data.store import check_token_ids
 from sae_bilingual.errors import CheckpointError, ConfigError, DataError
 from sae_bilingual.intervention.comet_bridge import comet_model_path, comet_python
 from sae_bilingual.models.tokenizer import sentencepiece_source, verify_sentencepiece
-from sae_bilingual.report.release import check_export_folder
+from sae_bilingual.report.release import check_export_folder, study_release_folder
 from sae_bilingual.study.context import recipe_world_config
 from sae_bilingual.study.unit import check_path_part
 
@@ -213,8 +213,8 @@ def preflight(recipe: Any, plan: Any, ctx: Any) -> None:
     check_comet(recipe)
     check_pairs_files(recipe)
     if recipe.export.enabled:  # (else found only after every other stage)
-        out = Path(recipe.output_dir)
-        check_export_folder(out, Path(recipe.export.path) if recipe.export.path else out / "release", "export.path")
+        check_export_folder(Path(recipe.output_dir), study_release_folder(recipe.output_dir, recipe.export.path),
+                            "export.path")
     indices = sorted({u.model_index for u in plan.units}) or [0]
     for i in indices:
         where = f"models[{i}]"

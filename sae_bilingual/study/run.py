@@ -27,7 +27,7 @@ from sae_bilingual.io import atomic_write_json, atomic_write_text
 from sae_bilingual.report.figures import make_all_figures
 from sae_bilingual.report.html import write_report
 from sae_bilingual.report.neuronpedia import export_all_neuronpedia
-from sae_bilingual.report.release import export_release
+from sae_bilingual.report.release import export_release, study_release_folder
 from sae_bilingual.study import pipeline
 from sae_bilingual.study.context import StudyContext
 from sae_bilingual.study.controls import control_recipe
@@ -112,7 +112,7 @@ def _run_locked(recipe: Recipe, ctx: StudyContext, plan: Plan, timer: StageTimer
     append_timings(timer, out / "tables" / TIMINGS_FILE)  # before the report, which shows it
     report = timer.call("report", write_report, out, make_figures=False)
     if recipe.export.enabled:
-        timer.call("export", export_release, out, recipe.export.path or out / "release",
+        timer.call("export", export_release, out, study_release_folder(out, recipe.export.path),
                    release=recipe.export.release, repo_id=recipe.export.repo_id, from_study=True)
     append_timings(timer, out / "tables" / TIMINGS_FILE)
     timer.log_split()
