@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from sae_bilingual.config import load_recipe
+from sae_bilingual.config_checks import check_path_length, check_release_path
 from sae_bilingual.config_loading import yaml_error_line
 from sae_bilingual.errors import ConfigError, OutputError, SaeBilingualError
 from sae_bilingual.report.figures import make_all_figures
@@ -85,6 +87,7 @@ def cmd_world(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    check_path_length(args.study_dir, "study_dir")
     out = Path(args.study_dir)
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out} is a file, not a study folder; pass the output_dir of a study")
@@ -102,12 +105,16 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
+    check_path_length(args.src, "src")
+    check_path_length(args.dst, "dst")
     path = convert_released(args.src, args.dst, hook_name=args.hook, model_name=args.model, force=args.force)
     print(f"converted: {path}")
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    check_path_length(args.run_dir, "run_dir")
+    check_release_path(args.out, "out")
     out = export_release(args.run_dir, args.out, release=args.release, repo_id=args.repo_id)
     print(f"release: {out}")
     return 0
@@ -182,6 +189,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except SaeBilingualError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a path the checks above did not cover; one line, not a traceback
+        if e.errno != errno.ENAMETOOLONG:
+            raise
+        print(f"error: {e.filename}: {e.strerror}; choose a shorter path", file=sys.stderr)
         return 2
 
 

@@ -120,8 +120,8 @@ def _check_inputs(recipe: Any) -> None:
     if not str(recipe.output_dir).strip():
         raise ConfigError("output_dir is empty; name the study's folder, e.g. --output-dir runs/my-study")
     check_path_length(recipe.output_dir, "output_dir")
-    if recipe.export.path:  # (built in a hidden sibling .<name>.<pid@host>.<random>.tmp)
-        check_path_length(recipe.export.path, "export.path", beside=len(host_tag()) + 32)
+    if recipe.export.path:
+        check_release_path(recipe.export.path, "export.path")
 
 
 PATH_ROOM = 1024
@@ -153,6 +153,12 @@ def check_path_length(path: str, field: str, beside: int = 0) -> None:
     if n > path_max - PATH_ROOM:
         raise ConfigError(f"{field}: the path is {n} bytes long; paths here may have {path_max} bytes and the study "
                           f"needs about {PATH_ROOM} below it: choose a path under {path_max - PATH_ROOM} bytes")
+
+
+def check_release_path(path: str, field: str) -> None:
+    """``check_path_length`` for a release folder, which is built in a hidden sibling
+    ``.<name>.<pid@host>.<random>.tmp`` whose name is longer than the folder's."""
+    check_path_length(path, field, beside=len(host_tag()) + 32)
 
 
 def _check_intervention(recipe: Any) -> None:

@@ -21,6 +21,7 @@ from sae_bilingual.layers import parse_layers
 from sae_bilingual.intervention.masks import scale_m
 from sae_bilingual.models.generic import is_paper_model
 from sae_bilingual.study.context import StudyContext
+from sae_bilingual.study.faults import crash_point
 from sae_bilingual.study.pipeline import _first_docs_per_lang, _torch_dtype
 from sae_bilingual.sae.files import load_sae
 from sae_bilingual.study.plan import Plan
@@ -57,6 +58,7 @@ def run_intervention(ctx: StudyContext, plan: Plan, out: Path) -> pd.DataFrame:
     dtype = _torch_dtype(ctx.recipe.dtype)
     final_model = fam.load(final, device=ctx.recipe.device, dtype=dtype)
     mid_model = fam.load(mid, device=ctx.recipe.device, dtype=dtype)
+    crash_point("intervention_models")
     windows = ctx.windows("eval", iv.model)
     windows = _first_docs_per_lang(windows, iv.eval_docs_per_lang)
     pairs = _translation_pairs(ctx)
@@ -85,6 +87,7 @@ def run_intervention(ctx: StudyContext, plan: Plan, out: Path) -> pd.DataFrame:
     atomic_write_text(out / "tables" / "intervention_draws.csv", draws.to_csv(index=False))
     atomic_write_text(out / "tables" / "intervention.md", "\n".join(md) + "\n")
     atomic_write_text(path, agg.to_csv(index=False))
+    crash_point("intervention_table")
     atomic_write_text(settings_path, settings)
     return agg
 
