@@ -20,7 +20,7 @@ from sae_bilingual.report.figures import make_all_figures
 from sae_bilingual.report.html import write_report
 from sae_bilingual.report.neuronpedia import export_all_neuronpedia
 from sae_bilingual.report.release import export_release
-from sae_bilingual.sae.convert import convert_released
+from sae_bilingual.sae.convert import RELEASED_HOOK, convert_released
 from sae_bilingual.study.outdir import is_study_folder, output_lock
 from sae_bilingual.study.run import run_study
 from sae_bilingual.study.summary import check_layer_files, collect_summary
@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("convert", help="convert an SAE released by llm-jp into SAELens format")
     c.add_argument("src", help="dir or file of the released SAE (sae.pth, safetensors or HF TopKSAE)")
     c.add_argument("dst", help="output SAELens SAE dir")
-    c.add_argument("--hook", default="blocks.11.hook_resid_post", help="hook the SAE reads (1.8B layer 12)")
+    c.add_argument("--hook", default=RELEASED_HOOK, help="hook the SAE reads (1.8B layer 12)")
     c.add_argument("--model", default="llm-jp/llm-jp-3-1.8b")
     c.add_argument("--force", action="store_true",
                    help="write the SAE files into a folder holding other files (they are kept)")

@@ -19,10 +19,10 @@ from typing import Any
 
 from sae_bilingual.errors import ConfigError
 from sae_bilingual.io import host_tag
+from sae_bilingual.study.unit import is_safe_path_part
 
 log = logging.getLogger(__name__)
 
-SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 """A model id usable as one folder level under units/."""
 DEVICE = re.compile(r"(cpu|cuda|mps|xpu)(:\d+)?")
 MAX_SEED = 2**32 - 1
@@ -212,7 +212,7 @@ def default_model_ids(recipe: Any, family_names: list[str] | None = None) -> lis
     ids: list[str | None] = []
     seen: dict[str, int] = {}
     for i, spec in enumerate(recipe.models):
-        if spec.name is not None and (not SAFE_NAME.fullmatch(spec.name) or ".." in spec.name):
+        if spec.name is not None and not is_safe_path_part(spec.name):
             raise ConfigError(f"models[{i}].name {spec.name!r} cannot be a folder name under units/; use "
                               "letters, digits, '.', '_', '+', '-' only, e.g. name: toy-a")
         if spec.name is not None:

@@ -51,9 +51,15 @@ def layer_path(out: str | os.PathLike, family: str, iteration: int, layer: int) 
     return Path(out) / UNITS_DIR / family / layer_id(iteration, layer)
 
 
+def is_safe_path_part(name: object) -> bool:
+    """True for a name usable as one directory level under the output dir: no '/', no '..',
+    no leading dot (the one rule for model names and family ids)."""
+    return isinstance(name, str) and bool(SAFE_PATH_PART.fullmatch(name)) and ".." not in name
+
+
 def check_path_part(name: str, what: str = "model family") -> str:
-    """A name used as one directory level under the output dir: no '/', no '..', no leading dot."""
-    if not isinstance(name, str) or not SAFE_PATH_PART.fullmatch(name) or ".." in name:
+    """:func:`is_safe_path_part`, or an error naming what the name is for."""
+    if not is_safe_path_part(name):
         raise OutputError(
             f"{what} name {name!r} cannot be used as a directory name under the output dir "
             "(it would write outside units/<family>/); use letters, digits, '.', '_', '+', '-' only"
