@@ -23,9 +23,8 @@ from pathlib import Path
 from sae_bilingual.errors import OutputError
 from sae_bilingual.models.catalogue import iter_dirname
 from sae_bilingual.study.artefacts import layer_finished
+from sae_bilingual.study.layout import UNITS_DIR
 
-UNITS_DIR = "units"
-"""Folder of the unit directories under a study's output dir."""
 SAFE_PATH_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 _ITER_RE = re.compile(r"^iter_(\d+)$")
 _LAYER_RE = re.compile(r"^L(\d+)$")
