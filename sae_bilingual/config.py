@@ -16,6 +16,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from sae_bilingual.config_checks import check_k, check_recipe, parse_bytes
+from sae_bilingual.config_crosscoder import CrosscoderSpec
 from sae_bilingual.config_loading import from_dict, load_yaml, set_dotted, yaml_error_line
 from sae_bilingual.defaults import (ADAM_EPS, DEFAULT_LR_GRID, DEFAULT_MAX_NEW_TOKENS, GEOMETRIC_MEDIAN_SAMPLE, PAPER_K,
                                      PAPER_LANGUAGES)
@@ -273,6 +274,7 @@ class Recipe:
     analysis: AnalysisSpec = field(default_factory=AnalysisSpec)
     intervention: InterventionSpec = field(default_factory=InterventionSpec)
     export: ExportSpec = field(default_factory=ExportSpec)
+    crosscoder: CrosscoderSpec = field(default_factory=CrosscoderSpec)
     controls: list[Literal["codeswitch", "disjoint"]] = field(default_factory=list)
     """Toy studies only: also run the study on these control worlds (under
     <output_dir>/controls/<name>) and show their numbers beside the study's in the report."""

@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from sae_bilingual.config_crosscoder import check_crosscoder
 from sae_bilingual.errors import ConfigError
 from sae_bilingual.io import host_tag
 from sae_bilingual.study.unit import is_safe_path_part
@@ -36,6 +37,7 @@ def check_recipe(recipe: Any) -> None:
     _check_numbers(recipe)
     _check_inputs(recipe)
     _check_intervention(recipe)
+    check_crosscoder(recipe)
     _check_device(recipe.device)
     default_model_ids(recipe)
     _warn_programs(recipe)
