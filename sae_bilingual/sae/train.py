@@ -152,17 +152,18 @@ def convergence(losses: Sequence[float], tolerance: float = 0.1) -> dict[str, fl
 
 
 @contextlib.contextmanager
-def _training_bar(show: bool) -> Iterator[None]:
-    """MultiSAETrainer.fit opens its own tqdm bar with no switch; hide it for quiet runs."""
+def _training_bar(show: bool, module: Any = multi_sae_trainer) -> Iterator[None]:
+    """MultiSAETrainer.fit (SAETrainer.fit: ``module`` = sae_trainer) opens its own tqdm bar with
+    no switch; hide it for quiet runs."""
     if show:
         yield
         return
-    bar = multi_sae_trainer.tqdm
-    multi_sae_trainer.tqdm = functools.partial(bar, disable=True)
+    bar = module.tqdm
+    module.tqdm = functools.partial(bar, disable=True)
     try:
         yield
     finally:
-        multi_sae_trainer.tqdm = bar
+        module.tqdm = bar
 
 
 def train_saes(store: Iterator[Mapping[str, torch.Tensor]], hooks: Sequence[str], spec: SAESpec, run: TrainRun,
