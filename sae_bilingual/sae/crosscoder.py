@@ -50,7 +50,7 @@ from sae_lens.saes.sae import SAE, SAEConfig, TrainingSAE, TrainingSAEConfig, Tr
 from torch import nn
 from transformer_lens.hook_points import HookPoint
 
-from sae_bilingual.config import ADAM_EPS, GEOMETRIC_MEDIAN_SAMPLE
+from sae_bilingual.defaults import ADAM_EPS, GEOMETRIC_MEDIAN_SAMPLE
 from sae_bilingual.errors import ConfigError
 from sae_bilingual.sae.batchtopk_kernels import (
     batch_topk_encode,
