@@ -14,7 +14,7 @@ import torch
 from sae_lens import SAE
 
 import sae_bilingual  # noqa: F401  (registers paper_crosscoder)
-from sae_bilingual.config import ADAM_EPS
+from sae_bilingual.defaults import ADAM_EPS
 from sae_bilingual.errors import ConfigError, DataError
 from sae_bilingual.sae.batchtopk_kernels import (
     batch_topk_encode,
