@@ -46,8 +46,6 @@ class FlatCode(NamedTuple):
     """[m] int64 latent of each entry."""
     offsets: torch.Tensor
     """[B] int64: entry index where row b starts (``embedding_bag`` offsets)."""
-    tau_next: float
-    """The m-th largest activation of this batch (the floor for the next batch's selection)."""
 
 
 def batch_topk_select(pre: torch.Tensor, m: int, tau: float | None = None
@@ -111,7 +109,7 @@ class _BatchTopKEncode(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, u: torch.Tensor, b_dec: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor,
-                m: int, tau: float | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                m: int, tau: float | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         xc = u - b_dec
         n = W_enc.shape[1]
         pre = pre_activation(xc, W_enc, b_enc, out=_pre_buffer(xc, n, _CC_BUFFER))
@@ -123,9 +121,7 @@ class _BatchTopKEncode(torch.autograd.Function):
         ctx.gemm_dtype = _gemm_dtype(u)
         ctx.B = u.shape[0]
         ctx.mark_non_differentiable(rows, cols)
-        m_th = vals.min() if vals.numel() else vals.new_zeros(())
-        ctx.mark_non_differentiable(m_th)
-        return vals, rows, cols, m_th
+        return vals, rows, cols
 
     @staticmethod
     def backward(ctx: Any, g_vals: torch.Tensor, *_: Any) -> tuple[torch.Tensor | None, ...]:
@@ -151,8 +147,8 @@ def batch_topk_encode(u: torch.Tensor, b_dec: torch.Tensor, W_enc: torch.Tensor,
                       m: int, tau: float | None = None) -> FlatCode:
     """The training encoder: BatchTopK code of ``relu((u - b_dec) @ W_enc + b_enc)`` keeping m
     entries, with a sparse backward. ``tau``: selection floor (see :func:`batch_topk_select`)."""
-    vals, rows, cols, m_th = _BatchTopKEncode.apply(u, b_dec, W_enc, b_enc, m, tau)
-    return FlatCode(vals, rows, cols, row_offsets(rows, u.shape[0]), float(m_th))
+    vals, rows, cols = _BatchTopKEncode.apply(u, b_dec, W_enc, b_enc, m, tau)
+    return FlatCode(vals, rows, cols, row_offsets(rows, u.shape[0]))
 
 
 class _AttachDecoderGrad(torch.autograd.Function):

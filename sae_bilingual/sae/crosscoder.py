@@ -21,7 +21,8 @@ paper does for its SAEs.
   batch (rows differ in how many they get; mean k). **Inference**: z = pre where pre >
   ``threshold``; the threshold is the exponential moving average (rate ``topk_threshold_lr``,
   SAELens's BatchTopK rule) of each training batch's smallest kept positive activation,
-  started at the first batch's value (not at 0).
+  started at the first batch's value (not at 0); ``train_crosscoder`` then replaces it by the
+  plain mean over the run's last steps, which removes the EMA's lag behind a short run.
 * Input handling ``normalize_activations="unit_norm"`` L2-normalises each checkpoint's slice
   (idempotent on the aligned store's rows); the crosscoder works in that unit space: ``decode``
   returns the unit-space reconstruction (a crosscoder is not spliced back into one model).
@@ -236,7 +237,7 @@ class _CrosscoderMixin:
         value descending; slots past a row's active latents hold value 0 (not active). A row
         with more than ``cap`` active latents keeps its ``cap`` largest (check ``values[:, -1] > 0``)."""
         pre = self._threshold_rule(self._pre(x))
-        vals, idx = torch.topk(pre, cap or self.default_cap(), dim=-1, sorted=True)
+        vals, idx = torch.topk(pre, min(cap or self.default_cap(), self.cfg.d_sae), dim=-1, sorted=True)
         return vals, idx
 
     def encode_topk(self, x_unit: torch.Tensor, cap: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -285,6 +286,7 @@ class PaperCrosscoderTraining(_CrosscoderMixin, TrainingSAE[PaperCrosscoderTrain
         self.b_pre_pending = cfg.geometric_median_sample is not None
         self.threshold_pending = True  # the first batch sets the threshold (no EMA bias from 0)
         self.select_tau: float | None = None
+        self.kept_min_history: list[float] = []  # each step's smallest kept activation (threshold calibration)
         register_training_sae(self)
         self.register_load_state_dict_post_hook(_loaded)
 
@@ -349,22 +351,18 @@ class PaperCrosscoderTraining(_CrosscoderMixin, TrainingSAE[PaperCrosscoderTrain
             vals = code.vals.detach()
             feature_acts = torch.sparse_coo_tensor(torch.stack([code.rows, code.cols]), vals, (B, n),
                                                    is_coalesced=True, check_invariants=False)
-            kept_min = code.tau_next
-            pre = vals
         else:
-            loss, z, recon = dense_batchtopk_reference(u, self.b_dec, self.W_enc, self.b_enc, self.W_dec, m)
-            feature_acts = z
-            vals = z.detach()[z.detach() > 0]
-            kept_min = float(vals.min()) if vals.numel() else 0.0
-            pre = vals
-        if kept_min <= 0:  # fewer than m positive pre-activations: the smallest positive one
-            pos = vals[vals > 0]
-            kept_min = float(pos.min()) if pos.numel() else 0.0
+            loss, feature_acts, recon = dense_batchtopk_reference(u, self.b_dec, self.W_enc, self.b_enc,
+                                                                  self.W_dec, m)
+            vals = feature_acts.detach()[feature_acts.detach() > 0]
+        pos = vals[vals > 0]  # the smallest kept positive activation (zeros are kept when < m are positive)
+        kept_min = float(pos.min()) if pos.numel() else 0.0
         self.select_tau = SELECT_FLOOR * kept_min if kept_min > 0 else None
         self.update_threshold(kept_min)
+        self.kept_min_history.append(kept_min)
         losses = {"mse_loss": loss.detach()}
         self.loss_history.append(losses["mse_loss"])
-        return TrainStepOutput(sae_in=u, sae_out=recon, feature_acts=feature_acts, hidden_pre=pre, loss=loss,
+        return TrainStepOutput(sae_in=u, sae_out=recon, feature_acts=feature_acts, hidden_pre=vals, loss=loss,
                                losses=losses, metrics={"topk_threshold": self.threshold})
 
     def process_state_dict_for_saving_inference(self, state_dict: dict[str, Any]) -> None:
