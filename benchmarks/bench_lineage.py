@@ -60,7 +60,7 @@ def main() -> None:
     one = res.one_to_one
     live = np.flatnonzero(res.n_a > 0)
     hit = np.mean(one.set_index("feature_a")["feature_b"].reindex(live).to_numpy() == perm[live])
-    print(f"phases: " + ", ".join(f"{k} {v:.1f} s" for k, v in res.seconds.items()))
+    print("phases: " + ", ".join(f"{k} {v:.1f} s" for k, v in res.seconds.items()))
     print(f"candidates {len(res.candidates):,}, one-to-one {len(one):,}, recovered permutation "
           f"{hit:.4f} of {live.size:,} live features, mean one-to-one Jaccard {one['jaccard'].mean():.3f}")
     print(f"match_codes n={args.n} M={args.rows} K={args.k}: {sec:.1f} s, ratio to 60 s target {sec / 60:.2f}")

@@ -63,7 +63,7 @@ def bench_hf(a, toks) -> dict:
         return out.hidden_states  # (n_layers + 1) x (B, T, d): resid_pre 0 + every block output
 
     ts = time_fn(fwd, a.device, a.warmup, a.reps)
-    del model
+    model = None  # free it now (fwd still refers to the name)
     gc.collect()
     return {"n_params": n_params, "times": ts}
 
@@ -91,7 +91,7 @@ def bench_tl(a, toks) -> dict:
 
     ts = time_fn(fwd, a.device, a.warmup, a.reps)
     n_params = sum(p.numel() for p in model.parameters())
-    del model
+    model = None  # free it now (fwd still refers to the name)
     gc.collect()
     return {"n_params": n_params, "times": ts}
 

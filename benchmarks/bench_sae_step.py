@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
                 continue
             if step >= a.warmup:
                 times[nm].append(dt)
-        del x
+        x = None  # free the batch (the timed lambda refers to the name)
     sync(dev)
 
     res: dict = {"args": vars(a), "machine": machine_line(), "errors": errors}

@@ -15,6 +15,11 @@ Usage::
     .venv/bin/python benchmarks/soak.py --n 20             # ~N x (study time) on a quiet machine
     .venv/bin/python benchmarks/soak.py --n 5 --workdir /tmp/soak --keep
     .venv/bin/python benchmarks/soak.py --compare runs/before runs/after   # two finished runs
+    .venv/bin/python benchmarks/soak.py --kill-at intervention_table:1     # one deterministic kill
+
+``--kill-at POINT:N`` (a point of ``sae_bilingual.study.faults``) replaces the timed kills: the
+second run ends itself at that point as a SIGKILL would, is resumed, and is compared with the
+clean run.
 
 Prints one line per start and ``soak: N kills in S starts, outputs identical`` (exit 0) or the
 differences (exit 1).
@@ -209,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rtol", type=float, default=None,
                     help="with --compare: csv/json numbers equal within this relative tolerance, and keys "
                          "OTHER adds are listed, not counted (e.g. 1e-9 for a change that sums in another order)")
+    ap.add_argument("--kill-at", default=None, metavar="POINT:N",
+                    help="one deterministic kill at a point of sae_bilingual.study.faults instead of --n timed ones")
     args = ap.parse_args(argv)
     if args.compare:
         notes: list[str] = []
@@ -234,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     t_clean = run_to_end(args.recipe, ref, env, log)
     print(f"clean run: {t_clean:.1f} s -> {ref}", flush=True)
 
+    if args.kill_at:
+        return _kill_at(args, ref, work, env, log)
     failures: list[str] = []
     cycle = 0
     out = work / f"killed_{cycle}"
@@ -278,6 +287,26 @@ def main(argv: list[str] | None = None) -> int:
     if not args.keep and args.workdir is None:
         shutil.rmtree(work, ignore_errors=True)
     return 1 if failures else 0
+
+
+def _kill_at(args: argparse.Namespace, ref: Path, work: Path, env: dict[str, str], log: Path) -> int:
+    """Run the study until it ends itself at ``--kill-at``, resume it, compare with ``ref``."""
+    out = work / "killed_at"
+    shutil.rmtree(out, ignore_errors=True)
+    with open(log, "ab") as f:
+        rc = subprocess.run(study_cmd(args.recipe, out), cwd=REPO, env=dict(env, SAE_BILINGUAL_CRASH_AFTER=args.kill_at),
+                            stdout=f, stderr=f).returncode
+    if rc != 137:
+        print(f"soak: the run did not end at {args.kill_at} (exit {rc}); see {log}")
+        return 1
+    print(f"killed at {args.kill_at}: {phase(out)}", flush=True)
+    run_to_end(args.recipe, out, env, log)
+    diffs = compare_outputs(ref, out)
+    print("\n".join(diffs) if diffs else f"soak: killed at {args.kill_at} and resumed: "
+          f"identical to the clean run ({len(compared_files(ref))} result files)")
+    if not args.keep and args.workdir is None:
+        shutil.rmtree(work, ignore_errors=True)
+    return 1 if diffs else 0
 
 
 if __name__ == "__main__":

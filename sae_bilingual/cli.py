@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -12,13 +13,14 @@ from pathlib import Path
 import yaml
 
 from sae_bilingual.config import load_recipe
+from sae_bilingual.config_checks import check_path_length, check_release_path
 from sae_bilingual.config_loading import yaml_error_line
 from sae_bilingual.errors import ConfigError, OutputError, SaeBilingualError
 from sae_bilingual.report.figures import make_all_figures
 from sae_bilingual.report.html import write_report
 from sae_bilingual.report.neuronpedia import export_all_neuronpedia
 from sae_bilingual.report.release import export_release
-from sae_bilingual.sae.convert import convert_released
+from sae_bilingual.sae.convert import RELEASED_HOOK, convert_released
 from sae_bilingual.study.outdir import is_study_folder, output_lock
 from sae_bilingual.study.run import run_study
 from sae_bilingual.study.summary import check_layer_files, collect_summary
@@ -85,6 +87,7 @@ def cmd_world(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    check_path_length(args.study_dir, "study_dir")
     out = Path(args.study_dir)
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out} is a file, not a study folder; pass the output_dir of a study")
@@ -102,12 +105,16 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
+    check_path_length(args.src, "src")
+    check_path_length(args.dst, "dst")
     path = convert_released(args.src, args.dst, hook_name=args.hook, model_name=args.model, force=args.force)
     print(f"converted: {path}")
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    check_path_length(args.run_dir, "run_dir")
+    check_release_path(args.out, "out")
     out = export_release(args.run_dir, args.out, release=args.release, repo_id=args.repo_id)
     print(f"release: {out}")
     return 0
@@ -153,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("convert", help="convert an SAE released by llm-jp into SAELens format")
     c.add_argument("src", help="dir or file of the released SAE (sae.pth, safetensors or HF TopKSAE)")
     c.add_argument("dst", help="output SAELens SAE dir")
-    c.add_argument("--hook", default="blocks.11.hook_resid_post", help="hook the SAE reads (1.8B layer 12)")
+    c.add_argument("--hook", default=RELEASED_HOOK, help="hook the SAE reads (1.8B layer 12)")
     c.add_argument("--model", default="llm-jp/llm-jp-3-1.8b")
     c.add_argument("--force", action="store_true",
                    help="write the SAE files into a folder holding other files (they are kept)")
@@ -182,6 +189,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except SaeBilingualError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a path the checks above did not cover; one line, not a traceback
+        if e.errno != errno.ENAMETOOLONG:
+            raise
+        print(f"error: {e.filename}: {e.strerror}; choose a shorter path", file=sys.stderr)
         return 2
 
 

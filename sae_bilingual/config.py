@@ -18,12 +18,10 @@ import yaml
 from sae_bilingual.config_checks import check_k, check_recipe, parse_bytes
 from sae_bilingual.config_crosscoder import CrosscoderSpec
 from sae_bilingual.config_loading import from_dict, load_yaml, set_dotted, yaml_error_line
+from sae_bilingual.defaults import (ADAM_EPS, DEFAULT_LR_GRID, DEFAULT_MAX_NEW_TOKENS, GEOMETRIC_MEDIAN_SAMPLE, PAPER_K,
+                                     PAPER_LANGUAGES)
 from sae_bilingual.errors import ConfigError
 
-ADAM_EPS = 6.25e-10
-"""Adam epsilon of the original code (SAESpec and the training SAE's config default to it)."""
-GEOMETRIC_MEDIAN_SAMPLE = 4096
-"""First-batch vectors whose geometric median initialises b_pre."""
 
 # --------------------------------------------------------------------------- schema
 
@@ -90,7 +88,7 @@ class DataSpec:
     hf_split: str = "train"
     hf_text_field: str = "text"
     hf_lang_field: str = "lang"
-    languages: list[str] = field(default_factory=lambda: ["en", "ja"])
+    languages: list[str] = field(default_factory=lambda: list(PAPER_LANGUAGES))
     """Language codes, in the order used for labels."""
     context: int = 64
     """Tokens per document window, BOS included (the paper: 64)."""
@@ -121,7 +119,7 @@ class SAESpec:
     :func:`sae_bilingual.sae.train.train_saes` takes (with the run's own facts: vectors, seed,
     device). A killed unit is redone from the start, which is deterministic."""
 
-    k: int = 32
+    k: int = PAPER_K
     """Latents kept per token (the paper: 32); 1 <= k < n."""
     expansion: int = 16
     """n = expansion * d_model unless `d_sae` is given (the paper: 32,768 / 2,048 = 16)."""
@@ -129,7 +127,7 @@ class SAESpec:
     """Number of latents n (None: expansion * d_model)."""
     lr: Union[float, str] = "grid"
     """A float, or 'grid' to choose from `lr_grid` on the final checkpoint's middle layer."""
-    lr_grid: list[float] = field(default_factory=lambda: [1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3])
+    lr_grid: list[float] = field(default_factory=lambda: list(DEFAULT_LR_GRID))
     batch_size: int = 32_768
     """Vectors per optimiser step (the paper: 32,768; a study clamps it to its training vectors)."""
     warmup_steps: int = 500
@@ -239,7 +237,7 @@ class InterventionSpec:
     unspace_languages: list[str] = field(default_factory=lambda: ["ja"])
     """Languages whose word-separating spaces are removed from `pairs_paths` text."""
     few_shot: int = 3
-    max_new_tokens: int = 24
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     stack: int = 16
     """Conditions x draws evaluated together in one batched pass (more memory, same results)."""
     comet_python: str | None = None

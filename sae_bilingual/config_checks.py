@@ -20,10 +20,10 @@ from typing import Any
 from sae_bilingual.config_crosscoder import check_crosscoder
 from sae_bilingual.errors import ConfigError
 from sae_bilingual.io import host_tag
+from sae_bilingual.study.unit import is_safe_path_part
 
 log = logging.getLogger(__name__)
 
-SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 """A model id usable as one folder level under units/."""
 DEVICE = re.compile(r"(cpu|cuda|mps|xpu)(:\d+)?")
 MAX_SEED = 2**32 - 1
@@ -122,8 +122,8 @@ def _check_inputs(recipe: Any) -> None:
     if not str(recipe.output_dir).strip():
         raise ConfigError("output_dir is empty; name the study's folder, e.g. --output-dir runs/my-study")
     check_path_length(recipe.output_dir, "output_dir")
-    if recipe.export.path:  # (built in a hidden sibling .<name>.<pid@host>.<random>.tmp)
-        check_path_length(recipe.export.path, "export.path", beside=len(host_tag()) + 32)
+    if recipe.export.path:
+        check_release_path(recipe.export.path, "export.path")
 
 
 PATH_ROOM = 1024
@@ -155,6 +155,12 @@ def check_path_length(path: str, field: str, beside: int = 0) -> None:
     if n > path_max - PATH_ROOM:
         raise ConfigError(f"{field}: the path is {n} bytes long; paths here may have {path_max} bytes and the study "
                           f"needs about {PATH_ROOM} below it: choose a path under {path_max - PATH_ROOM} bytes")
+
+
+def check_release_path(path: str, field: str) -> None:
+    """``check_path_length`` for a release folder, which is built in a hidden sibling
+    ``.<name>.<pid@host>.<random>.tmp`` whose name is longer than the folder's."""
+    check_path_length(path, field, beside=len(host_tag()) + 32)
 
 
 def _check_intervention(recipe: Any) -> None:
@@ -208,7 +214,7 @@ def default_model_ids(recipe: Any, family_names: list[str] | None = None) -> lis
     ids: list[str | None] = []
     seen: dict[str, int] = {}
     for i, spec in enumerate(recipe.models):
-        if spec.name is not None and (not SAFE_NAME.fullmatch(spec.name) or ".." in spec.name):
+        if spec.name is not None and not is_safe_path_part(spec.name):
             raise ConfigError(f"models[{i}].name {spec.name!r} cannot be a folder name under units/; use "
                               "letters, digits, '.', '_', '+', '-' only, e.g. name: toy-a")
         if spec.name is not None:

@@ -25,6 +25,7 @@ import torch
 from transformer_lens.model_bridge import TransformerBridge
 from transformer_lens.utilities import apply_softcap
 
+from sae_bilingual.defaults import PAPER_LANGUAGES
 from sae_bilingual.errors import ConfigError, DataError
 
 DEFAULT_LOGITS_BUDGET_BYTES = 256 * 2**20
@@ -122,7 +123,7 @@ def token_windows(windows: Any, langs: Any, languages: Sequence[str] | None, len
     if langs is None:
         raise DataError("perplexity needs a language index per window (langs=LongTensor[N])")
     langs = torch.as_tensor(langs, dtype=torch.long)
-    languages = tuple(languages or ("en", "ja"))
+    languages = tuple(languages or PAPER_LANGUAGES)
     if langs.shape != (N,) or lengths.shape != (N,):
         raise DataError(f"langs/lengths must have shape ({N},); got {tuple(langs.shape)}/{tuple(lengths.shape)}")
     if N and (int(langs.min()) < 0 or int(langs.max()) >= len(languages)):

@@ -3,7 +3,6 @@ every figure written as a valid PNG + SVG, data absent → figure skipped."""
 
 from __future__ import annotations
 
-import json
 import struct
 from pathlib import Path
 

@@ -100,7 +100,7 @@ def test_activation_weighted_correlation():
     a, b = random_codes(seed=8), random_codes(seed=9)
     b = Codes(b.idx, b.val, a.token_id, a.lang, a.doc_id, a.position)
     n = 48
-    A = np.zeros((a.n, n)); B = np.zeros((b.n, n))
+    A, B = np.zeros((a.n, n)), np.zeros((b.n, n))
     np.put_along_axis(A, a.idx.astype(np.int64), a.val, axis=1)
     np.put_along_axis(B, b.idx.astype(np.int64), b.val, axis=1)
     R = np.nan_to_num(np.corrcoef(np.hstack([A, B]).T)[:n, n:])

@@ -13,8 +13,6 @@ import torch
 import yaml
 from safetensors import SafetensorError
 
-from sae_bilingual.cli import main
-from sae_bilingual.errors import OutputError
 from sae_bilingual.io import owner_tag, temp_owner
 from sae_bilingual.report.release import export_release
 from sae_bilingual.sae.files import save_sae

@@ -148,6 +148,20 @@ def test_an_output_dir_too_long_for_the_filesystem_is_one_line(tmp_path: Path, c
         assert f"output_dir: the path is {n} bytes long; paths here may have 4096 bytes" in line
 
 
+@pytest.mark.parametrize("command, field", [
+    (["report", "{long}"], "study_dir"), (["export", "{long}", "{tmp}/rel"], "run_dir"),
+    (["export", "{tmp}", "{long}"], "out"), (["convert", "{long}", "{tmp}/sae"], "src"),
+    (["convert", "{tmp}", "{long}"], "dst")])
+@pytest.mark.parametrize("tail", ["a" * 300, "/".join(["b" * 200] * 24)])
+def test_a_path_too_long_on_the_command_line_is_one_line(tmp_path: Path, capsys, command: list[str],
+                                                         field: str, tail: str) -> None:
+    """Paths given straight to report/export/convert: before, an ENAMETOOLONG traceback."""
+    argv = [a.format(long=tmp_path / tail, tmp=tmp_path) for a in command]
+    line = one_error(argv, capsys)
+    what = "the folder name" if len(tail) == 300 else f"the path is {len(str(tmp_path / tail).encode())} bytes long"
+    assert line.startswith(f"error: {field}: {what}")
+
+
 def test_an_export_folder_name_leaves_room_for_its_build_folder(tmp_path: Path) -> None:
     ok = load_recipe(_recipe(tmp_path, f"export: {{path: {tmp_path / ('c' * 200)}}}\n"))
     assert ok.export.path.endswith("c" * 200)

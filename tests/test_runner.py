@@ -9,7 +9,8 @@ from datasets import Dataset
 from sae_lens import SAE, LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner, LoggingConfig
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from sae_bilingual.config import ADAM_EPS, SAESpec
+from sae_bilingual.config import SAESpec
+from sae_bilingual.defaults import ADAM_EPS
 from sae_bilingual.sae.model import PaperTopKTrainingSAEConfig, new_paper_sae
 from sae_bilingual.sae.train import TrainRun, hook_seed, train_saes
 

@@ -185,6 +185,34 @@ def test_fast_step_runs_under_bf16_autocast():
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in t.parameters())
 
 
+def test_the_gpu_bf16_gemm_branch_gives_the_sparse_gradients(monkeypatch):
+    """The dense half-precision GEMM that replaces the sparse products on a GPU under autocast
+    (``_gemm_dtype``) is reached here on the CPU by forcing it: the same step's gradients as the
+    sparse path, within bf16 rounding (the autocast test above never reaches this branch)."""
+    from sae_lens.saes.sae import TrainStepInput
+
+    import sae_bilingual.sae.kernels as kernels
+
+    torch.manual_seed(5)
+    x = torch.randn(64, 32)
+    grads = {}
+    for branch in ("sparse", "bf16"):
+        if branch == "bf16":
+            monkeypatch.setattr(kernels, "_gemm_dtype", lambda _x: torch.bfloat16)
+        torch.manual_seed(6)
+        t = new_paper_sae(32, k=5, d_sae=128, training=True)
+        t.init_b_pre(x)
+        step = TrainStepInput(sae_in=x, coefficients={}, dead_neuron_mask=None, n_training_steps=0,
+                              is_logging_step=False)
+        t.training_forward_pass(step).loss.backward()
+        grads[branch] = {n: p.grad.clone() for n, p in t.named_parameters()}
+    for name in ("W_enc", "W_dec"):
+        a, b = grads["sparse"][name], grads["bf16"][name]
+        assert a.abs().max() > 0, name
+        assert not torch.equal(a, b), f"{name}: bit-identical, so the bf16 branch was not taken"
+        assert torch.allclose(a, b, rtol=2e-2, atol=2e-2 * float(a.abs().max())), name
+
+
 def test_auxk_loss_matches_dense_reference():
     """The auxiliary-K loss over the dead columns == SAELens-style dense masked top-k."""
     from sae_bilingual.sae.auxk import auxk_loss

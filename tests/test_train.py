@@ -108,14 +108,30 @@ def _ce_by_full_forward(model, sae, w):
 
 
 def test_lr_grid_picks_min():
+    """Each row's validation MSE is that of an SAE trained on its own with that LR (same stream,
+    same seed: equal), the best LR is the lowest finite one, and a diverging LR is kept in the
+    table but never chosen."""
     model, w = _world()
     hook = "blocks.0.hook_resid_post"
     acts, _ = collect_activations(model, w.subset(slice(64, 80)), [hook])
     spec = SAESpec(k=4, expansion=2, batch_size=64)
-    df, best = lr_grid(lambda: ActivationStore(model, w.subset(slice(0, 32)), [hook], batch_size=64,
-                                               buffer_vectors=512), hook, spec, TrainRun(total_steps=30),
-                       lambda sae: reconstruction_metrics(sae, acts[hook]), lrs=(1e-5, 3e-3))
-    assert list(df["lr"]) == [1e-5, 3e-3] and best == df.loc[df["val_mse"].idxmin(), "lr"] == 3e-3
+
+    def store() -> ActivationStore:
+        return ActivationStore(model, w.subset(slice(0, 32)), [hook], batch_size=64, buffer_vectors=512)
+
+    lrs = (1e-5, 3e-3, 1e-3)
+    df, best = lr_grid(store, hook, spec, TrainRun(total_steps=30),
+                       lambda sae: reconstruction_metrics(sae, acts[hook]), lrs=lrs)
+    alone = [reconstruction_metrics(train_saes(store(), [hook], dataclasses.replace(spec, lr=lr),
+                                               TrainRun(total_steps=30))[hook], acts[hook])["mse"] for lr in lrs]
+    assert list(df["lr"]) == list(lrs)
+    assert df["val_mse"].tolist() == pytest.approx(alone, rel=1e-6)
+    assert best == lrs[min(range(len(lrs)), key=alone.__getitem__)]
+    assert len(set(alone)) == len(alone)  # the LRs really differ, so the choice means something
+    calls = iter([math.nan, 0.5, 0.2])
+    df2, best2 = lr_grid(store, hook, spec, TrainRun(total_steps=2),
+                         lambda sae: {"mse": next(calls), "fvu": 0.0}, lrs=(1.0, 1e-3, 2e-3))
+    assert math.isnan(df2["val_mse"][0]) and best2 == 2e-3
 
 
 def test_fused_adam_gives_the_per_tensor_update():

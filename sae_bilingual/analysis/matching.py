@@ -40,6 +40,7 @@ import scipy.sparse as sp
 from scipy.optimize import linear_sum_assignment
 from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 
+from sae_bilingual.study.layout import FEATURES_FILE
 from sae_bilingual.analysis.codes import Codes
 from sae_bilingual.errors import ConfigError, DataError
 
@@ -323,7 +324,7 @@ def match_features(dir_a: str | Path, dir_b: str | Path, cfg: MatchConfig = Matc
 
 
 def _n_latents(unit: Path, codes: Codes | None = None) -> int:
-    fp = unit / "features.parquet"
+    fp = unit / FEATURES_FILE
     if fp.exists():
         return int(pq.ParquetFile(fp).metadata.num_rows)
     cfgp = unit / "sae" / "cfg.json"

@@ -20,6 +20,7 @@ import datasets
 import numpy as np
 import torch
 
+from sae_bilingual.defaults import PAPER_LANGUAGES
 from sae_bilingual.errors import DataError
 from sae_bilingual.hub import offline_by_env, offline_message
 
@@ -81,7 +82,7 @@ def _pad_id(tokenizer: Any, bos: int) -> int:
 
 def make_windows(dataset: Any, tokenizer: Any = None, *, context: int = 64,
                  tokens_per_lang: int | Mapping[str, int] | None = None,
-                 languages: Sequence[str] = ("en", "ja"), seed: int = 0) -> Windows:
+                 languages: Sequence[str] = PAPER_LANGUAGES, seed: int = 0) -> Windows:
     """First ``context`` tokens (BOS first) of each document, with balanced language budgets.
 
     ``dataset``: rows with ``lang`` and ``doc_id`` (optional) and either ``input_ids``

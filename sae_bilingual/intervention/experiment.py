@@ -22,6 +22,7 @@ import torch
 
 from sae_bilingual.lm_loss import DEFAULT_LOGITS_BUDGET_BYTES
 from sae_bilingual.intervention.comet_bridge import comet_available, comet_score
+from sae_bilingual.defaults import DEFAULT_MAX_NEW_TOKENS, PAPER_LANGUAGES
 from sae_bilingual.errors import ConfigError
 from sae_bilingual.intervention.metrics import PromptTemplate, chrf, perplexity, split_pairs, translate
 from sae_bilingual.intervention.hook import FeatureInjection
@@ -44,7 +45,7 @@ class _Setup:
         if windows is None and pairs is None:
             raise ConfigError("run_intervention_table needs eval windows=, pairs= or both")
         if languages is None:
-            languages = tuple(getattr(windows, "languages", None) or ("en", "ja"))
+            languages = tuple(getattr(windows, "languages", None) or PAPER_LANGUAGES)
         self.languages = tuple(languages)
         self.use_comet = comet_available() if comet is None else bool(comet)
         if comet is None and not self.use_comet:
@@ -93,7 +94,7 @@ def run_intervention_table(
     conditions: Sequence[str] = ("none", "en", "ja", "mixed"), alpha: float | Sequence[float] = 0.1,
     m: int | Sequence[int] = 5000, n_draws: int = 5, seed: int = 0, windows: Any = None,
     pairs: pd.DataFrame | None = None, *, languages: Sequence[str] | None = None, few_shot: int = 3,
-    max_new_tokens: int = 48, tokenizer: Any = None, template: PromptTemplate | None = None,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, tokenizer: Any = None, template: PromptTemplate | None = None,
     batch_size: int = 8, scale: str = "residual", add_bias: bool = True, skip_bos: bool = True,
     scale_m_to_sae: bool = True, comet: bool | None = None, comet_kwargs: dict | None = None,
     stack: int = 16, logits_budget_bytes: int = DEFAULT_LOGITS_BUDGET_BYTES,
@@ -149,7 +150,7 @@ def run_intervention_table_one_at_a_time(
     conditions: Sequence[str] = ("none", "en", "ja", "mixed"), alpha: float | Sequence[float] = 0.1,
     m: int | Sequence[int] = 5000, n_draws: int = 5, seed: int = 0, windows: Any = None,
     pairs: pd.DataFrame | None = None, *, languages: Sequence[str] | None = None, few_shot: int = 3,
-    max_new_tokens: int = 48, tokenizer: Any = None, template: PromptTemplate | None = None,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, tokenizer: Any = None, template: PromptTemplate | None = None,
     batch_size: int = 8, scale: str = "residual", add_bias: bool = True, skip_bos: bool = True,
     scale_m_to_sae: bool = True, comet: bool | None = None, comet_kwargs: dict | None = None,
 ) -> pd.DataFrame:

@@ -23,6 +23,7 @@ import torch
 
 from sae_bilingual.lm_loss import DEFAULT_LOGITS_BUDGET_BYTES, final_residual, nll_rows, ppl_row
 from sae_bilingual.lm_loss import token_windows as _windows_parts
+from sae_bilingual.defaults import DEFAULT_MAX_NEW_TOKENS
 from sae_bilingual.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ def translate(
     tgt: str,
     few_shot: int = 3,
     fwd_hooks: list | None = None,
-    max_new_tokens: int = 48,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     *,
     shots_df: pd.DataFrame | None = None,
     tokenizer: Any = None,

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from sae_bilingual.study.layout import FEATURES_FILE, SUMMARY_TABLE, WORLD_META, tables_dir
 from sae_bilingual.study.controls import world_label
 from sae_bilingual.errors import DataError
 from sae_bilingual.models.catalogue import iter_dirname
@@ -48,7 +49,7 @@ def _json_default(o: Any) -> Any:
 def discover_units(study_dir: str | Path) -> list[dict[str, Any]]:
     """SAE units with a features.parquet: [{model, iteration, layer, path}], sorted."""
     out = [{"model": d.family, "iteration": d.iteration, "layer": d.layer, "path": d.path}
-           for d in layer_dirs(study_dir, having=("features.parquet",))]
+           for d in layer_dirs(study_dir, having=(FEATURES_FILE,))]
     return sorted(out, key=lambda u: (u["model"], u["iteration"], u["layer"]))
 
 
@@ -95,7 +96,7 @@ def default_unit(units: list[dict[str, Any]], n_layers: dict[str, int] | None = 
 
 def _n_layers(study: Path) -> dict[str, int]:
     """Blocks per model from the summary table (empty when it is absent)."""
-    p = study / "tables" / "summary.parquet"
+    p = tables_dir(study) / SUMMARY_TABLE
     if not p.exists():
         return {}
     df = pd.read_parquet(p, columns=None)
@@ -122,7 +123,7 @@ def _top_tokens_from_examples(exs: list[dict[str, Any]], k: int = 5) -> str:
 
 def _browser_data(unit: dict[str, Any], max_features: int, max_examples: int) -> tuple[dict[str, Any], str]:
     """Per-SAE payload for the browser, plus a one-line description."""
-    feats = pd.read_parquet(unit["path"] / "features.parquet")
+    feats = pd.read_parquet(unit["path"] / FEATURES_FILE)
     ex_path = unit["path"] / "examples.json"
     examples: dict[str, list] = {}
     if ex_path.exists():
@@ -204,7 +205,7 @@ def browser(study: Path, max_saes: int, max_features: int, max_examples: int) ->
             + f"; per SAE at most {max_features} features and {max_examples} examples per feature. "
             "Token background intensity is proportional to the activation (relative to the feature's "
             "maximum); the outlined token is the example's maximum. Click a column header to sort.</p>")
-    world = read_json(study / "tables" / "world.json")
+    world = read_json(tables_dir(study) / WORLD_META)
     if isinstance(world, dict):  # say which world the features come from (a control or the study's)
         note = f'<p class="note">Data: {html.escape(world_label(world.get("config", {})))}.</p>' + note
     if not units:

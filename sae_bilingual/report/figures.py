@@ -25,6 +25,7 @@ import pandas as pd
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
+from sae_bilingual.study.layout import SUMMARY_TABLE, WORLD_META, tables_dir
 from sae_bilingual.errors import DataError
 from sae_bilingual.report.figures_intervention import fig_intervention
 from sae_bilingual.report.plotting import (
@@ -345,13 +346,13 @@ def make_all_figures(study_dir: str | Path, *, layers: str | list[int] = "middle
     """
     study_dir = Path(study_dir)
     out = study_dir / "figures"
-    tables = study_dir / "tables"
+    tables = tables_dir(study_dir)
     made: dict[str, list[Path]] = {}
 
     def keep(paths: list[Path]) -> None:
         made[paths[0].stem] = paths
 
-    summ_path = tables / "summary.parquet"
+    summ_path = tables / SUMMARY_TABLE
     if summ_path.exists():
         summary = pd.read_parquet(summ_path)
         if summary.empty:
@@ -378,7 +379,7 @@ def make_all_figures(study_dir: str | Path, *, layers: str | list[int] = "middle
         log.warning("%s absent: skipping summary figures", summ_path)
     steps_p, ck_p = tables / "world_loss.csv", tables / "world_checkpoints.csv"
     if steps_p.exists() and ck_p.exists():
-        meta = read_json(tables / "world.json")
+        meta = read_json(tables / WORLD_META)
         keep(fig_world_loss(pd.read_csv(steps_p), pd.read_csv(ck_p), out,
                             meta.get("build_seconds") if isinstance(meta, dict) else None))
     for name, fn in (("lr_grid.csv", fig_lr_grid), ("intervention.csv", fig_intervention)):

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sae_bilingual.study.layout import SUMMARY_TABLE, WORLD_META, tables_dir
 from sae_bilingual import __version__
 from sae_bilingual.study.controls import controls_table, world_label
 from sae_bilingual.errors import DataError
@@ -101,7 +102,7 @@ def _manifest_section(study: Path) -> str:
             lines.append(f"total {_esc(col)}: {tot:.1f} s ({tot / 3600:.2f} h)")
         parts.append(f"<p>{'; '.join(lines)}</p>")
         parts.append(f"<details><summary>units</summary>{_table_html(udf, max_rows=2000)}</details>")
-    split = last_run_split(study / "tables" / TIMINGS_FILE)  # the study's time per stage (latest run)
+    split = last_run_split(tables_dir(study) / TIMINGS_FILE)  # the study's time per stage (latest run)
     if split is not None:
         parts.insert(0, f"<p>Time per stage of the latest run, started {_esc(split[1])} (every run, and the time "
                         f"spent writing this page: tables/{TIMINGS_FILE}):</p>{_table_html(split[0])}")
@@ -143,7 +144,7 @@ def _figures_section(study: Path) -> tuple[str, int]:
 
 
 def _summary_section(study: Path) -> str:
-    p = study / "tables" / "summary.parquet"
+    p = tables_dir(study) / SUMMARY_TABLE
     if not p.exists():
         return _section("summary", "Summary tables", '<p class="meta">tables/summary.parquet not found.</p>')
     df = pd.read_parquet(p)
@@ -161,7 +162,7 @@ def _summary_section(study: Path) -> str:
 
 
 def _csv_section(study: Path, name: str, sec_id: str, title: str) -> str:
-    p = study / "tables" / name
+    p = tables_dir(study) / name
     if not p.exists():
         return ""
     df = pd.read_csv(p)
@@ -183,7 +184,7 @@ def _controls_section(study: Path) -> str:
 
 def _world_section(study: Path) -> str:
     """The toy world the study ran on: build wall time, sizes, config and its loss curve."""
-    meta = read_json(study / "tables" / "world.json")
+    meta = read_json(tables_dir(study) / WORLD_META)
     if not isinstance(meta, dict):
         return ""
     facts = {
@@ -197,7 +198,7 @@ def _world_section(study: Path) -> str:
     png = study / "figures" / "world_loss.png"
     if png.exists():
         parts.append(_figure_html(png))
-    ck = study / "tables" / "world_checkpoints.csv"
+    ck = tables_dir(study) / "world_checkpoints.csv"
     if ck.exists():
         parts.append("<p>Held-out loss of each saved checkpoint:</p>" + _table_html(pd.read_csv(ck)))
     if isinstance(meta.get("config"), dict):
@@ -213,7 +214,7 @@ def _lineage_section(study: Path, max_features: int = 40) -> str:
     """Per (model, layer) with a tables/lineage_*.csv: the flow figure, the origin counts
     of the final features and an ancestry table (one column per earlier checkpoint) for the
     final features that have stored examples (those shown in the feature browser)."""
-    tabs = sorted(p for p in (study / "tables").glob("lineage_*.csv") if _LINEAGE_RE.match(p.name))
+    tabs = sorted(p for p in tables_dir(study).glob("lineage_*.csv") if _LINEAGE_RE.match(p.name))
     if not tabs:
         return ""
     parts = []
@@ -224,7 +225,7 @@ def _lineage_section(study: Path, max_features: int = 40) -> str:
         png = study / "figures" / f"{p.stem}.png"
         if png.exists():
             parts.append(_figure_html(png))
-        sj = study / "tables" / f"{p.stem}_summary.json"
+        sj = tables_dir(study) / f"{p.stem}_summary.json"
         if sj.exists():
             try:
                 summ = json.loads(sj.read_text(encoding="utf-8"))

@@ -30,6 +30,7 @@ import yaml
 from sae_lens.loading.pretrained_sae_loaders import NAMED_PRETRAINED_SAE_LOADERS, sae_lens_disk_loader
 from sae_lens.loading.pretrained_saes_directory import PretrainedSAELookup, get_pretrained_saes_directory
 
+from sae_bilingual.study.layout import UNITS_DIR
 from sae_bilingual import __version__
 from sae_bilingual.errors import OutputError, SAEFileError
 from sae_bilingual.models.public import PUBLIC_FAMILIES, hub_location
@@ -94,7 +95,7 @@ def check_export_folder(run_dir: Path, out: Path, field: str = "export folder") 
     The study's preflight calls it too (``field`` = 'export.path'), so a bad path fails in
     seconds, not after every other stage."""
     r, o = Path(run_dir).resolve(), Path(out).resolve()
-    if o == r or r.is_relative_to(o) or (o.is_relative_to(r) and o.relative_to(r).parts[:1] == ("units",)):
+    if o == r or r.is_relative_to(o) or (o.is_relative_to(r) and o.relative_to(r).parts[:1] == (UNITS_DIR,)):
         raise OutputError(f"{field} {out} would overwrite the study {run_dir}; choose another folder")
     if o.exists() and not o.is_dir():
         raise OutputError(f"{field} {out} is a file; give a folder for the release")

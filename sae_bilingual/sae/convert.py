@@ -36,6 +36,9 @@ from sae_bilingual.io import atomic_write_bytes
 from sae_bilingual.sae.files import check_finite, save_sae
 from sae_bilingual.sae.model import PaperTopKSAE, PaperTopKSAEConfig, make_metadata
 
+RELEASED_HOOK = "blocks.11.hook_resid_post"
+"""The hook of the authors' released SAE (1.8B, paper layer 12): ``convert``'s default."""
+
 log = logging.getLogger(__name__)
 
 RELEASE = "llm-jp-3-1.8b-sae-l12-k32-16x"
@@ -128,7 +131,7 @@ def read_released(path: str | os.PathLike, k: int | None = None) -> tuple[dict[s
     return out, info
 
 
-def released_to_sae(path: str | os.PathLike, *, k: int | None = None, hook_name: str = "blocks.11.hook_resid_post",
+def released_to_sae(path: str | os.PathLike, *, k: int | None = None, hook_name: str = RELEASED_HOOK,
                     model_name: str = "llm-jp-3-1.8b", **provenance: Any) -> PaperTopKSAE:
     """A released SAE as a ``paper_topk`` SAE (encoder bias + ReLU before TopK)."""
     sd, info = read_released(path, k)

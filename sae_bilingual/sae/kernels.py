@@ -65,20 +65,21 @@ _PRE_BUFFER: list[torch.Tensor] = []
 """The one reused (B, n) pre-activation buffer of CPU training steps (see :func:`_pre_buffer`)."""
 
 
-def _pre_buffer(xc: torch.Tensor, n: int) -> torch.Tensor | None:
+def _pre_buffer(xc: torch.Tensor, n: int, slot: list[torch.Tensor] = _PRE_BUFFER) -> torch.Tensor | None:
     """A reused CPU buffer for the training step's (B, n) pre-activations, else None.
 
     A fresh 134 MB (B=4096, n=8192) tensor is a new mmap each step, and first-touching its
     pages cost ~50 ms of a ~300 ms CPU step; the buffer is dead once top-K has read it, so
     every SAE of every step can share one. GPUs (caching allocator) and autocast keep
-    fresh tensors.
+    fresh tensors. ``slot``: the list holding the buffer (the crosscoder keeps its own, so
+    SAEs and a crosscoder of another width trained side by side do not reallocate it in turn).
     """
     if xc.device.type != "cpu" or torch.is_autocast_enabled("cpu"):
         return None
     shape = (xc.shape[0], n)
-    if not _PRE_BUFFER or _PRE_BUFFER[0].shape != shape or _PRE_BUFFER[0].dtype != xc.dtype:
-        _PRE_BUFFER[:] = [torch.empty(shape, dtype=xc.dtype)]
-    return _PRE_BUFFER[0]
+    if not slot or slot[0].shape != shape or slot[0].dtype != xc.dtype:
+        slot[:] = [torch.empty(shape, dtype=xc.dtype)]
+    return slot[0]
 
 
 def release_step_workspace() -> None:

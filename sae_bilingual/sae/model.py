@@ -40,7 +40,7 @@ from torch import nn
 from transformer_lens.hook_points import HookPoint
 
 from sae_bilingual import __version__
-from sae_bilingual.config import ADAM_EPS, GEOMETRIC_MEDIAN_SAMPLE
+from sae_bilingual.defaults import ADAM_EPS, GEOMETRIC_MEDIAN_SAMPLE, PAPER_K
 from sae_bilingual.config_checks import check_k
 from sae_bilingual.errors import ConfigError
 from sae_bilingual.layers import LayerError, layer_for_hook
@@ -81,7 +81,7 @@ class PaperTopKSAEConfig(SAEConfig):
     normalize_activations: "unit_norm" = the paper's per-token L2 normalisation.
     """
 
-    k: int = 32
+    k: int = PAPER_K
     encoder_bias: bool = False
     relu_before_topk: bool = False
     normalize_activations: str = "unit_norm"
@@ -109,7 +109,7 @@ class PaperTopKTrainingSAEConfig(TrainingSAEConfig):
     geometric_median_sample: b_pre <- geometric median of this many first-batch vectors (None: zeros).
     """
 
-    k: int = 32
+    k: int = PAPER_K
     encoder_bias: bool = False
     relu_before_topk: bool = False
     normalize_activations: str = "unit_norm"
@@ -377,7 +377,7 @@ def make_metadata(*, hook_name: str, model_name: str | None = None, **provenance
     return SAEMetadata(**md)
 
 
-def new_paper_sae(d_in: int, *, k: int = 32, d_sae: int | None = None, expansion: int = 16,
+def new_paper_sae(d_in: int, *, k: int = PAPER_K, d_sae: int | None = None, expansion: int = 16,
                   metadata: SAEMetadata | None = None, training: bool = False,
                   device: str = "cpu", dtype: str = "float32", **kw: Any) -> PaperTopKSAE | PaperTopKTrainingSAE:
     """Fresh paper TopK SAE (defaults K=32, d_sae = 16 * d_in)."""

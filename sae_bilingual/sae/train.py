@@ -35,6 +35,7 @@ from sae_lens.training import multi_sae_trainer
 from sae_lens.training.multi_sae_trainer import MultiSAETrainer
 
 from sae_bilingual.config import SAESpec
+from sae_bilingual.defaults import DEFAULT_LR_GRID
 from sae_bilingual.errors import ConfigError, DataError, ExtraMissingError
 from sae_bilingual.sae.files import save_sae
 from sae_bilingual.sae.kernels import release_step_workspace
@@ -151,17 +152,18 @@ def convergence(losses: Sequence[float], tolerance: float = 0.1) -> dict[str, fl
 
 
 @contextlib.contextmanager
-def _training_bar(show: bool) -> Iterator[None]:
-    """MultiSAETrainer.fit opens its own tqdm bar with no switch; hide it for quiet runs."""
+def _training_bar(show: bool, module: Any = multi_sae_trainer) -> Iterator[None]:
+    """MultiSAETrainer.fit (SAETrainer.fit: ``module`` = sae_trainer) opens its own tqdm bar with
+    no switch; hide it for quiet runs."""
     if show:
         yield
         return
-    bar = multi_sae_trainer.tqdm
-    multi_sae_trainer.tqdm = functools.partial(bar, disable=True)
+    bar = module.tqdm
+    module.tqdm = functools.partial(bar, disable=True)
     try:
         yield
     finally:
-        multi_sae_trainer.tqdm = bar
+        module.tqdm = bar
 
 
 def train_saes(store: Iterator[Mapping[str, torch.Tensor]], hooks: Sequence[str], spec: SAESpec, run: TrainRun,
@@ -241,7 +243,7 @@ def train_saes(store: Iterator[Mapping[str, torch.Tensor]], hooks: Sequence[str]
 
 def lr_grid(make_store: Callable[[], Iterator[Mapping[str, torch.Tensor]]], hook: str,
             spec: SAESpec, run: TrainRun, evaluate: Callable[[Any], Mapping[str, float]],
-            lrs: Sequence[float] = (1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3)) -> tuple[pd.DataFrame, float]:
+            lrs: Sequence[float] = DEFAULT_LR_GRID) -> tuple[pd.DataFrame, float]:
     """Train one SAE per learning rate on the same stream; pick the lowest validation MSE.
 
     ``evaluate(sae)`` gives the SAE's validation metrics (``mse``, ``fvu``), e.g.

@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from sae_bilingual.study.layout import tables_dir
 from sae_bilingual.config import Recipe, WorldSpec
 from sae_bilingual.errors import ConfigError
 from sae_bilingual.world import PRESETS
@@ -67,7 +68,7 @@ def controls_table(out: Path) -> pd.DataFrame:
         return pd.DataFrame()
     for name in names:
         root = out if name == "study" else out / "controls" / name
-        path = root / "tables" / "summary.csv"
+        path = tables_dir(root) / "summary.csv"
         df = pd.read_csv(path) if path.exists() else pd.DataFrame()
         if df.empty:
             continue

@@ -12,7 +12,9 @@ loses when the first finishes before the second starts. Two variables name a poi
 
 Points: ``lr_grid`` (the LR grid's table is written, no unit has started), ``trained`` (a
 unit's SAEs of one LM pass are trained, none of their files written), ``layer`` (a layer's
-``summary.json`` is written: the layer is finished).
+``summary.json`` is written: the layer is finished), ``intervention_models`` (the intervention's
+two models are loaded, none of its tables written), ``intervention_table`` (``intervention.csv`` is
+written, its settings file not yet).
 
 Unset (the normal case) they cost two environment lookups per point.
 """
@@ -32,7 +34,7 @@ log = logging.getLogger(__name__)
 CRASH_ENV = "SAE_BILINGUAL_CRASH_AFTER"
 HOLD_ENV = "SAE_BILINGUAL_HOLD_AT"
 RELEASE_ENV = "SAE_BILINGUAL_HOLD_RELEASE"
-POINTS = ("lr_grid", "trained", "layer")
+POINTS = ("lr_grid", "trained", "layer", "intervention_models", "intervention_table")
 KILLED_STATUS = 137
 """What a shell reports for a process ended by SIGKILL (128 + 9)."""
 _passed: Counter[tuple[str, str]] = Counter()

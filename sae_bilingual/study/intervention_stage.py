@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from sae_bilingual.study.layout import FEATURES_FILE, tables_dir
 from sae_bilingual.errors import DataError
 from sae_bilingual.intervention.metrics import PromptTemplate
 from sae_bilingual.intervention.tables import aggregate_table, compare_with_paper, table1, table4, to_markdown
@@ -21,6 +22,7 @@ from sae_bilingual.layers import parse_layers
 from sae_bilingual.intervention.masks import scale_m
 from sae_bilingual.models.generic import is_paper_model
 from sae_bilingual.study.context import StudyContext
+from sae_bilingual.study.faults import crash_point
 from sae_bilingual.study.pipeline import _first_docs_per_lang, _torch_dtype
 from sae_bilingual.sae.files import load_sae
 from sae_bilingual.study.plan import Plan
@@ -32,7 +34,7 @@ log = logging.getLogger(__name__)
 def run_intervention(ctx: StudyContext, plan: Plan, out: Path) -> pd.DataFrame:
     """Table 1 / Table 4: inject final-model features into the mid checkpoint."""
     iv = ctx.recipe.intervention
-    path, settings_path = out / "tables" / "intervention.csv", out / "tables" / "intervention_settings.json"
+    path, settings_path = tables_dir(out) / "intervention.csv", tables_dir(out) / "intervention_settings.json"
     settings = json.dumps({"intervention": dataclasses.asdict(iv), "seed": ctx.recipe.seed}, sort_keys=True, default=str)
     if path.exists() and settings_path.exists() and settings_path.read_text() == settings:
         return pd.read_csv(path)
@@ -53,10 +55,11 @@ def run_intervention(ctx: StudyContext, plan: Plan, out: Path) -> pd.DataFrame:
     name = next(u.family for u in plan.units if u.model_index == iv.model)  # the model's output name
     ldir = Unit(iv.model, name, final.iteration, final.tokens, [layer]).layer_dir(out, layer)
     sae = load_sae(ldir / "sae", device=ctx.recipe.device)
-    features = pd.read_parquet(ldir / "features.parquet")
+    features = pd.read_parquet(ldir / FEATURES_FILE)
     dtype = _torch_dtype(ctx.recipe.dtype)
     final_model = fam.load(final, device=ctx.recipe.device, dtype=dtype)
     mid_model = fam.load(mid, device=ctx.recipe.device, dtype=dtype)
+    crash_point("intervention_models")
     windows = ctx.windows("eval", iv.model)
     windows = _first_docs_per_lang(windows, iv.eval_docs_per_lang)
     pairs = _translation_pairs(ctx)
@@ -82,9 +85,10 @@ def run_intervention(ctx: StudyContext, plan: Plan, out: Path) -> pd.DataFrame:
           "## Table 1", to_markdown(table1(agg)), "", "## Table 4 (PPL all, relative to none)", to_markdown(table4(agg))]
     if is_paper_model(fam):  # the paper's numbers are for LLM-jp-3 3.7B only
         md += ["", "## Beside the paper", compare_with_paper(agg)]
-    atomic_write_text(out / "tables" / "intervention_draws.csv", draws.to_csv(index=False))
-    atomic_write_text(out / "tables" / "intervention.md", "\n".join(md) + "\n")
+    atomic_write_text(tables_dir(out) / "intervention_draws.csv", draws.to_csv(index=False))
+    atomic_write_text(tables_dir(out) / "intervention.md", "\n".join(md) + "\n")
     atomic_write_text(path, agg.to_csv(index=False))
+    crash_point("intervention_table")
     atomic_write_text(settings_path, settings)
     return agg
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from sae_bilingual.study.layout import FEATURES_FILE, tables_dir
 from sae_bilingual.analysis.codes import Codes
 from sae_bilingual.analysis.lineage import Checkpoint, lineage_over_checkpoints
 from sae_bilingual.analysis.matching import MatchConfig
@@ -29,12 +30,12 @@ log = logging.getLogger(__name__)
 
 __all__ = ["run_all_lineage", "run_lineage"]
 
-_UNIT_FILES = ("codes.safetensors", "features.parquet")
+_UNIT_FILES = ("codes.safetensors", FEATURES_FILE)
 
 
 def _load_checkpoint(unit: Path, iteration: int, tokens: int | None) -> Checkpoint:
     """One analysed unit as a lineage checkpoint (codes are loaded later, when matched)."""
-    feats = pd.read_parquet(unit / "features.parquet")
+    feats = pd.read_parquet(unit / FEATURES_FILE)
     if "cls" not in feats.columns:
         raise DataError(f"{unit}/features.parquet has no 'cls' column; rerun the analysis step of this unit.")
     if tokens is None:
@@ -64,7 +65,7 @@ def run_lineage(study_dir: Path, model: str, layer: int, cfg: MatchConfig | None
     t0 = time.perf_counter()
     res = lineage_over_checkpoints(cks, cfg, load=lambda c: Codes.load(c.unit / "codes.safetensors"))
     stem = f"lineage_{slug(model)}_L{int(layer):02d}"
-    tables = study_dir / "tables"
+    tables = tables_dir(study_dir)
     final_org = res["origins"][res["origins"]["iteration"] == cks[-1].iteration].set_index("feature")
     anc = res["ancestry"].merge(final_org[["origin", "ancestor_langs", "n_ancestors"]],
                                 left_on="feature", right_index=True, how="left")

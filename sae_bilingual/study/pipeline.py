@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 from safetensors import safe_open
 
+from sae_bilingual.study.layout import FEATURES_FILE, tables_dir
 from sae_bilingual import __version__
 from sae_bilingual.analysis import stream
 from sae_bilingual.analysis.codes import Codes
@@ -335,7 +336,7 @@ def analyse_layer(ctx: StudyContext, unit: Unit, layer: int, sae: Any, codes: Co
         row.update({k: v for k, v in gt_scores.items() if np.isscalar(v)})
     tok = ctx.tokenizer(unit.model_index)
     df["top_tokens"] = [[tok.convert_ids_to_tokens(int(t)) for t in ids] for ids in df["top_token_ids"]]
-    save_parquet(df, ldir / "features.parquet")
+    save_parquet(df, ldir / FEATURES_FILE)
     browse = _browser_features(df, a.n_browser_features, languages)
     examples = top_examples(codes, None, browse, n_examples=a.n_examples, tokenizer=tok)
     atomic_write_json(ldir / "examples.json", examples)
@@ -365,7 +366,7 @@ def _browser_features(df: pd.DataFrame, n: int, languages: tuple[str, ...]) -> l
 def run_lr_grid(ctx: StudyContext, unit: Unit, out: Path) -> float:
     """Train one SAE per LR on the final checkpoint's middle layer; pick the lowest val MSE."""
     grid = list(ctx.recipe.sae.lr_grid)
-    path = out / "tables" / "lr_grid.csv"
+    path = tables_dir(out) / "lr_grid.csv"
     if path.exists():
         df = pd.read_csv(path)
         if sorted(df["lr"]) == sorted(grid):
@@ -382,7 +383,7 @@ def run_lr_grid(ctx: StudyContext, unit: Unit, out: Path) -> float:
     df, best = train.lr_grid(lambda: _store(ctx, unit, model, [hook], run.batch_size(spec), out), hook, spec, run,
                              validate, grid)
     df["model"], df["iteration"], df["layer"] = unit.family, unit.iteration, unit.layers[0]
-    save_parquet(df, out / "tables" / "lr_grid.parquet")
+    save_parquet(df, tables_dir(out) / "lr_grid.parquet")
     atomic_write_text(path, df.to_csv(index=False))  # last: its presence marks the grid done
     crash_point("lr_grid")
     return float(best)

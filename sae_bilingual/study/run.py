@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
+from sae_bilingual.study.layout import WORLD_META, tables_dir
 from sae_bilingual.study.lineage_stage import run_all_lineage
 from sae_bilingual.config import Recipe, recipe_to_dict
 from sae_bilingual.io import atomic_write_json, atomic_write_text
@@ -109,12 +110,12 @@ def _run_locked(recipe: Recipe, ctx: StudyContext, plan: Plan, timer: StageTimer
     timer.call("lineage", run_all_lineage, out)
     timer.call("figures", make_all_figures, out)
     timer.call("neuronpedia", export_all_neuronpedia, out)
-    append_timings(timer, out / "tables" / TIMINGS_FILE)  # before the report, which shows it
+    append_timings(timer, tables_dir(out) / TIMINGS_FILE)  # before the report, which shows it
     report = timer.call("report", write_report, out, make_figures=False)
     if recipe.export.enabled:
         timer.call("export", export_release, out, study_release_folder(out, recipe.export.path),
                    release=recipe.export.release, repo_id=recipe.export.repo_id, from_study=True)
-    append_timings(timer, out / "tables" / TIMINGS_FILE)
+    append_timings(timer, tables_dir(out) / TIMINGS_FILE)
     timer.log_split()
     log.info("study finished in %.1f s: %d SAEs, report %s", timer.elapsed(), len(summary), report)
     return report
@@ -127,9 +128,9 @@ def write_world_tables(world: World, out: Path) -> None:
     world_checkpoints.csv (iteration, tokens, held-out loss of each saved checkpoint).
     """
     meta = {k: v for k, v in world.meta.items() if k not in ("loss_curve", "checkpoints")}
-    atomic_write_json(out / "tables" / "world.json", meta)
-    atomic_write_text(out / "tables" / "world_loss.csv", world.loss_curve.to_csv(index=False))
+    atomic_write_json(tables_dir(out) / WORLD_META, meta)
+    atomic_write_text(tables_dir(out) / "world_loss.csv", world.loss_curve.to_csv(index=False))
     ck = pd.DataFrame(world.meta["checkpoints"])
-    atomic_write_text(out / "tables" / "world_checkpoints.csv", ck.to_csv(index=False))
+    atomic_write_text(tables_dir(out) / "world_checkpoints.csv", ck.to_csv(index=False))
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from sae_bilingual.study.layout import SUMMARY_TABLE, tables_dir
 from sae_bilingual.errors import DataError
 from sae_bilingual.io import atomic_write_text, save_parquet
 from sae_bilingual.study.artefacts import ARTEFACTS_KEY, SUMMARY_FILE, mismatches, read_json
@@ -20,8 +21,8 @@ def collect_summary(out: Path) -> pd.DataFrame:
     df = pd.DataFrame([{k: v for k, v in r.items() if k != ARTEFACTS_KEY} for r in rows if isinstance(r, dict)])
     if len(df):
         df = df.sort_values(["model", "iteration", "layer"]).reset_index(drop=True)
-    save_parquet(df, out / "tables" / "summary.parquet")
-    atomic_write_text(out / "tables" / "summary.csv", df.to_csv(index=False))
+    save_parquet(df, tables_dir(out) / SUMMARY_TABLE)
+    atomic_write_text(tables_dir(out) / "summary.csv", df.to_csv(index=False))
     return df
 
 

@@ -23,9 +23,8 @@ from pathlib import Path
 from sae_bilingual.errors import OutputError
 from sae_bilingual.models.catalogue import iter_dirname
 from sae_bilingual.study.artefacts import layer_finished
+from sae_bilingual.study.layout import UNITS_DIR
 
-UNITS_DIR = "units"
-"""Folder of the unit directories under a study's output dir."""
 SAFE_PATH_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 _ITER_RE = re.compile(r"^iter_(\d+)$")
 _LAYER_RE = re.compile(r"^L(\d+)$")
@@ -51,9 +50,15 @@ def layer_path(out: str | os.PathLike, family: str, iteration: int, layer: int) 
     return Path(out) / UNITS_DIR / family / layer_id(iteration, layer)
 
 
+def is_safe_path_part(name: object) -> bool:
+    """True for a name usable as one directory level under the output dir: no '/', no '..',
+    no leading dot (the one rule for model names and family ids)."""
+    return isinstance(name, str) and bool(SAFE_PATH_PART.fullmatch(name)) and ".." not in name
+
+
 def check_path_part(name: str, what: str = "model family") -> str:
-    """A name used as one directory level under the output dir: no '/', no '..', no leading dot."""
-    if not isinstance(name, str) or not SAFE_PATH_PART.fullmatch(name) or ".." in name:
+    """:func:`is_safe_path_part`, or an error naming what the name is for."""
+    if not is_safe_path_part(name):
         raise OutputError(
             f"{what} name {name!r} cannot be used as a directory name under the output dir "
             "(it would write outside units/<family>/); use letters, digits, '.', '_', '+', '-' only"

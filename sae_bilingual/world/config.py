@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from sae_bilingual.defaults import PAPER_LANGUAGES
 from sae_bilingual.errors import ConfigError
 from sae_bilingual.world.generator import GeneratorConfig
 
@@ -26,7 +27,7 @@ class WorldConfig:
 
     seed: int = 0
     """Seed for the corpus generator, model initialisation and batch order."""
-    languages: tuple[str, ...] = ("en", "ja")
+    languages: tuple[str, ...] = PAPER_LANGUAGES
     """Language codes; each needs forms in world/lexicon.py and a realizer in world/grammar.py."""
     n_concepts: int | None = None
     """Concepts drawn from the lexicon (None = all 330; a share of every category is kept)."""

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from sae_bilingual.defaults import PAPER_LANGUAGES
 from sae_bilingual.errors import ConfigError
 from sae_bilingual.world.grammar import NP, REALIZERS, Frame, Style, Token
 from sae_bilingual.world.lexicon import Concept, Lexicon
@@ -47,7 +48,7 @@ class GeneratorConfig:
     """Random seed: the same seed and config give the same corpus."""
     n_concepts: int | None = None
     """Number of concepts (None = the whole lexicon, 330)."""
-    languages: tuple[str, ...] = ("en", "ja")
+    languages: tuple[str, ...] = PAPER_LANGUAGES
     """Language codes; each needs forms in world/lexicon.py and a realizer in world/grammar.py."""
     bilingual_share: float = 0.2
     """Share of documents made of translation pairs (both languages, alternating order)."""

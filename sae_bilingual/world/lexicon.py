@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 
+from sae_bilingual.defaults import PAPER_LANGUAGES
 from sae_bilingual.errors import ConfigError
 
 NO_CONCEPT = -1
@@ -171,7 +172,7 @@ def _forms_for(pos: str, en: str, ja: str, attrs: list[str]) -> tuple[dict[str, 
     return {"base": en}, {"base": ja}
 
 
-def build_lexicon(n_concepts: int | None = None, languages: Sequence[str] = ("en", "ja")) -> Lexicon:
+def build_lexicon(n_concepts: int | None = None, languages: Sequence[str] = PAPER_LANGUAGES) -> Lexicon:
     """The concept inventory, optionally cut to ``n_concepts`` (a share of each category).
 
     Why a share per category: a small world for tests keeps every template usable.
