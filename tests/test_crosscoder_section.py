@@ -6,7 +6,7 @@ import json
 
 import pandas as pd
 
-from sae_bilingual.report.crosscoder_section import crosscoder_body, crosscoder_release
+from sae_bilingual.report.crosscoder_section import crosscoder_body, crosscoder_controls_table, crosscoder_release
 
 
 def _study(tmp_path):
@@ -41,3 +41,18 @@ def test_release_copies_and_lists(tmp_path):
     assert e["path"] == "toy/crosscoder/L02" and e["checkpoint_iterations"] == [0, 9]
     assert e["fvu_per_checkpoint"] == [0.2, 0.3] and e["variance_explained"] == 0.75
     assert any("## Crosscoders" in l for l in lines) and any("`toy/crosscoder/L02`" in l for l in lines)
+
+
+def test_controls_table_by_hand(tmp_path):
+    study = _study(tmp_path)
+    s = json.loads((study / "crosscoders/toy/L02/summary.json").read_text())
+    s.update(seconds=6.0, max_fvu_ratio=1.2, n_mixed_bilingual_concept=4, mixed_bilingual_emerged={"0": 0, "9": 4})
+    (study / "crosscoders/toy/L02/summary.json").write_text(json.dumps(s))
+    for it, sec in ((0, 1.0), (9, 2.0)):
+        d = study / "units" / "toy" / f"iter_{it:07d}" / "L02"
+        d.mkdir(parents=True)
+        (d / "summary.json").write_text(json.dumps({"seconds": sec}))
+    t = crosscoder_controls_table({"w": study})
+    r = t.iloc[0]
+    assert r["time_ratio"] == 2.0 and r["first_mixed_bilingual_iteration"] == 9 and r["max_fvu_ratio"] == 1.2
+    assert r["fvu_ratio_per_slice"] == "1.11 1.20" and r["exclusive_artefact"] == 2

@@ -19,7 +19,7 @@ import pandas as pd
 
 from sae_bilingual.report.plotting import slug
 
-__all__ = ["crosscoder_body", "crosscoder_release"]
+__all__ = ["crosscoder_body", "crosscoder_controls_table", "crosscoder_release"]
 
 CROSSCODER_FILES = ("cfg.json", "sae_weights.safetensors")
 
@@ -94,3 +94,33 @@ def crosscoder_release(study: Path, tmp: Path, release: str, repo_id: str) -> tu
                      f"{int(s['d_sae'])} | {float(s['l0']):.1f} | "
                      + ", ".join(f"{float(x['fvu']):.3f}" for x in s["slices"]) + " |")
     return doc, lines
+
+
+def crosscoder_controls_table(worlds: dict[str, Path]) -> pd.DataFrame:
+    """One row per (world, model, layer) crosscoder: FVU per slice against the SAEs, Mixed and
+    concept-bilingual latents (and the first checkpoint where a Mixed concept-bilingual latent
+    is alive), exclusive latents by kind, and the crosscoder's time against its SAEs'.
+
+    ``worlds``: label -> a finished study folder. The SAEs' time is the sum over the spanned
+    units of their summary rows' ``seconds`` at that layer (their share of the LM pass included);
+    the crosscoder's is its stage's ``seconds`` (the C LM passes included)."""
+    rows = []
+    for label, study in worlds.items():
+        for folder, s in _finished(Path(study)):
+            sae_s = sum(float(json.loads((Path(study) / "units" / s["model"] / f"iter_{sl['iteration']:07d}"
+                                          / f"L{int(s['layer']):02d}" / "summary.json").read_text())["seconds"])
+                        for sl in s["slices"])
+            em = s.get("mixed_bilingual_emerged") or {}
+            first = next((int(k) for k, v in em.items() if v > 0), None)
+            ex = s.get("exclusive_kinds") or {}
+            rows.append({
+                "world": label, "layer": s["layer"], "C": s["n_checkpoints"], "n": s["d_sae"],
+                "sae_latents": s["sae_total_latents"],
+                "fvu_ratio_per_slice": " ".join(f"{x['ratio']:.2f}" for x in s["slices"]),
+                "max_fvu_ratio": round(float(s["max_fvu_ratio"]), 3), "n_live": s["n_live"], "n_mixed": s["n_mixed"],
+                "n_mixed_concept_bilingual": s.get("n_mixed_bilingual_concept"),
+                "first_mixed_bilingual_iteration": first, "n_exclusive": s["n_exclusive"],
+                "exclusive_real": ex.get("real"), "exclusive_artefact": ex.get("artefact"),
+                "exclusive_unknown": ex.get("unknown"), "time_ratio": round(float(s["seconds"]) / sae_s, 2) if sae_s else None,
+            })
+    return pd.DataFrame(rows)
