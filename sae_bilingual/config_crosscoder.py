@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 
 from sae_bilingual.errors import ConfigError
+from sae_bilingual.layers import parse_layers
 
 EMERGENCE_THRESHOLD = 0.5
 """Default ``crosscoder.emergence_threshold``: a latent is alive at checkpoint c when its decoder
@@ -95,3 +96,32 @@ def check_crosscoder(recipe: Any) -> None:
         raise _bad("checkpoints", f"needs >= 2 distinct iterations, got {c.checkpoints}")
     if not 0 <= c.model < len(recipe.models):
         raise _bad("model", f"{c.model} is not an index into models (0..{len(recipe.models) - 1})")
+
+
+def crosscoder_targets(spec: CrosscoderSpec, units: list[Any], n_layers: int) -> list[tuple[int, list[Any]]]:
+    """[(paper layer, the study's units it spans, by iteration)] for an enabled section.
+
+    ``units``: the study plan's units (``model_index``, ``iteration``, ``layers``). Raises a
+    ConfigError naming ``crosscoder.checkpoints`` / ``crosscoder.layers`` when the section asks
+    for a checkpoint or layer the study does not analyse (the stage compares with its SAEs)."""
+    from_model = sorted((u for u in units if u.model_index == spec.model), key=lambda u: u.iteration)
+    if spec.checkpoints == "study":
+        chosen = from_model
+    else:
+        have = {u.iteration: u for u in from_model}
+        missing = [it for it in spec.checkpoints if it not in have]
+        if missing:
+            raise _bad("checkpoints", f"{missing} are not checkpoints of the study's model {spec.model} "
+                       f"(it analyses {sorted(have)})")
+        chosen = [have[it] for it in sorted(spec.checkpoints)]
+    if len(chosen) < 2:
+        raise _bad("checkpoints", f"a crosscoder spans >= 2 checkpoints; the study has {len(chosen)} of model "
+                   f"{spec.model}")
+    layers = parse_layers(spec.layers, n_layers)
+    out = []
+    for layer in layers:
+        if any(layer not in u.layers for u in chosen):
+            raise _bad("layers", f"layer {layer} is not analysed at every spanned checkpoint "
+                       f"(the study's layers: {chosen[0].layers})")
+        out.append((layer, chosen))
+    return out

@@ -10,6 +10,7 @@ from sae_bilingual.analysis.crosscoder import (
     alive_mask,
     best_cosine_match,
     codes_from_dense,
+    codes_from_sparse,
     decoder_shares,
     emergence_index,
     exclusive_reality,
@@ -107,3 +108,14 @@ def test_lineage_birth_and_comparison_by_hand():
     assert cmp["latent"].tolist() == [0, 1]  # the never-alive latent is left out
     assert cmp["sae_feature"].tolist() == [0, 2] and cmp["lineage_birth_iteration"].tolist() == [0, 5]
     assert cmp["relation"].tolist() == ["later", "same"] and cmp["lineage_origin"].tolist() == ["persist", "widen"]
+
+
+def test_codes_from_sparse_equals_the_dense_reference():
+    g = torch.Generator().manual_seed(0)
+    z = torch.relu(torch.randn(50, 12, generator=g) - 0.8)
+    vals, idx = torch.topk(z, int((z > 0).sum(1).max()) + 1, dim=1)  # as encode_sparse: descending, zeros past the active
+    lab = _labels(50)
+    a = analyse_features(codes_from_sparse(vals, idx, 12, lab, ("en", "ja")), 13).iloc[:12]
+    b = analyse_features(codes_from_dense(z, lab, ("en", "ja")), 13).iloc[:12]
+    cols = ["max_act", "n_fired", "n_active", "cls", "span_mean"]
+    pd.testing.assert_frame_equal(a[cols], b[cols])

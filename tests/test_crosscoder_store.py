@@ -8,7 +8,7 @@ from datasets import Dataset
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from sae_bilingual.data.corpus import make_windows
-from sae_bilingual.data.crosscoder_store import aligned_from_slices, collect_aligned, windows_for_tokens
+from sae_bilingual.data.crosscoder_store import aligned_from_slices, collect_aligned, collect_aligned_sets, windows_for_tokens
 from sae_bilingual.data.store import Labels, collect_activations
 from sae_bilingual.errors import DataError
 
@@ -80,3 +80,15 @@ def test_other_d_model_refused(windows):
 
     with pytest.raises(DataError, match="d_model"):
         collect_aligned(load, 2, windows, HOOK)
+
+
+def test_sets_load_each_checkpoint_once(windows):
+    loaded: list[int] = []
+
+    def load(c):
+        loaded.append(c)
+        return _model(10 + c)
+
+    a, b = collect_aligned_sets(load, 2, [windows, windows.subset(slice(0, 5))], HOOK)
+    assert loaded == [0, 1]
+    assert torch.equal(b.rows, a.rows[:b.rows.shape[0]])  # the first 5 windows' rows, same values

@@ -47,7 +47,7 @@ from sae_bilingual.analysis.codes import Codes
 from sae_bilingual.data.store import Labels
 from sae_bilingual.errors import DataError
 
-__all__ = ["alive_mask", "codes_from_dense", "decoder_shares", "emergence_index", "exclusive_reality",
+__all__ = ["alive_mask", "codes_from_dense", "codes_from_sparse", "decoder_shares", "emergence_index", "exclusive_reality",
            "latent_table", "lineage_birth", "lineage_comparison", "best_cosine_match"]
 
 
@@ -87,6 +87,17 @@ def codes_from_dense(z: torch.Tensor, labels: Labels, languages: Sequence[str]) 
     pad = torch.arange(K)[None, :] >= nnz[:, None]
     idx = torch.where(pad, torch.full_like(idx, n), idx)
     val = torch.where(pad, torch.zeros_like(val), val)
+    return Codes(idx.to(torch.int32), val.float(), labels.token_id, labels.lang, labels.doc_id, labels.position,
+                 tuple(languages))
+
+
+def codes_from_sparse(val: torch.Tensor, idx: torch.Tensor, n: int, labels: Labels,
+                      languages: Sequence[str]) -> Codes:
+    """The crosscoder's ``encode_sparse`` output (values [M, cap] descending, zeros past a row's
+    active latents) -> :class:`Codes` over n + 1 latents, the zero slots pointing at the
+    sentinel latent n (as :func:`codes_from_dense`, its reference)."""
+    pad = val == 0
+    idx = torch.where(pad, torch.full_like(idx, n), idx)
     return Codes(idx.to(torch.int32), val.float(), labels.token_id, labels.lang, labels.doc_id, labels.position,
                  tuple(languages))
 

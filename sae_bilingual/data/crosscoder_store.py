@@ -25,7 +25,7 @@ from sae_bilingual.errors import DataError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AlignedRows", "collect_aligned", "windows_for_tokens"]
+__all__ = ["AlignedRows", "aligned_from_slices", "collect_aligned", "collect_aligned_sets", "windows_for_tokens"]
 
 
 @dataclass
@@ -83,52 +83,60 @@ def windows_for_tokens(windows: Windows, tokens: int | None) -> Windows:
 def collect_aligned(load: Callable[[int], Any], n_checkpoints: int, windows: Windows, hook: str, *,
                     lm_batch_size: int = 32, device: str | torch.device | None = None,
                     dtype: torch.dtype = torch.float32) -> AlignedRows:
-    """Aligned rows of ``hook`` for checkpoints 0..C-1, loading each with ``load(c)`` in turn.
+    """Aligned rows of ``hook`` for checkpoints 0..C-1, loading each with ``load(c)`` in turn
+    (:func:`collect_aligned_sets` with one set of windows)."""
+    return collect_aligned_sets(load, n_checkpoints, [windows], hook, lm_batch_size=lm_batch_size,
+                                device=device, dtype=dtype)[0]
 
-    Each checkpoint's model is dropped (and the cyclic collector and CUDA cache emptied)
-    before the next is loaded. The labels come from checkpoint 0's pass; every later pass
-    must give the same tokens, else the windows were not the same and a DataError says so.
+
+def collect_aligned_sets(load: Callable[[int], Any], n_checkpoints: int, window_sets: Sequence[Windows], hook: str,
+                         *, lm_batch_size: int = 32, device: str | torch.device | None = None,
+                         dtype: torch.dtype = torch.float32) -> list[AlignedRows]:
+    """Aligned rows of ``hook`` over each set of windows (e.g. train and eval), every checkpoint
+    loaded ONCE for all sets: ``load(c)`` for c = 0..C-1 in turn, each model dropped (and the
+    cyclic collector and CUDA cache emptied) before the next is loaded.
+
+    The labels come from checkpoint 0's pass; every later pass must see the same tokens, else
+    the windows were not the same and a DataError says so.
     """
     C = int(n_checkpoints)
     if C < 1:
         raise DataError(f"a crosscoder needs >= 1 checkpoint, got {C}")
-    M = windows.n_vectors
-    buf: torch.Tensor | None = None
-    labels: Labels | None = None
+    bufs: list[torch.Tensor | None] = [None] * len(window_sets)
+    labels: list[Labels | None] = [None] * len(window_sets)
     for c in range(C):
         model = load(c)
-        off = 0
-        labs: list[Labels] = []
-        for acts, lab in iter_activations(model, windows, [hook], batch_size=lm_batch_size, device=device):
-            a = acts[hook]
-            if buf is None:
-                d = int(a.shape[1])
-                buf = torch.empty(M, C * d, dtype=dtype)
-                log.info("aligned store: %d rows x %d checkpoints x d=%d (%.1f MB)", M, C, d,
-                         buf.numel() * buf.element_size() / 1e6)
-            d = buf.shape[1] // C
-            if a.shape[1] != d:
-                raise DataError(f"checkpoint {c} has d_model {a.shape[1]} at {hook}, checkpoint 0 has {d}: "
-                                "a crosscoder's checkpoints must be one model's")
-            m = int(a.shape[0])
-            buf[off:off + m, c * d:(c + 1) * d] = a.to(dtype)
-            off += m
-            labs.append(lab)
-        if off != M:
-            raise DataError(f"checkpoint {c} gave {off} vectors at {hook}, the windows hold {M}")
-        if c == 0:
-            labels = Labels.cat(labs)
-        else:
-            tok = torch.cat([l.token_id for l in labs])
-            assert labels is not None
-            if not torch.equal(tok, labels.token_id):
+        for j, windows in enumerate(window_sets):
+            M = windows.n_vectors
+            off = 0
+            labs: list[Labels] = []
+            for acts, lab in iter_activations(model, windows, [hook], batch_size=lm_batch_size, device=device):
+                a = acts[hook]
+                if bufs[j] is None:
+                    bufs[j] = torch.empty(M, C * int(a.shape[1]), dtype=dtype)
+                    log.info("aligned store: %d rows x %d checkpoints x d=%d (%.1f MB)", M, C, a.shape[1],
+                             bufs[j].numel() * bufs[j].element_size() / 1e6)
+                buf = bufs[j]
+                d = buf.shape[1] // C
+                if a.shape[1] != d:
+                    raise DataError(f"checkpoint {c} has d_model {a.shape[1]} at {hook}, checkpoint 0 has {d}: "
+                                    "a crosscoder's checkpoints must be one model's")
+                m = int(a.shape[0])
+                buf[off:off + m, c * d:(c + 1) * d] = a.to(dtype)
+                off += m
+                labs.append(lab)
+            if off != M:
+                raise DataError(f"checkpoint {c} gave {off} vectors at {hook}, the windows hold {M}")
+            got = Labels.cat(labs)
+            if c == 0:
+                labels[j] = got
+            elif not torch.equal(got.token_id, labels[j].token_id):
                 raise DataError(f"checkpoint {c} saw other tokens than checkpoint 0: the windows differ")
-        del model, labs
+        del model
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    assert buf is not None and labels is not None
-    return AlignedRows(buf, labels, C)
+    return [AlignedRows(b, l, C) for b, l in zip(bufs, labels)]
 
 
 def aligned_from_slices(slices: Sequence[torch.Tensor], labels: Labels) -> AlignedRows:

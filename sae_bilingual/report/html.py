@@ -31,6 +31,7 @@ from sae_bilingual.study.controls import controls_table, world_label
 from sae_bilingual.errors import DataError
 from sae_bilingual.io import atomic_write_text
 from sae_bilingual.study.manifest import read_json
+from sae_bilingual.report.crosscoder_section import crosscoder_body
 from sae_bilingual.report.browser import NOSPACE_LANGUAGES, _esc, _json_default, browser, discover_units
 from sae_bilingual.report.figures import FIGURE_CAPTIONS, make_all_figures
 from sae_bilingual.study.timing import TIMINGS_FILE, last_run_split
@@ -136,7 +137,7 @@ def _figure_html(png: Path) -> str:
 
 def _figures_section(study: Path) -> tuple[str, int]:
     pngs = sorted((study / "figures").glob("*.png"), key=lambda p: _figure_sort_key(p.stem))
-    pngs = [p for p in pngs if not p.name.startswith((".", "lineage_", "world_"))]
+    pngs = [p for p in pngs if not p.name.startswith((".", "lineage_", "world_", "crosscoder_"))]
     if not pngs:
         return _section("figures", "Figures", '<p class="meta">No figures (no summary table yet).</p>'), 0
     return _section("figures", "Figures", "\n".join(_figure_html(p) for p in pngs)), len(pngs)
@@ -287,6 +288,7 @@ def write_report(study_dir: str | Path, *, make_figures: bool = True, max_saes: 
     if make_figures:
         make_all_figures(study)
     figs, n_figs = _figures_section(study)
+    cc = crosscoder_body(study, _figure_html, _table_html)  # "" without crosscoders
     sections = [
         ("recipe", "Recipe", _recipe_section(study)),
         ("run", "Run info", _manifest_section(study)),
@@ -297,6 +299,7 @@ def write_report(study_dir: str | Path, *, make_figures: bool = True, max_saes: 
         ("lr-grid", "LR grid", _csv_section(study, "lr_grid.csv", "lr-grid", "LR grid")),
         ("intervention", "Intervention", _csv_section(study, "intervention.csv", "intervention", "Intervention")),
         ("lineage", "Lineage", _lineage_section(study)),
+        ("crosscoder", "Crosscoder", _section("crosscoder", "Crosscoder", cc) if cc else ""),
     ]
     sections = [s for s in sections if s[2]]
     nav = " ".join(f'<a href="#{_esc(i)}">{_esc(t)}</a>' for i, t, _ in sections)

@@ -34,6 +34,7 @@ from sae_bilingual.study.layout import UNITS_DIR
 from sae_bilingual import __version__
 from sae_bilingual.errors import OutputError, SAEFileError
 from sae_bilingual.models.public import PUBLIC_FAMILIES, hub_location
+from sae_bilingual.report.crosscoder_section import crosscoder_release
 from sae_bilingual.report.release_install import CARD_FILE, RELEASE_FILE, is_release_folder, staged_release
 from sae_bilingual.sae.files import export_stock_topk, load_sae
 from sae_bilingual.sae.model import ARCHITECTURE
@@ -253,8 +254,9 @@ def export_release(run_dir: str | Path, out: str | Path, *, release: str | None 
             export_stock_topk(sae, tmp / e.path)
             by_model.setdefault(e.model, []).append((e, prov))
         doc = _release_yaml(by_model, release, repo_id, model_ids)
-        (tmp / RELEASE_FILE).write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True), encoding="utf-8")
-        (tmp / CARD_FILE).write_text(_card(doc, recipe, out, languages), encoding="utf-8")
+        cc_doc, cc_lines = crosscoder_release(run_dir, tmp, release, repo_id)  # crosscoders: their own entries
+        (tmp / RELEASE_FILE).write_text(yaml.safe_dump(doc | cc_doc, sort_keys=False, allow_unicode=True), encoding="utf-8")
+        (tmp / CARD_FILE).write_text(_card(doc, recipe, out, languages) + "\n".join(cc_lines), encoding="utf-8")
         if recipe_path.exists():
             (tmp / "recipe.yaml").write_text(recipe_path.read_text(encoding="utf-8"), encoding="utf-8")
     log.info("exported %d SAEs of %d model(s) to %s", len(saes), len(by_model), out)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sae_bilingual.errors import ConfigError
+from sae_bilingual.study.memplan_crosscoder import crosscoder_memory_lines
 from sae_bilingual.study.memplan import (
     PLAN_FRACTION,
     LMShape,
@@ -209,7 +210,7 @@ def describe_dry_run(recipe: Any, plan: Any, ctx: Any, inputs: DryRunInputs) -> 
         check_path_part(u.family)
     for i, spec in enumerate(recipe.models):
         check_k_below_n(recipe, ctx.family(i).d_model, spec.family)
-    lines = [describe_plan(plan, recipe), *describe_memory(recipe, plan, ctx)]
+    lines = [describe_plan(plan, recipe), *describe_memory(recipe, plan, ctx), *crosscoder_memory_lines(recipe, plan, ctx)]
     lines += [f"warning: {m}" for m in inputs.missing]
     lines += [f"warning: {w}" for w in inputs.warnings]
     if inputs.missing:

@@ -31,6 +31,7 @@ from sae_bilingual.report.neuronpedia import export_all_neuronpedia
 from sae_bilingual.report.release import export_release, study_release_folder
 from sae_bilingual.study import pipeline
 from sae_bilingual.study.context import StudyContext
+from sae_bilingual.study.crosscoder_stage import run_all_crosscoders
 from sae_bilingual.study.controls import control_recipe
 from sae_bilingual.study.dryrun import describe_dry_run, dry_run_inputs
 from sae_bilingual.study.executors import UnitJob, get_executor
@@ -108,6 +109,7 @@ def _run_locked(recipe: Recipe, ctx: StudyContext, plan: Plan, timer: StageTimer
     if recipe.intervention.enabled:
         timer.call("intervention", run_intervention, ctx, plan, out)
     timer.call("lineage", run_all_lineage, out)
+    timer.call("crosscoder", run_all_crosscoders, ctx, plan, out, lr)  # after the units and the lineage it compares with
     timer.call("figures", make_all_figures, out)
     timer.call("neuronpedia", export_all_neuronpedia, out)
     append_timings(timer, tables_dir(out) / TIMINGS_FILE)  # before the report, which shows it
