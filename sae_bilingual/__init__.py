@@ -11,6 +11,7 @@ import os
 
 __version__ = "0.1.0"
 
+from sae_bilingual.models.hooked_sae import load_hooked_sae_transformer  # noqa: E402,F401
 from sae_bilingual.models.llmjp import register_with_transformer_lens  # noqa: E402
 from sae_bilingual.report.release import register_env_releases  # noqa: E402
 from sae_bilingual.sae.crosscoder import register as register_crosscoder  # noqa: E402

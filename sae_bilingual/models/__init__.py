@@ -33,6 +33,7 @@ from sae_bilingual.models.registry import (
 )
 from sae_bilingual.models.sizes import LLMJP_SIZES, LlmJpSpec, llmjp_spec, tokens_per_iteration
 from sae_bilingual.models.tokenizer import load_tokenizer, sentencepiece_tokenizer
+from sae_bilingual.models.hooked_sae import load_hooked_sae_transformer, to_hooked_sae_transformer  # noqa: E402
 
 register_llmjp_families(register_family)
 register_family("toy", toy_factory, overwrite=True)
@@ -58,11 +59,13 @@ __all__ = [
     "llmjp_spec",
     "load_hf_llama",
     "load_hooked",
+    "load_hooked_sae_transformer",
     "load_llmjp",
     "load_tokenizer",
     "register_family",
     "register_with_transformer_lens",
     "registered_families",
     "sentencepiece_tokenizer",
+    "to_hooked_sae_transformer",
     "tokens_per_iteration",
 ]

@@ -36,7 +36,7 @@ from sae_bilingual.errors import OutputError, SAEFileError
 from sae_bilingual.models.public import PUBLIC_FAMILIES, hub_location
 from sae_bilingual.report.crosscoder_section import crosscoder_release
 from sae_bilingual.report.release_install import CARD_FILE, RELEASE_FILE, is_release_folder, staged_release
-from sae_bilingual.sae.files import export_stock_topk, load_sae
+from sae_bilingual.sae.files import STOCK_DIFFERENCE, export_stock_topk, load_sae
 from sae_bilingual.sae.model import ARCHITECTURE
 from sae_bilingual.study.outdir import check_not_in_use
 from sae_bilingual.study.unit import layer_dirs, layer_id
@@ -45,13 +45,6 @@ log = logging.getLogger(__name__)
 
 LOADER_NAME = "sae_bilingual_local_release"
 ENV_RELEASES = "SAE_BILINGUAL_RELEASES"
-STOCK_DIFFERENCE = (
-    "Stored as a stock SAELens 'topk' SAE (normalize_activations='constant_norm_rescale'), rescaled so its "
-    "pre-activations equal the paper's (u - b_pre) @ W_enc on the unit-normalised residual u. Stock TopK "
-    "applies ReLU to the K selected pre-activations; the paper's TopK keeps them signed. On tokens whose "
-    "top-K pre-activations are all positive the codes and reconstructions are identical; where a selected "
-    "pre-activation is negative, the stock SAE outputs 0 for that latent."
-)
 
 
 @dataclass

@@ -1,9 +1,12 @@
 """SAE files: save and load in SAELens's layout, and the export as a stock SAELens "topk" SAE.
 
 The layout is SAELens's own (``cfg.json`` + ``sae_weights.safetensors``), so
-``SAE.load_from_disk`` reads what :func:`save_sae` writes; :func:`load_sae` adds errors that
-name the bad file and the fix. The authors' released weights are converted by
-:mod:`sae_bilingual.sae.convert`.
+``SAE.load_from_disk`` reads what :func:`save_sae` writes once ``sae_bilingual`` is imported;
+:func:`load_sae` adds errors that name the bad file and the fix. Beside every unit-norm
+``paper_topk`` SAE, :func:`save_sae` also writes its stock SAELens ``topk`` form (``stock/``)
+and a ``README.md`` saying how to load each: a process that never imports this package gets
+SAELens's bare ``KeyError: 'paper_topk'`` from the first, and loads the second. The authors'
+released weights are converted by :mod:`sae_bilingual.sae.convert`.
 """
 
 from __future__ import annotations
@@ -23,13 +26,61 @@ from sae_bilingual.io import atomic_dir
 from sae_bilingual.sae.model import ARCHITECTURE, PaperTopKSAE, PaperTopKTrainingSAE, to_inference
 
 
-def save_sae(sae: SAE, path: str | Path) -> Path:
-    """Save an SAE atomically in SAELens's layout (cfg.json + sae_weights.safetensors)."""
+STOCK_DIR = "stock"
+"""Subfolder of a saved paper_topk SAE holding its stock SAELens "topk" form."""
+README_FILE = "README.md"
+STOCK_DIFFERENCE = (
+    "Stored as a stock SAELens 'topk' SAE (normalize_activations='constant_norm_rescale'), rescaled so its "
+    "pre-activations equal the paper's (u - b_pre) @ W_enc on the unit-normalised residual u. Stock TopK "
+    "applies ReLU to the K selected pre-activations; the paper's TopK keeps them signed. On tokens whose "
+    "top-K pre-activations are all positive the codes and reconstructions are identical; where a selected "
+    "pre-activation is negative, the stock SAE outputs 0 for that latent."
+)
+"""What the stock form changes, stated in every exported cfg.json, release card and SAE README."""
+
+
+def save_sae(sae: SAE, path: str | Path, *, stock: bool = True) -> Path:
+    """Save an SAE atomically in SAELens's layout (cfg.json + sae_weights.safetensors).
+
+    With ``stock`` (default) a unit-norm paper_topk SAE also gets ``stock/`` (the same SAE as a
+    stock SAELens ``topk``, :func:`export_stock_topk`) and ``README.md`` (how to load each form).
+    Why: a plain SAELens user, who never imports sae_bilingual, cannot build ``paper_topk``
+    (``KeyError: 'paper_topk'``); the README in the folder names the way past it.
+    """
     if isinstance(sae, PaperTopKTrainingSAE):
         sae = to_inference(sae)
     with atomic_dir(path) as tmp:
         sae.save_model(tmp)
+        if stock and _has_stock_form(sae):
+            stock_topk(sae).save_model(tmp / STOCK_DIR)
+            (tmp / README_FILE).write_text(sae_folder_readme(sae), encoding="utf-8")
     return Path(path)
+
+
+def _has_stock_form(sae: SAE) -> bool:
+    return sae.cfg.architecture() == ARCHITECTURE and sae.cfg.normalize_activations == "unit_norm"
+
+
+def sae_folder_readme(sae: SAE) -> str:
+    """The README.md beside a saved paper_topk SAE: its two forms and how to load each."""
+    md = sae.cfg.metadata
+    return "\n".join([
+        "# A paper_topk SAE (sae-bilingual)", "",
+        f"Hook `{md.hook_name}`, d_in {sae.cfg.d_in}, d_sae {sae.cfg.d_sae}, k {sae.cfg.k}; each token's "
+        "residual is L2-normalised before encoding and the norm is restored on decode.", "",
+        "## This folder: architecture `paper_topk` (needs sae-bilingual)", "",
+        "```python", "import sae_bilingual            # registers \"paper_topk\" with SAELens",
+        "from sae_lens import SAE", 'sae = SAE.load_from_disk("THIS_FOLDER")', "```", "",
+        "Without `import sae_bilingual`, SAELens stops with `KeyError: 'paper_topk'` (an architecture "
+        "it does not know): install sae-bilingual, or load the stock form below.", "",
+        f"## `{STOCK_DIR}/`: stock SAELens `topk` (plain SAELens, no plugin)", "",
+        "```python", "from sae_lens import SAE", f'sae = SAE.load_from_disk("THIS_FOLDER/{STOCK_DIR}")', "```", "",
+        STOCK_DIFFERENCE, "",
+        "## Spliced into `HookedSAETransformer`", "",
+        "`hook_sae_output` is the reconstruction at residual scale. In the `paper_topk` form "
+        "`hook_sae_recons` fires before the norm is restored (unit-norm space), in the stock form before "
+        "the constant-norm rescale is undone: compute an FVU from `hook_sae_input` and `hook_sae_output`.", "",
+    ])
 
 
 _REQUIRED_CFG = ("architecture", "d_in", "d_sae")
@@ -90,14 +141,23 @@ def check_finite(tensors: Mapping[str, torch.Tensor], where: str | Path, fix: st
                                f"is unusable (training diverged?); {fix}")
 
 
-@torch.no_grad()
 def export_stock_topk(sae: PaperTopKSAE, path: str | Path) -> Path:
-    """Write ``sae`` as a stock SAELens "topk" SAE that loads without this package.
+    """Write ``sae`` as a stock SAELens "topk" SAE that loads without this package
+    (atomically; the maths in :func:`stock_topk`)."""
+    stock = stock_topk(sae)
+    with atomic_dir(path) as tmp:
+        stock.save_model(tmp)
+    return Path(path)
+
+
+@torch.no_grad()
+def stock_topk(sae: PaperTopKSAE) -> TopKSAE:
+    """``sae`` as a stock SAELens "topk" SAE (in memory, on the CPU).
 
     Stock topk with normalize_activations="constant_norm_rescale" computes, for residual x,
       s = sqrt(d)/||x||;  pre = (s x - b_dec') @ W_enc' + b_enc';  z' = ReLU(TopK(pre));
       x_hat = (z' @ W_dec' + b_dec') / s.
-    With b_dec' = sqrt(d) b_pre, W_enc' = W_enc / sqrt(d), b_enc' = 0, W_dec' = sqrt(d) W_dec:
+    With b_dec' = sqrt(d) b_pre, W_enc' = W_enc / sqrt(d), b_enc' = b_enc (0 in the paper), W_dec' = sqrt(d) W_dec:
       pre = (u - b_pre) @ W_enc = the paper's pre-activation exactly, so the codes are equal,
       and x_hat = ||x|| (z W_dec + b_pre), the paper's reconstruction at residual scale.
     Difference: stock TopK applies ReLU to the selected values, so a token whose selected
@@ -120,6 +180,4 @@ def export_stock_topk(sae: PaperTopKSAE, path: str | Path) -> Path:
         "b_dec": sae.b_dec.detach().cpu() * r,
         "b_enc": b_enc.cpu().to(sae.W_enc.dtype),
     })
-    with atomic_dir(path) as tmp:
-        stock.save_model(tmp)
-    return Path(path)
+    return stock

@@ -18,6 +18,7 @@ from sae_bilingual.errors import ConfigError, DataError, SAEFileError
 from sae_bilingual.layers import layer_for_hook
 from sae_bilingual.lm_loss import DEFAULT_LOGITS_BUDGET_BYTES, cache_and_final_residual, final_residual, nll_rows
 from sae_bilingual.sae.model import PaperTopKSAE
+from sae_bilingual.sae.saebench import density_fractions, kl_div_score, kl_rows
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +33,12 @@ class ReconstructionStats:
     rounding. Metrics (SAEBench's core reconstruction set, in the SAE's unit-norm space):
     ``mse`` (sum over d, mean over vectors), ``fvu``, ``explained_variance`` (1 - fvu,
     mean-centred), ``cossim`` (mean cosine of x and x_hat), ``l2_ratio`` (mean
-    ||x_hat|| / ||x||), ``l0``, ``n_dead`` / ``n_live`` (latents never selected).
+    ||x_hat|| / ||x||), ``l0``, ``n_dead`` / ``n_live`` (latents never selected), and
+    ``frac_alive``, ``frac_firing_gt_1pct``, ``frac_firing_gt_10pct`` (saebench.density_fractions).
     """
 
     def __init__(self, d_sae: int):
-        self.fired = torch.zeros(int(d_sae), dtype=torch.bool)
+        self.counts = torch.zeros(int(d_sae), dtype=torch.int64)  # vectors each latent was selected on
         self.m = 0
         self.se = self.l0 = self.cos = self.l2_ratio = 0.0
         self._shift: torch.Tensor | None = None
@@ -50,7 +52,7 @@ class ReconstructionStats:
             return
         self.se += float((rec - x).pow(2).sum())
         self.l0 += float((val != 0).sum())
-        self.fired[idx[val != 0].reshape(-1).cpu()] = True
+        self.counts += torch.bincount(idx[val != 0].reshape(-1).cpu(), minlength=self.counts.numel())
         x64, r64 = x.to(torch.float64), rec.to(torch.float64)
         nx, nr = x64.norm(dim=-1), r64.norm(dim=-1)
         self.cos += float(((x64 * r64).sum(-1) / (nx * nr).clamp_min(1e-300)).sum())
@@ -72,7 +74,8 @@ class ReconstructionStats:
         fvu = self.se / var if var > 0 else float("nan")
         return {"mse": self.se / M, "fvu": fvu, "explained_variance": 1.0 - fvu, "cossim": self.cos / M,
                 "l2_ratio": self.l2_ratio / M, "l0": self.l0 / M,
-                "n_dead": int((~self.fired).sum()), "n_live": int(self.fired.sum())}
+                "n_dead": int((self.counts == 0).sum()), "n_live": int((self.counts > 0).sum()),
+                **density_fractions(self.counts, M)}
 
 
 @torch.no_grad()
@@ -139,14 +142,16 @@ def ce_metrics_many(model: Any, saes: Sequence[Any], windows: Any, *, batch_size
     for all layers: the clean pass caches every hook's residual, and each spliced /
     zero-ablated pass restarts from that residual at the hook (``start_at_layer``), so the
     blocks below a layer are never recomputed; the losses are taken in chunks of at most
-    ``budget_bytes`` of logits.
+    ``budget_bytes`` of logits. SAEBench's ``kl_div_with_sae``, ``kl_div_with_ablation``,
+    ``kl_div_score`` (+ ``kl_div_score_note``) and ``ce_loss_score`` (= ``ce_recovered``) come
+    from the same passes (:mod:`sae_bilingual.sae.saebench`).
     """
     hooks = [_check_splice(model, sae) for sae in saes]
     names = set(hooks)
     if len(names) < len(hooks):
         raise ConfigError(f"ce_metrics_many takes one SAE per hook; got hooks {hooks}")
     device = device or str(getattr(model.cfg, "device", "cpu"))
-    totals = {h: {"sae": 0.0, "zero": 0.0} for h in hooks}
+    totals = {h: {"sae": 0.0, "zero": 0.0, "kl_sae": 0.0, "kl_zero": 0.0} for h in hooks}
     clean_total, n_tok = 0.0, 0
     pos = torch.arange(windows.tokens.shape[1])
     for s in range(0, len(windows), batch_size):
@@ -164,6 +169,7 @@ def ce_metrics_many(model: Any, saes: Sequence[Any], windows: Any, *, batch_size
                             ("zero", torch.where(splice_mask, torch.zeros_like(act), act))):
                 out = final_residual(model, x, start_at_layer=layer_for_hook(hook), tokens=toks)
                 totals[hook][name] += float(nll_rows(model, out, toks, ln, budget_bytes=budget_bytes).sum())
+                totals[hook][f"kl_{name}"] += float(kl_rows(model, resid, out, ln, budget_bytes=budget_bytes).sum())
     clean = clean_total / max(1, n_tok)
     result: dict[str, dict[str, Any]] = {}
     for hook in hooks:
@@ -171,8 +177,12 @@ def ce_metrics_many(model: Any, saes: Sequence[Any], windows: Any, *, batch_size
         rec, why = ce_recovered(clean, ce_sae, ce_zero)
         if why:
             log.info("CE recovered at %s is undefined (NaN): %s", hook, why)
+        kl_sae, kl_zero = (totals[hook][k] / max(1, n_tok) for k in ("kl_sae", "kl_zero"))
+        kl_score, kl_why = kl_div_score(kl_sae, kl_zero)
         result[hook] = {"ce_loss_clean": clean, "ce_loss_sae": ce_sae, "ce_loss_zero": ce_zero,
-                        "ce_recovered": rec, "ce_recovered_note": why}
+                        "ce_recovered": rec, "ce_recovered_note": why, "ce_loss_score": rec,
+                        "kl_div_with_sae": kl_sae, "kl_div_with_ablation": kl_zero,
+                        "kl_div_score": kl_score, "kl_div_score_note": kl_why}
     return result
 
 
