@@ -12,7 +12,7 @@ import pytest
 from sae_bilingual.study.pipeline import UNIT_STAGES
 from sae_bilingual.study.timing import StageTimer, append_timings, last_run_split
 
-STUDY_STAGES = ["world", "plan", "LR grid", "units", "summary", "intervention", "lineage", "figures",
+STUDY_STAGES = ["world", "plan", "LR grid", "units", "summary", "intervention", "lineage", "crosscoder", "figures",
                 "neuronpedia", "report", "other", "total"]
 
 
