@@ -15,6 +15,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from sae_bilingual.config_alignment import AlignmentSpec
 from sae_bilingual.config_checks import check_k, check_recipe, parse_bytes
 from sae_bilingual.config_crosscoder import CrosscoderSpec
 from sae_bilingual.config_loading import from_dict, load_yaml, set_dotted, yaml_error_line
@@ -204,6 +205,7 @@ class AnalysisSpec:
     per SAE: clean, spliced, zero-ablated); the other metrics use the whole eval set."""
     n_browser_features: int = 40
     n_examples: int = 8
+    alignment: AlignmentSpec = field(default_factory=AlignmentSpec)  # translation alignment (config_alignment.py)
 
 
 @dataclass

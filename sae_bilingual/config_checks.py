@@ -70,6 +70,7 @@ def _check_numbers(recipe: Any) -> None:
     _at_least(a.ce_docs_per_lang, 1, "analysis.ce_docs_per_lang", "64")
     _at_least(a.n_examples, 0, "analysis.n_examples", "8")
     _at_least(a.n_browser_features, 0, "analysis.n_browser_features", "40")
+    a.alignment.check("analysis.alignment")
 
 
 def check_k(k: int, n: int, *, k_name: str = "k", n_from: str = "d_sae", fix: str = "raise d_sae") -> None:

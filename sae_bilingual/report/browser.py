@@ -132,6 +132,8 @@ def _browser_data(unit: dict[str, Any], max_features: int, max_examples: int) ->
         except json.JSONDecodeError as e:
             raise DataError(f"{ex_path} is not valid JSON ({e}); rerun the analysis step for this unit.") from e
     langs = [c[2:] for c in feats.columns if c.startswith("p_")]
+    if "aligned" in feats.columns and "cls" in feats.columns:  # a sub-class of Mixed: filterable on its own
+        feats["cls"] = feats["cls"].where(~feats["aligned"].fillna(False).astype(bool), "aligned")
     counts = feats["cls"].value_counts().to_dict() if "cls" in feats.columns else {}
     n_total = len(feats)
     label = {str(i): i for i in feats.index}
@@ -145,7 +147,7 @@ def _browser_data(unit: dict[str, Any], max_features: int, max_examples: int) ->
     if order:
         chosen = chosen.sort_values(order, ascending=False)
     chosen = chosen.head(max_features)
-    columns = ["feature", "class"] + [f"p({lang})" for lang in langs] + ["R", "span", "max act", "n_fired", "top tokens"]
+    columns = ["feature", "class"] + [f"p({lang})" for lang in langs] + ["R", "span", "max act", "n_fired", "align", "top tokens"]
     rows = []
     max_act = {}
     ex_out = {}
@@ -168,7 +170,7 @@ def _browser_data(unit: dict[str, Any], max_features: int, max_examples: int) ->
         rows.append([int(fid) if str(fid).isdigit() else key, str(r.get("cls", ""))]
                     + [num(f"p_{lang}") for lang in langs]
                     + [num("R"), num("span_mean"), num("max_act"),
-                       int(r["n_fired"]) if "n_fired" in chosen.columns else None, top])
+                       int(r["n_fired"]) if "n_fired" in chosen.columns else None, num("align_score"), top])
         if num("max_act"):
             max_act[key] = num("max_act")
         if exs:

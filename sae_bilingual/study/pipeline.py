@@ -44,6 +44,7 @@ from sae_bilingual.sae import train
 from sae_bilingual.sae.files import load_sae, save_sae
 from sae_bilingual.sae.metrics import ce_metrics_many
 from sae_bilingual.sae.train import TrainRun
+from sae_bilingual.study import alignment_stage
 from sae_bilingual.study.artefacts import write_unit_summary
 from sae_bilingual.study.context import StudyContext
 from sae_bilingual.study.faults import crash_point
@@ -115,7 +116,7 @@ def _store(ctx: StudyContext, unit: Unit, model: Any, hooks: list[str], batch_si
 
 
 UNIT_STAGES = {"model load": "load", "LM + SAE training": "train", "eval LM + encode": "eval_acts",
-               "clusters": "clusters", "CE metrics": "ce"}
+               "clusters": "clusters", "CE metrics": "ce", "pairs LM + encode": "align"}
 """A unit's shared stages -> their ``seconds_<name>`` column in the summary (per layer)."""
 
 
@@ -164,7 +165,8 @@ def _train_and_analyse(ctx: StudyContext, unit: Unit, model: Any, layers: list[i
     ev = timer.call("eval LM + encode", stream.stream_eval, model, {h: saes[h] for h in hooks}, eval_windows,
                     spool_dir=out / "cache" / "eval_codes" / unit.id, lm_batch_size=ctx.recipe.data.lm_batch_size,
                     device=ctx.recipe.device, progress=ctx.progress)
-    labels = ev.labels
+    labels, pairs = ev.labels, timer.call("pairs LM + encode", alignment_stage.encode_pairs, ctx, unit, model,
+                                          {h: saes[h] for h in hooks}, out)
     clusters = timer.call("clusters", token_clusters, ctx, unit, labels)
     ce_windows = _first_docs_per_lang(eval_windows, ctx.recipe.analysis.ce_docs_per_lang)
     ce = timer.call("CE metrics", ce_metrics_many, model, [saes[h] for h in hooks], ce_windows,  # one clean pass
@@ -180,7 +182,7 @@ def _train_and_analyse(ctx: StudyContext, unit: Unit, model: Any, layers: list[i
             save_sae(sae, ldir / "sae")
             metrics = {**ev.metrics[hook], **ce[hook]}
             codes = ev.codes(hook, tuple(ctx.recipe.data.languages))
-            row = analyse_layer(ctx, unit, layer, sae, codes, clusters, ldir)
+            row = analyse_layer(ctx, unit, layer, sae, codes, clusters, ldir, pairs)
             del codes
             _free_cycles()
             ev.spools[hook].remove()
@@ -314,9 +316,9 @@ def analysis_config(ctx: StudyContext) -> AnalysisConfig:
     return cfg
 
 
-def analyse_layer(ctx: StudyContext, unit: Unit, layer: int, sae: Any, codes: Codes,
-                  clusters: SemanticClusters, ldir: Path) -> dict[str, Any]:
-    """Codes -> per-feature table (+ examples) -> summary row for one SAE."""
+def analyse_layer(ctx: StudyContext, unit: Unit, layer: int, sae: Any, codes: Codes, clusters: SemanticClusters,
+                  ldir: Path, pairs: alignment_stage.PairCodes | None = None) -> dict[str, Any]:
+    """Codes (+ the translation pairs' codes) -> per-feature table (+ examples) -> summary row for one SAE."""
     a = ctx.recipe.analysis
     languages = tuple(ctx.recipe.data.languages)
     codes.save(ldir / "codes.safetensors")
@@ -334,6 +336,7 @@ def analyse_layer(ctx: StudyContext, unit: Unit, layer: int, sae: Any, codes: Co
         for c in gt_cols.columns:
             df[c] = gt_cols[c]
         row.update({k: v for k, v in gt_scores.items() if np.isscalar(v)})
+    row.update(alignment_stage.add_to_table(ctx, df, pairs, hook_for_layer(layer)))
     tok = ctx.tokenizer(unit.model_index)
     df["top_tokens"] = [[tok.convert_ids_to_tokens(int(t)) for t in ids] for ids in df["top_token_ids"]]
     save_parquet(df, ldir / FEATURES_FILE)
