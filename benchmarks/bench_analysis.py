@@ -27,7 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from sae_bilingual.analysis.features import AnalysisConfig, analyse_features
+from sae_bilingual.config_analysis import AnalysisSpec
+from sae_bilingual.analysis.features import analyse_features
 from sae_bilingual.analysis.codes import Codes
 from sae_bilingual.analysis.semantic import token_graph_from_embeddings
 
@@ -92,14 +93,14 @@ def main() -> None:
     vocab = 17_664
     clusters = np.random.default_rng(1).integers(0, 4000, vocab)
     t = time.perf_counter()
-    df_fixed = analyse_features(codes, a.n, token_clusters=clusters, cfg=AnalysisConfig())
+    df_fixed = analyse_features(codes, a.n, token_clusters=clusters, cfg=AnalysisSpec())
     t_fixed = time.perf_counter() - t
     E = concept_embeddings(vocab, a.emb_d, clusters)
     t = time.perf_counter()
     graph = token_graph_from_embeddings(E, a.threshold, token_ids=np.unique(codes.token_id))
     t_graph = time.perf_counter() - t
     t = time.perf_counter()
-    df = analyse_features(codes, a.n, token_clusters=graph, cfg=AnalysisConfig())
+    df = analyse_features(codes, a.n, token_clusters=graph, cfg=AnalysisSpec())
     t_an = time.perf_counter() - t
     t_cluster = t_graph + max(0.0, t_an - t_fixed)
     print(f"analyse_features, fixed clusters: {t_fixed:.2f} s  ({int(df_fixed['dead'].sum())} dead, "

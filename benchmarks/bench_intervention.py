@@ -12,6 +12,7 @@ first). Both paths run in this process, the batched one first; prints each time,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -52,17 +53,15 @@ def main() -> None:
     classes = [c for c in iv.conditions if c != "none"]
     feats = pd.DataFrame({"cls": np.random.default_rng(0).choice(classes, size=sae.cfg.d_sae), "dead": False})
     pairs = _translation_pairs(ctx)
-    kw = dict(conditions=tuple(iv.conditions), alpha=list(iv.alphas), m=_feasible_ms(feats, iv, sae.cfg.d_sae),
-              n_draws=iv.draws, seed=rec.seed, windows=_first_docs_per_lang(ctx.windows("eval", iv.model), iv.eval_docs_per_lang),
+    kw = dict(seed=rec.seed, windows=_first_docs_per_lang(ctx.windows("eval", iv.model), iv.eval_docs_per_lang),
               pairs=None if pairs is None else pairs.iloc[: iv.translation_pairs + iv.few_shot].reset_index(drop=True),
-              languages=tuple(rec.data.languages), few_shot=iv.few_shot, max_new_tokens=iv.max_new_tokens,
-              tokenizer=ctx.tokenizer(iv.model), template=_translation_template(ctx), scale=iv.scale,
-              add_bias=iv.add_bias, scale_m_to_sae=False, comet=False)
+              languages=tuple(rec.data.languages), tokenizer=ctx.tokenizer(iv.model),
+              template=_translation_template(ctx), comet=False)
+    spec = dataclasses.replace(iv, ms=_feasible_ms(feats, iv, sae.cfg.d_sae), scale_m=False)
     out = {}
-    for name, fn, extra in (("batched", run_intervention_table, {"stack": iv.stack}),
-                            ("one-at-a-time", run_intervention_table_one_at_a_time, {})):
+    for name, fn in (("batched", run_intervention_table), ("one-at-a-time", run_intervention_table_one_at_a_time)):
         t = time.perf_counter()
-        out[name] = (fn(final, mid, sae, feats, layer, **kw, **extra), time.perf_counter() - t)
+        out[name] = (fn(final, mid, sae, feats, layer, spec, **kw), time.perf_counter() - t)
         print(f"{name}: {out[name][1]:.1f} s ({len(out[name][0])} rows, {a.threads} threads)", flush=True)
     (b, tb), (r, tr) = out["batched"], out["one-at-a-time"]
     for c in [c for c in r.columns if c.startswith(("ppl_", "chrf_"))]:

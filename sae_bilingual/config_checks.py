@@ -33,44 +33,35 @@ _BYTE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**1
 
 
 def check_recipe(recipe: Any) -> None:
-    """Every load-time check; raises ConfigError naming the field and a valid value."""
-    _check_numbers(recipe)
-    _check_inputs(recipe)
-    _check_intervention(recipe)
+    """The root's load-time checks (the sections check themselves); raises ConfigError naming the field."""
+    _check_seed(recipe.seed)
+    _check_paths(recipe)
     check_crosscoder(recipe)
     _check_device(recipe.device)
     default_model_ids(recipe)
     _warn_programs(recipe)
 
 
-def _at_least(value: Any, low: int | float, name: str, example: str) -> None:
+def at_least(value: Any, low: int | float, name: str, example: str) -> None:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= low:
         raise ConfigError(f"{name} must be >= {low}, got {value!r}; e.g. {name.split('.')[-1]}: {example}")
 
 
-def _finite_positive(value: Any, name: str, example: str) -> None:
+def finite_positive(value: Any, name: str, example: str) -> None:
     if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
         raise ConfigError(f"{name} must be a finite number > 0, got {value!r}; e.g. {name.split('.')[-1]}: {example}")
 
 
-def _check_numbers(recipe: Any) -> None:
-    s, a = recipe.sae, recipe.analysis
-    _at_least(recipe.seed, 0, "seed", "0")
-    if recipe.seed > MAX_SEED:  # torch's generators take < 2^63: an overflow mid-run otherwise
-        raise ConfigError(f"seed = {recipe.seed} is too large: use a whole number from 0 to {MAX_SEED} (2^32 - 1)")
-    if not isinstance(s.lr, str):
-        _finite_positive(s.lr, "sae.lr", "0.001")
-    if s.lr == "grid" and not s.lr_grid:
-        raise ConfigError("sae.lr_grid is empty but sae.lr is 'grid'; list learning rates, e.g. "
-                          "lr_grid: [0.0005, 0.001, 0.002], or set sae.lr to a number")
-    for i, lr in enumerate(s.lr_grid):
-        _finite_positive(lr, f"sae.lr_grid[{i}]", "0.001")
-    _at_least(s.warmup_steps, 0, "sae.warmup_steps", "500")
-    _finite_positive(s.adam_eps, "sae.adam_eps", "6.25e-10")
-    _at_least(a.ce_docs_per_lang, 1, "analysis.ce_docs_per_lang", "64")
-    _at_least(a.n_examples, 0, "analysis.n_examples", "8")
-    _at_least(a.n_browser_features, 0, "analysis.n_browser_features", "40")
-    a.alignment.check("analysis.alignment")
+def _check_seed(seed: int) -> None:
+    at_least(seed, 0, "seed", "0")
+    if seed > MAX_SEED:  # torch's generators take < 2^63: an overflow mid-run otherwise
+        raise ConfigError(f"seed = {seed} is too large: use a whole number from 0 to {MAX_SEED} (2^32 - 1)")
+
+
+def positive(value: int | float, name: str) -> None:
+    """``value > 0``, else an error naming the field."""
+    if not value > 0:  # also refuses NaN
+        raise ConfigError(f"{name} must be positive, got {value}")
 
 
 def check_k(k: int, n: int, *, k_name: str = "k", n_from: str = "d_sae", fix: str = "raise d_sae") -> None:
@@ -103,23 +94,8 @@ def parse_bytes(value: int | float | str, field: str = "max_memory") -> int:
     return int(n)
 
 
-def _check_inputs(recipe: Any) -> None:
-    """Inputs that contradict each other: a language twice, one corpus file for two languages,
-    an empty output folder name (which would silently mean the current folder)."""
-    langs = list(recipe.data.languages)
-    twice = sorted({c for c in langs if langs.count(c) > 1})
-    if twice:
-        raise ConfigError(f"data.languages = {langs} names {twice[0]!r} twice; list each language once, "
-                          f"e.g. languages: [{', '.join(dict.fromkeys(langs))}]")
-    for name in ("paths", "eval_paths"):
-        seen: dict[Path, str] = {}
-        for lang, path in getattr(recipe.data, name).items():
-            key = Path(str(path)).expanduser().resolve()
-            if key in seen:
-                raise ConfigError(f"data.{name}.{seen[key]} and data.{name}.{lang} are the same file {path}: "
-                                  "every document would be labelled with both languages; give each "
-                                  "language its own file")
-            seen[key] = lang
+def _check_paths(recipe: Any) -> None:
+    """An empty output folder name (which would silently mean the current folder), paths too long."""
     if not str(recipe.output_dir).strip():
         raise ConfigError("output_dir is empty; name the study's folder, e.g. --output-dir runs/my-study")
     check_path_length(recipe.output_dir, "output_dir")
@@ -162,35 +138,6 @@ def check_release_path(path: str, field: str) -> None:
     """``check_path_length`` for a release folder, which is built in a hidden sibling
     ``.<name>.<pid@host>.<random>.tmp`` whose name is longer than the folder's."""
     check_path_length(path, field, beside=len(host_tag()) + 32)
-
-
-def _check_intervention(recipe: Any) -> None:
-    iv = recipe.intervention
-    if not iv.enabled:  # (its defaults name en/ja conditions: irrelevant to an [en, fr] study without it)
-        return
-    _at_least(iv.draws, 1, "intervention.draws", "5")
-    if not iv.ms:
-        raise ConfigError("intervention.ms is empty; list mask sizes, e.g. ms: [5000]")
-    for i, m in enumerate(iv.ms):
-        _at_least(m, 1, f"intervention.ms[{i}]", "5000")
-    if not iv.alphas:
-        raise ConfigError("intervention.alphas is empty; list injection scales, e.g. alphas: [0.1]")
-    for i, alpha in enumerate(iv.alphas):
-        if not math.isfinite(alpha):
-            raise ConfigError(f"intervention.alphas[{i}] must be a finite number, got {alpha!r}; e.g. 0.1")
-    _at_least(iv.eval_docs_per_lang, 1, "intervention.eval_docs_per_lang", "200")
-    _at_least(iv.max_new_tokens, 1, "intervention.max_new_tokens", "24")
-    _at_least(iv.few_shot, 0, "intervention.few_shot", "3")
-    _at_least(iv.translation_pairs, 1, "intervention.translation_pairs", "50")
-    if iv.mid_checkpoint is not None:
-        _at_least(iv.mid_checkpoint, 0, "intervention.mid_checkpoint", "an iteration of the model's catalogue")
-    valid = ["none", *recipe.data.languages, "mixed"]
-    if not iv.conditions:
-        raise ConfigError(f"intervention.conditions is empty; choose from {', '.join(valid)}")
-    bad = [c for c in iv.conditions if c not in valid]
-    if bad:
-        raise ConfigError(f"intervention.conditions: {bad[0]!r} is not a condition; valid: {', '.join(valid)} "
-                          "('none' = clean model, a language code or 'mixed' = inject that class)")
 
 
 def _check_device(device: str) -> None:

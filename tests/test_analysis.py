@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sae_bilingual.analysis.features import AnalysisConfig, analyse_features, script_of_tokens, summarise
+from sae_bilingual.config_analysis import AnalysisSpec
+from sae_bilingual.analysis.features import analyse_features, script_of_tokens, summarise
 from sae_bilingual.analysis.examples import display_tokens, top_examples
 from sae_bilingual.analysis.codes import Codes
 from sae_bilingual.errors import ConfigError, DataError
@@ -93,7 +94,7 @@ def test_hand_example_every_metric():
 
 
 def test_threshold_spans_do_not_cross_documents():
-    df = analyse_features(hand_codes(), 5, cfg=AnalysisConfig(span_mode="threshold"))
+    df = analyse_features(hand_codes(), 5, cfg=AnalysisSpec(span_rule="threshold"))
     # feature 0 active rows: doc0 pos0,1 | doc0 pos3 | doc1 pos4 | doc1 pos6
     assert df.loc[0].span_mean == pytest.approx(5 / 4) and df.loc[0].span_max == 2
     # feature 1 active: doc0 pos2 | doc1 pos4
@@ -120,7 +121,7 @@ def test_threshold_tie_is_excluded_for_awkward_float():
 
 
 def test_activation_weighting():
-    df = analyse_features(hand_codes(), 5, cfg=AnalysisConfig(token_weighting="activation"))
+    df = analyse_features(hand_codes(), 5, cfg=AnalysisSpec(token_weighting="activation"))
     # feature 0 active: 10 (en), 8 (en), 9 (en), 9.5 (ja), 10 (ja) -> p_en = 27 / 46.5
     assert df.loc[0].p_en == pytest.approx(27 / 46.5)
     w = np.array([10, 8, 9, 19.5]) / 46.5
@@ -134,7 +135,7 @@ def test_script_rule():
     assert table.tolist() == [1, -1, 0, 1]  # punctuation -> ja (literal rule), digits -> -1
     c = Codes(idx=np.zeros((4, 1)), val=np.ones((4, 1)), token_id=np.array([1, 2, 1, 3]),
               lang=np.ones(4), doc_id=np.zeros(4), position=np.arange(4))
-    df = analyse_features(c, 1, cfg=AnalysisConfig(lang_rule="script", token_script=table))
+    df = analyse_features(c, 1, cfg=AnalysisSpec(language_rule="script"), token_script=table)
     # row0 digit, nothing before -> document label ja; row1 en; row2 digit -> previous (en); row3 ja
     assert df.loc[0].p_en == pytest.approx(2 / 4) and df.loc[0].p_ja == pytest.approx(2 / 4)
     doc = analyse_features(c, 1)
@@ -159,9 +160,12 @@ def test_bad_inputs_name_the_fix():
     with pytest.raises(DataError, match="n_latents"):
         analyse_features(hand_codes(), 3)
     with pytest.raises(ConfigError, match="choose one of"):
-        analyse_features(hand_codes(), 5, cfg=AnalysisConfig(span_mode="window"))
+        analyse_features(hand_codes(), 5, cfg=AnalysisSpec(span_rule="window"))
     with pytest.raises(ConfigError, match="token_script"):
-        analyse_features(hand_codes(), 5, cfg=AnalysisConfig(lang_rule="script"))
+        analyse_features(hand_codes(), 5, cfg=AnalysisSpec(language_rule="script"))
+    # one bound for the recipe and the library: the recipe's section is the analysis's config
+    with pytest.raises(ConfigError, match=r"analysis.lang_threshold must lie in \[0.5, 1\)"):
+        analyse_features(hand_codes(), 5, cfg=AnalysisSpec(lang_threshold=0.3))
     with pytest.raises(DataError, match="token_clusters"):
         analyse_features(hand_codes(), 5, token_clusters=np.arange(5))
 
@@ -169,7 +173,7 @@ def test_bad_inputs_name_the_fix():
 # ------------------------------------------------------------------ brute force
 
 
-def reference(codes: Codes, n: int, clusters, cfg: AnalysisConfig) -> pd.DataFrame:
+def reference(codes: Codes, n: int, clusters, cfg: AnalysisSpec) -> pd.DataFrame:
     """Per-feature loops over plain Python rows (independent of the vectorised code)."""
     rows = sorted(range(codes.n), key=lambda r: (codes.doc_id[r], codes.position[r]))
     out = []
@@ -180,7 +184,7 @@ def reference(codes: Codes, n: int, clusters, cfg: AnalysisConfig) -> pd.DataFra
             out.append(dict(rec, n_active=0, dead=True, cls="dead"))
             continue
         mx = max(v for _, v in ent)
-        thr = float(np.float32(cfg.threshold_ratio * mx))
+        thr = float(np.float32(cfg.act_threshold * mx))
         act = [(r, v) for r, v in ent if v > thr]
         if not act:  # selected, but only with activations <= 0: dead
             out.append(dict(rec, n_active=0, dead=True, cls="dead"))
@@ -203,7 +207,7 @@ def reference(codes: Codes, n: int, clusters, cfg: AnalysisConfig) -> pd.DataFra
         for lg, p in zip(codes.languages, plang):
             if p > cfg.lang_threshold:
                 cls = lg
-        span_set = ent if cfg.span_mode == "topk" else act
+        span_set = ent if cfg.span_rule == "topk" else act
         runs, prev = [], None
         for r, _ in span_set:
             key = (int(codes.doc_id[r]), int(codes.position[r]))
@@ -238,8 +242,8 @@ def random_codes(seed: int, m: int = 240, k: int = 4, n: int = 30, langs=("en", 
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-@pytest.mark.parametrize("cfg", [AnalysisConfig(), AnalysisConfig(span_mode="threshold", token_weighting="activation",
-                                                                  threshold_ratio=0.5, lang_threshold=0.6)])
+@pytest.mark.parametrize("cfg", [AnalysisSpec(), AnalysisSpec(span_rule="threshold", token_weighting="activation",
+                                                                  act_threshold=0.5, lang_threshold=0.6)])
 def test_matches_brute_force_reference(seed, cfg):
     n = 30
     codes = random_codes(seed, n=n)

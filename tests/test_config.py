@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 from sae_lens.saes.sae import SAEMetadata
 
-from sae_bilingual.config import Recipe, SAESpec, dump_recipe, from_dict, load_recipe
+from sae_bilingual.config import (AnalysisSpec, DataSpec, InterventionSpec, Recipe, SAESpec, dump_recipe, from_dict,
+                                   load_recipe)
 from sae_bilingual.errors import ConfigError
 from sae_bilingual.sae.model import PaperTopKSAEConfig, PaperTopKTrainingSAEConfig
 from sae_bilingual.study.preflight import check_k_below_n
@@ -120,3 +122,24 @@ def test_the_sae_section_is_the_training_config() -> None:
     r = from_dict(Recipe, yaml.safe_load("sae: {k: 8, fast: false, fused_adam: false, geometric_median_sample: 64}"))
     assert isinstance(r.sae, SAESpec) and (r.sae.k, r.sae.fast, r.sae.fused_adam) == (8, False, False)
     assert r.sae.geometric_median_sample == 64 and r.sae.n_latents(32) == 16 * 32
+
+
+@pytest.mark.parametrize("section, field", [
+    (lambda: SAESpec(k=0), "sae.k"),
+    (lambda: SAESpec(lr=float("nan")), "sae.lr"),
+    (lambda: DataSpec(languages=["en", "en"]), "data.languages"),
+    (lambda: DataSpec(context=1), "data.context"),
+    (lambda: AnalysisSpec(act_threshold=1.0), "analysis.act_threshold"),
+    (lambda: AnalysisSpec(n_top_tokens=-1), "analysis.n_top_tokens"),
+])
+def test_each_section_validates_itself(section, field):
+    """A section is checked without a Recipe around it, with the recipe's dotted field name."""
+    with pytest.raises(ConfigError, match=re.escape(field)):
+        section().validate()
+
+
+def test_intervention_section_checks_its_conditions_against_the_languages():
+    spec = InterventionSpec(enabled=True, conditions=["none", "fr"])
+    assert spec.validate(["en", "fr"]) is spec
+    with pytest.raises(ConfigError, match="intervention.conditions: 'fr'"):
+        spec.validate(["en", "ja"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from types import SimpleNamespace
 
@@ -10,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+from sae_bilingual.config_intervention import InterventionSpec
 from sae_bilingual.intervention.experiment import run_intervention_table, run_intervention_table_one_at_a_time
 from sae_bilingual.intervention.hook import FeatureInjection
 from sae_bilingual.intervention.metrics import PromptTemplate, chrf, perplexity, translate
@@ -145,10 +147,9 @@ def test_run_intervention_table_and_aggregates(models, fake_comet):  # noqa: F81
     rng = np.random.default_rng(0)
     feats = pd.DataFrame({"cls": rng.choice(["en", "ja", "mixed", "dead"], size=128)})
     w = hand_batch()
-    df = run_intervention_table(
-        final, mid, sae, feats, layer=2, alpha=0.5, m=[2000, 5000], n_draws=2, seed=0,
-        windows=w, pairs=PAIRS, few_shot=1, max_new_tokens=4, tokenizer=CharTok(), template=TEMPLATE,
-    )
+    spec = InterventionSpec(alphas=[0.5], ms=[2000, 5000], draws=2, few_shot=1, max_new_tokens=4)
+    df = run_intervention_table(final, mid, sae, feats, 2, spec, seed=0, windows=w, pairs=PAIRS,
+                                tokenizer=CharTok(), template=TEMPLATE)
     assert len(df) == 2 * (1 + 3 * 2)
     assert set(df["m_eff"]) == {0, 8, 20}
     cols = ["ppl_en", "ppl_ja", "ppl_all", "chrf_en_ja", "chrf_ja_en", "comet_en_ja", "comet_ja_en"]
@@ -190,11 +191,11 @@ def test_batched_intervention_equals_one_at_a_time(models, caplog):
     rng = np.random.default_rng(1)
     feats = pd.DataFrame({"cls": rng.choice(["en", "ja", "mixed"], size=128)})
     w = hand_batch()
-    kw = dict(alpha=[0.5, 2.0], m=[5000], n_draws=3, seed=0, windows=w, pairs=PAIRS, few_shot=1,
-              max_new_tokens=5, tokenizer=CharTok(), template=TEMPLATE, batch_size=2, comet=False)
-    ref = run_intervention_table_one_at_a_time(final, mid, sae, feats, 2, **kw)
+    spec = InterventionSpec(alphas=[0.5, 2.0], ms=[5000], draws=3, few_shot=1, max_new_tokens=5)
+    kw = dict(seed=0, windows=w, pairs=PAIRS, tokenizer=CharTok(), template=TEMPLATE, batch_size=2, comet=False)
+    ref = run_intervention_table_one_at_a_time(final, mid, sae, feats, 2, spec, **kw)
     for stack in (4, 16):  # 4: the 13 conditions x draws in several passes
-        got = run_intervention_table(final, mid, sae, feats, 2, stack=stack, **kw)
+        got = run_intervention_table(final, mid, sae, feats, 2, dataclasses.replace(spec, stack=stack), **kw)
         assert got.columns.tolist() == ref.columns.tolist() and len(got) == 2 * (1 + 3 * 3)
         keys = ["condition", "alpha", "m", "m_eff", "draw"]
         pd.testing.assert_frame_equal(got[keys], ref[keys])

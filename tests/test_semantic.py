@@ -9,7 +9,8 @@ import pytest
 from scipy.sparse.csgraph import connected_components
 
 import sae_bilingual.analysis.semantic as sem
-from sae_bilingual.analysis.features import AnalysisConfig, analyse_features
+from sae_bilingual.config_analysis import AnalysisSpec
+from sae_bilingual.analysis.features import analyse_features
 from sae_bilingual.analysis.codes import Codes
 from sae_bilingual.errors import DataError
 from sae_bilingual.analysis.semantic import (
@@ -74,7 +75,7 @@ def test_weighted_clusters_hand():
     assert df.loc[0, "H_tok"] == pytest.approx(h) and df.loc[0, "H_sem"] == pytest.approx(h)
 
 
-def brute_force_H_sem(codes: Codes, n: int, E: np.ndarray, threshold: float, cfg: AnalysisConfig) -> np.ndarray:
+def brute_force_H_sem(codes: Codes, n: int, E: np.ndarray, threshold: float, cfg: AnalysisSpec) -> np.ndarray:
     """Feature by feature: its active tokens, their dense cosine graph, components, entropy."""
     X = E / np.linalg.norm(E, axis=1, keepdims=True)
     out = np.full(n, np.nan)
@@ -83,7 +84,7 @@ def brute_force_H_sem(codes: Codes, n: int, E: np.ndarray, threshold: float, cfg
         if rows.size == 0:
             continue
         vals = codes.val[rows, cols]
-        thr = np.float32(cfg.threshold_ratio * vals.max())
+        thr = np.float32(cfg.act_threshold * vals.max())
         act = rows[vals > thr]
         if act.size == 0:
             continue
@@ -110,7 +111,7 @@ def test_matches_brute_force_per_feature(seed, chunk, monkeypatch):
     threshold = 0.5
     graph = token_graph_from_embeddings(E, threshold)
     df = analyse_features(codes, n, token_clusters=graph)
-    ref = brute_force_H_sem(codes, n, E, threshold, AnalysisConfig())
+    ref = brute_force_H_sem(codes, n, E, threshold, AnalysisSpec())
     live = ~df["dead"].to_numpy()
     assert live.sum() > 30 and (df["R"][live] < 1).any() and (df["R"][live] > 0).any()
     np.testing.assert_allclose(df["H_sem"].to_numpy()[live], ref[live], atol=1e-9)

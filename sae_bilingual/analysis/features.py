@@ -3,7 +3,7 @@
 Definitions (PAPER.md, "Feature analysis"; decisions noted where the paper is silent):
 
 - ``max_act``: largest activation of the feature over the entries where the TopK selected it.
-- threshold = ``threshold_ratio`` (0.7) x max_act; an entry is *active* when its activation
+- threshold = ``act_threshold`` (0.7) x max_act; an entry is *active* when its activation
   is STRICTLY greater (the original code's ``>``). The product is rounded to float32, the
   dtype of the activations, so an activation equal to 0.7 x max is excluded; an activation
   within float32 rounding of 0.7 x max may therefore be classed differently than by a
@@ -14,7 +14,7 @@ Definitions (PAPER.md, "Feature analysis"; decisions noted where the paper is si
 - f(v|i): share of the feature's active entries whose token is v (``token_weighting``
   "count", default; "activation" weights each entry by its activation).
 - p(lang|i): share (same weighting) of active entries whose language is lang; the language
-  is the document label (``lang_rule="document"``, default) or the script of the token
+  is the document label (``language_rule="document"``, default) or the script of the token
   (``"script"``, the released evaluation script: ASCII letters -> en, digits -> the
   previous token's script in the same document, anything else -> ja; supply the
   token-id -> language-index table ``token_script``, built with `script_of_tokens`).
@@ -27,7 +27,7 @@ Definitions (PAPER.md, "Feature analysis"; decisions noted where the paper is si
   R = 1 - H_sem / H_tok, R = 1 when H_tok = 0. Without ``token_clusters`` H_sem and R
   are NaN.
 - spans: maximal runs of consecutive positions of ONE document in which the feature is
-  selected by the TopK (``span_mode="topk"``, default) or active (``"threshold"``);
+  selected by the TopK (``span_rule="topk"``, default) or active (``"threshold"``);
   ``span_mean`` = entries / runs, ``span_max`` = longest run. Codes may come in any order;
   they are sorted by (doc_id, position) here. (doc_id, position) pairs must be unique.
   Dead features get NaN spans too.
@@ -50,57 +50,11 @@ import pyarrow as pa
 import scipy.sparse as sp
 
 from sae_bilingual.analysis.codes import Codes
+from sae_bilingual.config_analysis import AnalysisSpec
 from sae_bilingual.errors import ConfigError, DataError
 from sae_bilingual.analysis.semantic import TokenGraph, feature_token_components
 
 log = logging.getLogger(__name__)
-
-LANG_RULES = ("document", "script")
-SPAN_MODES = ("topk", "threshold")
-TOKEN_WEIGHTINGS = ("count", "activation")
-
-
-@dataclass
-class AnalysisConfig:
-    """Options of the per-feature analysis (defaults = the paper's)."""
-
-    threshold_ratio: float = 0.7
-    """an entry is active when its activation > threshold_ratio x the feature's max."""
-    lang_threshold: float = 0.9
-    """a feature is of language l when p(l|i) > lang_threshold, else "mixed"."""
-    lang_rule: str = "document"
-    """"document" (language label of the document) or "script" (token script rule)."""
-    token_script: np.ndarray | None = None
-    """for lang_rule="script": int array token id -> language index, -1 = digits (use the previous token)."""
-    span_mode: str = "topk"
-    """"topk": spans of TopK selection (paper); "threshold": spans of active entries."""
-    token_weighting: str = "count"
-    """"count": f(v|i) counts active entries; "activation": weights them by activation."""
-    n_top_tokens: int = 5
-    """how many most frequent active tokens to list in top_token_ids."""
-    mix_threshold: float = 0.1
-    """a language is named in the ``mix`` column when p(lang|i) > mix_threshold."""
-
-    def validate(self) -> None:
-        """Raise ConfigError for an out-of-range or unknown option."""
-        if not 0.0 <= self.threshold_ratio < 1.0:
-            raise ConfigError(f"threshold_ratio must be in [0, 1), got {self.threshold_ratio}.")
-        if not 0.0 <= self.lang_threshold < 1.0:
-            raise ConfigError(f"lang_threshold must be in [0, 1), got {self.lang_threshold}.")
-        for name, choices in (("lang_rule", LANG_RULES), ("span_mode", SPAN_MODES),
-                              ("token_weighting", TOKEN_WEIGHTINGS)):
-            if getattr(self, name) not in choices:
-                raise ConfigError(f"AnalysisConfig.{name}={getattr(self, name)!r}; choose one of {choices}.")
-        if self.lang_rule == "script" and self.token_script is None:
-            raise ConfigError(
-                "lang_rule='script' needs token_script (token id -> language index); "
-                "build it with sae_bilingual.analysis.features.script_of_tokens(tokenizer pieces)."
-            )
-        if not 0.0 <= self.mix_threshold < 1.0:
-            raise ConfigError(f"mix_threshold must be in [0, 1), got {self.mix_threshold}.")
-        if self.n_top_tokens < 0:
-            raise ConfigError(f"n_top_tokens must be >= 0, got {self.n_top_tokens}.")
-
 
 @dataclass
 class FeatureMajor:
@@ -178,11 +132,11 @@ def _runs(F: np.ndarray, R: np.ndarray, newrun: np.ndarray, n: int) -> tuple[np.
     return span_mean, span_max
 
 
-def _entry_lang(fm: FeatureMajor, cfg: AnalysisConfig) -> np.ndarray:
-    """Language index of every sorted row under cfg.lang_rule."""
-    if cfg.lang_rule == "document":
+def _entry_lang(fm: FeatureMajor, token_script: np.ndarray | None) -> np.ndarray:
+    """Language index of every sorted row: its document's, or (with a token_script) its token's script."""
+    if token_script is None:
         return fm.lang
-    table = np.asarray(cfg.token_script, dtype=np.int64)
+    table = np.asarray(token_script, dtype=np.int64)
     if fm.tok.size and fm.tok.max() >= table.size:
         raise DataError(
             f"token_script covers {table.size} token ids but the codes hold id {fm.tok.max()}; "
@@ -202,11 +156,11 @@ def _entropy(group: np.ndarray, weight: np.ndarray, total: np.ndarray, n: int) -
     return np.bincount(group, weights=-p * np.log(p), minlength=n)
 
 
-def _active_pairs(fm: FeatureMajor, n: int, cfg: AnalysisConfig):
+def _active_pairs(fm: FeatureMajor, n: int, cfg: AnalysisSpec):
     """Active entries and their (feature, token) aggregation."""
     n_fired = np.diff(fm.indptr)
     max_act = _segment_max(fm.V, fm.F, n)
-    thr = (cfg.threshold_ratio * max_act).astype(np.float32)
+    thr = (cfg.act_threshold * max_act).astype(np.float32)
     active = fm.V > thr[fm.F]
     Fa, Ra, Va = fm.F[active], fm.R[active], fm.V[active]
     wa = np.ones(Fa.size) if cfg.token_weighting == "count" else Va.astype(np.float64)
@@ -245,9 +199,9 @@ def _semantic_entropy(pf: np.ndarray, pt: np.ndarray, w_pair: np.ndarray, total:
     return _entropy(uniq // C, w, total, n)
 
 
-def active_token_matrix(codes: Codes, n_latents: int, cfg: AnalysisConfig = AnalysisConfig()) -> sp.csr_matrix:
+def active_token_matrix(codes: Codes, n_latents: int, cfg: AnalysisSpec | None = None) -> sp.csr_matrix:
     """Sparse [n_latents, vocab] weight of each token among each feature's active entries."""
-    cfg.validate()
+    cfg = (cfg or AnalysisSpec()).validate()
     a = _active_pairs(feature_major(codes, n_latents), n_latents, cfg)
     return sp.csr_matrix((a["w_pair"], (a["pf"], a["pt"])), shape=(n_latents, a["vocab"]))
 
@@ -257,16 +211,25 @@ def analyse_features(
     n_latents: int,
     *,
     token_clusters: np.ndarray | TokenGraph | None = None,
-    cfg: AnalysisConfig = AnalysisConfig(),
+    cfg: AnalysisSpec | None = None,
+    token_script: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """One row per feature (index ``feature``) with the contract's per-feature columns.
 
     ``token_clusters`` (needed for H_sem and R): a :class:`~sae_bilingual.analysis.semantic.TokenGraph`
     of token similarities (`token_graph_from_embeddings`; the paper's per-feature clusters),
     or a token id -> cluster id array (`clusters_from_ground_truth`, or the global
-    `token_clusters_from_embeddings`).
+    `token_clusters_from_embeddings`). ``cfg`` is the recipe's ``analysis:`` section (default: the
+    paper's settings). ``token_script`` (token id -> language index, `script_of_tokens`) is needed
+    exactly when ``cfg.language_rule == "script"``.
     """
-    cfg.validate()
+    cfg = (cfg or AnalysisSpec()).validate()
+    if (cfg.language_rule == "script") != (token_script is not None):
+        raise ConfigError(
+            "language_rule='script' goes with token_script (token id -> language index, built with "
+            "sae_bilingual.analysis.features.script_of_tokens(tokenizer pieces)), and 'document' without it; "
+            f"got language_rule={cfg.language_rule!r} and token_script={'given' if token_script is not None else None}."
+        )
     n = int(n_latents)
     langs = tuple(codes.languages)
     L = len(langs)
@@ -279,7 +242,7 @@ def analyse_features(
     safe_total = np.where(total > 0, total, 1.0)
 
     # language shares
-    la = _entry_lang(fm, cfg)[Ra]
+    la = _entry_lang(fm, token_script)[Ra]
     p_lang = np.bincount(Fa.astype(np.int64) * L + la, weights=wa, minlength=n * L).reshape(n, L)
     p_lang = p_lang / safe_total[:, None]
     p_lang[dead] = np.nan
@@ -306,7 +269,7 @@ def analyse_features(
         R = np.full(n, np.nan)
 
     # spans
-    if cfg.span_mode == "topk":
+    if cfg.span_rule == "topk":
         span_mean, span_max = _runs(fm.F, fm.R, fm.newrun, n)
     else:
         span_mean, span_max = _runs(Fa, Ra, fm.newrun, n)

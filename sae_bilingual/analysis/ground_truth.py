@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sae_bilingual.analysis.features import AnalysisConfig, active_token_matrix
+from sae_bilingual.analysis.features import active_token_matrix
+from sae_bilingual.config_analysis import AnalysisSpec
 from sae_bilingual.analysis.codes import Codes
 from sae_bilingual.errors import DataError
 
@@ -58,7 +59,7 @@ def score_ground_truth(
     features: pd.DataFrame,
     ground_truth: pd.DataFrame,
     *,
-    cfg: AnalysisConfig = AnalysisConfig(),
+    cfg: AnalysisSpec | None = None,
     purity_threshold: float = 0.5,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Per-feature concept columns and the precision/recall of mixed features as concept features.

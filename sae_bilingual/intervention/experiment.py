@@ -16,13 +16,13 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 
 from sae_bilingual.lm_loss import DEFAULT_LOGITS_BUDGET_BYTES
 from sae_bilingual.intervention.comet_bridge import comet_available, comet_score
-from sae_bilingual.defaults import DEFAULT_MAX_NEW_TOKENS, PAPER_LANGUAGES
+from sae_bilingual.config_intervention import InterventionSpec
+from sae_bilingual.defaults import PAPER_LANGUAGES
 from sae_bilingual.errors import ConfigError
 from sae_bilingual.intervention.metrics import PromptTemplate, chrf, perplexity, split_pairs, translate
 from sae_bilingual.intervention.hook import FeatureInjection
@@ -32,37 +32,34 @@ from sae_bilingual.intervention.masks import class_mask, scale_m
 log = logging.getLogger(__name__)
 
 
-def _as_list(x: Any) -> list:
-    return list(x) if isinstance(x, (list, tuple, np.ndarray)) else [x]
-
-
 class _Setup:
     """What both paths share: languages, translation directions and split, COMET, the cells."""
 
-    def __init__(self, sae: Any, features_df: pd.DataFrame, conditions: Sequence[str], alpha: Any, m: Any,
-                 n_draws: int, seed: int, windows: Any, pairs: pd.DataFrame | None, languages: Sequence[str] | None,
-                 few_shot: int, scale_m_to_sae: bool, comet: bool | None, comet_kwargs: dict | None) -> None:
+    def __init__(self, sae: Any, features_df: pd.DataFrame, spec: InterventionSpec, seed: int, windows: Any,
+                 pairs: pd.DataFrame | None, languages: Sequence[str] | None, comet: bool | None) -> None:
         if windows is None and pairs is None:
             raise ConfigError("run_intervention_table needs eval windows=, pairs= or both")
         if languages is None:
             languages = tuple(getattr(windows, "languages", None) or PAPER_LANGUAGES)
         self.languages = tuple(languages)
+        if comet is None and (spec.comet_python or spec.comet_model):
+            comet = True  # the spec names a COMET environment: a missing one is an error, not NaN
         self.use_comet = comet_available() if comet is None else bool(comet)
         if comet is None and not self.use_comet:
             log.info("COMET environment not configured; comet_* columns will be NaN")
-        self.comet_kwargs = comet_kwargs or {}
+        self.comet_kwargs = {"python": spec.comet_python, "model_path": spec.comet_model} if self.use_comet else {}
         self.directions: list[tuple[str, str]] = []
         self.shots_df = self.test_df = None
         if pairs is not None:
             self.directions = [(a, b) for a, b in itertools.permutations(self.languages, 2) if a in pairs and b in pairs]
-            self.shots_df, self.test_df = split_pairs(pairs, few_shot)
+            self.shots_df, self.test_df = split_pairs(pairs, spec.few_shot)
         d_sae = int(sae.cfg.d_sae)
         # one row per cell; the clean model ("none") is evaluated once and repeated per (alpha, m)
         self.cells: list[dict[str, Any]] = []
-        for a, m_paper in itertools.product(_as_list(alpha), _as_list(m)):
-            m_eff = scale_m(int(m_paper), d_sae) if scale_m_to_sae else int(m_paper)
-            for cond in conditions:
-                for draw in range(1 if cond == "none" else n_draws):
+        for a, m_paper in itertools.product(spec.alphas, spec.ms):
+            m_eff = scale_m(int(m_paper), d_sae) if spec.scale_m else int(m_paper)
+            for cond in spec.conditions:
+                for draw in range(1 if cond == "none" else spec.draws):
                     mask = None if cond == "none" else class_mask(features_df, cond, m_eff, seed=seed + draw, d_sae=d_sae)
                     self.cells.append({"condition": cond, "alpha": float(a), "m": int(m_paper),
                                        "m_eff": 0 if cond == "none" else m_eff, "draw": draw, "mask": mask})
@@ -91,25 +88,23 @@ class _Setup:
 
 def run_intervention_table(
     final_model: Any, mid_model: Any, sae: Any, features_df: pd.DataFrame, layer: int,
-    conditions: Sequence[str] = ("none", "en", "ja", "mixed"), alpha: float | Sequence[float] = 0.1,
-    m: int | Sequence[int] = 5000, n_draws: int = 5, seed: int = 0, windows: Any = None,
-    pairs: pd.DataFrame | None = None, *, languages: Sequence[str] | None = None, few_shot: int = 3,
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, tokenizer: Any = None, template: PromptTemplate | None = None,
-    batch_size: int = 8, scale: str = "residual", add_bias: bool = True, skip_bos: bool = True,
-    scale_m_to_sae: bool = True, comet: bool | None = None, comet_kwargs: dict | None = None,
-    stack: int = 16, logits_budget_bytes: int = DEFAULT_LOGITS_BUDGET_BYTES,
+    spec: InterventionSpec | None = None, *, seed: int = 0, windows: Any = None, pairs: pd.DataFrame | None = None,
+    languages: Sequence[str] | None = None, tokenizer: Any = None, template: PromptTemplate | None = None,
+    batch_size: int = 8, skip_bos: bool = True, comet: bool | None = None,
+    logits_budget_bytes: int = DEFAULT_LOGITS_BUDGET_BYTES,
 ) -> pd.DataFrame:
     """Rows (condition, alpha, m, m_eff, draw, ppl_*, chrf_*_*, comet_*_*) for Tables 1 and 4.
 
-    ``alpha`` and ``m`` may be lists (the Table 4 grid). ``m`` is in the paper's units
-    (32,768 latents) and is scaled with :func:`scale_m` to this SAE unless
-    ``scale_m_to_sae=False``. The "none" condition is evaluated once and repeated in every
-    (alpha, m) cell. COMET runs when ``comet`` is True, or when None and the COMET
-    environment is configured (NaN otherwise). Up to ``stack`` conditions x draws share one
-    batched pass (memory grows with it).
+    ``spec`` is the recipe's ``intervention:`` section (default: the paper's settings); its
+    ``alphas`` x ``ms`` form the Table 4 grid, ``ms`` in the paper's units (32,768 latents),
+    scaled with :func:`scale_m` to this SAE when ``spec.scale_m``. The "none" condition is
+    evaluated once and repeated in every (alpha, m) cell. COMET runs when ``comet`` is True or
+    the spec names a COMET environment, or when None and one is configured (NaN otherwise). Up
+    to ``spec.stack`` conditions x draws share one batched pass (memory grows with it).
     """
-    st = _Setup(sae, features_df, conditions, alpha, m, n_draws, seed, windows, pairs, languages,
-                few_shot, scale_m_to_sae, comet, comet_kwargs)
+    spec = spec or InterventionSpec()
+    stack, scale, add_bias = spec.stack, spec.scale, spec.add_bias
+    st = _Setup(sae, features_df, spec, seed, windows, pairs, languages, comet)
     if stack < 1:
         raise ConfigError(f"intervention stack must be >= 1, got {stack}")
     keep = [i for i, c in enumerate(st.cells) if c["condition"] != "none" or i == _first_none(st.cells)]
@@ -132,7 +127,7 @@ def run_intervention_table(
         with FeatureInjection(sae, mid_model=mid_model, final_model=final_model, layer=layer, mask=masks,
                               alpha=alphas, scale=scale, add_bias=add_bias, skip_bos=skip_bos) as inj:
             for a, b in st.directions:
-                hyps[(a, b)] = translate(mid_model, st.test_df, a, b, few_shot, inj.fwd_hooks(), max_new_tokens,
+                hyps[(a, b)] = translate(mid_model, st.test_df, a, b, spec.few_shot, inj.fwd_hooks(), spec.max_new_tokens,
                                          shots_df=st.shots_df, tokenizer=tokenizer, template=template,
                                          batch_size=batch_size, stack=len(grp))
         n = len(st.test_df)
@@ -147,25 +142,23 @@ def _first_none(cells: list[dict[str, Any]]) -> int:
 
 def run_intervention_table_one_at_a_time(
     final_model: Any, mid_model: Any, sae: Any, features_df: pd.DataFrame, layer: int,
-    conditions: Sequence[str] = ("none", "en", "ja", "mixed"), alpha: float | Sequence[float] = 0.1,
-    m: int | Sequence[int] = 5000, n_draws: int = 5, seed: int = 0, windows: Any = None,
-    pairs: pd.DataFrame | None = None, *, languages: Sequence[str] | None = None, few_shot: int = 3,
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, tokenizer: Any = None, template: PromptTemplate | None = None,
-    batch_size: int = 8, scale: str = "residual", add_bias: bool = True, skip_bos: bool = True,
-    scale_m_to_sae: bool = True, comet: bool | None = None, comet_kwargs: dict | None = None,
+    spec: InterventionSpec | None = None, *, seed: int = 0, windows: Any = None, pairs: pd.DataFrame | None = None,
+    languages: Sequence[str] | None = None, tokenizer: Any = None, template: PromptTemplate | None = None,
+    batch_size: int = 8, skip_bos: bool = True, comet: bool | None = None,
 ) -> pd.DataFrame:
     """The same table as :func:`run_intervention_table`, one full evaluation per condition and
     draw (a FeatureInjection hook on the whole mid model, the final model run alongside): the
-    reference for the batched path."""
-    st = _Setup(sae, features_df, conditions, alpha, m, n_draws, seed, windows, pairs, languages,
-                few_shot, scale_m_to_sae, comet, comet_kwargs)
+    reference for the batched path (``spec.stack`` is not used)."""
+    spec = spec or InterventionSpec()
+    scale, add_bias = spec.scale, spec.add_bias
+    st = _Setup(sae, features_df, spec, seed, windows, pairs, languages, comet)
 
     def evaluate(hooks: list | None) -> dict[str, float]:
         row: dict[str, float] = {}
         if windows is not None:
             ppl = perplexity(mid_model, windows, languages=st.languages, fwd_hooks=hooks, batch_size=batch_size)
             row.update({k: v for k, v in ppl.items() if k.startswith("ppl_")})
-        hyps = {(a, b): translate(mid_model, st.test_df, a, b, few_shot, hooks, max_new_tokens, shots_df=st.shots_df,
+        hyps = {(a, b): translate(mid_model, st.test_df, a, b, spec.few_shot, hooks, spec.max_new_tokens, shots_df=st.shots_df,
                                   tokenizer=tokenizer, template=template, batch_size=batch_size)
                 for a, b in st.directions}
         return row | st.translation_metrics(hyps)

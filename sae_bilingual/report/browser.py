@@ -15,8 +15,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 
-from sae_bilingual.study.layout import FEATURES_FILE, SUMMARY_TABLE, WORLD_META, tables_dir
+from sae_bilingual.config_analysis import AnalysisSpec
+from sae_bilingual.study.layout import FEATURES_FILE, RECIPE_FILE, SUMMARY_TABLE, WORLD_META, tables_dir
 from sae_bilingual.study.controls import world_label
 from sae_bilingual.errors import DataError
 from sae_bilingual.models.catalogue import iter_dirname
@@ -105,8 +107,19 @@ def _n_layers(study: Path) -> dict[str, int]:
     return {str(m): int(n) for m, n in df.groupby("model")["n_layers"].max().items()}
 
 
-def _top_tokens_from_examples(exs: list[dict[str, Any]], k: int = 5) -> str:
-    """Most frequent tokens at positions above 0.7 x the feature's max over its examples."""
+def study_act_threshold(study: Path) -> float:
+    """The ``analysis.act_threshold`` the study ran with (its recipe.yaml), else the default's."""
+    try:
+        recipe = yaml.safe_load((study / RECIPE_FILE).read_text(encoding="utf-8"))
+        value = recipe["analysis"]["act_threshold"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return AnalysisSpec().act_threshold
+    return float(value) if isinstance(value, (int, float)) else AnalysisSpec().act_threshold
+
+
+def _top_tokens_from_examples(exs: list[dict[str, Any]], act_threshold: float, k: int = 5) -> str:
+    """Most frequent tokens at positions above act_threshold x the feature's max over its examples
+    (older studies whose features.parquet has no top_tokens column)."""
     acts = [np.asarray(e.get("acts", []), dtype=float) for e in exs]
     m = max((a.max() for a in acts if a.size), default=0.0)
     if m <= 0:
@@ -114,14 +127,15 @@ def _top_tokens_from_examples(exs: list[dict[str, Any]], k: int = 5) -> str:
     counts: dict[str, int] = {}
     for e, a in zip(exs, acts):
         toks = e.get("tokens", [])
-        for j in np.flatnonzero(a > 0.7 * m):
+        for j in np.flatnonzero(a > act_threshold * m):
             if j < len(toks):
                 counts[toks[j]] = counts.get(toks[j], 0) + 1
     top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
     return " | ".join(t.replace("\n", "\u21b5") for t, _ in top)
 
 
-def _browser_data(unit: dict[str, Any], max_features: int, max_examples: int) -> tuple[dict[str, Any], str]:
+def _browser_data(unit: dict[str, Any], max_features: int, max_examples: int,
+                  act_threshold: float) -> tuple[dict[str, Any], str]:
     """Per-SAE payload for the browser, plus a one-line description."""
     feats = pd.read_parquet(unit["path"] / FEATURES_FILE)
     ex_path = unit["path"] / "examples.json"
@@ -157,7 +171,7 @@ def _browser_data(unit: dict[str, Any], max_features: int, max_examples: int) ->
         if "top_tokens" in chosen.columns and r["top_tokens"] is not None and len(r["top_tokens"]):
             top = " | ".join(str(t) for t in list(r["top_tokens"])[:5])
         elif exs:
-            top = _top_tokens_from_examples(exs)
+            top = _top_tokens_from_examples(exs, act_threshold)
         elif "top_token_ids" in chosen.columns and r["top_token_ids"] is not None:
             top = " ".join(f"#{int(t)}" for t in list(r["top_token_ids"])[:5])
         else:
@@ -195,9 +209,10 @@ def browser(study: Path, max_saes: int, max_features: int, max_examples: int) ->
     chosen = _pick_units(units, max_saes, n_layers)
     opens = default_unit(units, n_layers)  # _pick_units ranks it first, so it is kept
     first = next((i for i, u in enumerate(chosen) if u is opens), 0)
+    act_threshold = study_act_threshold(study)
     index, scripts = [], []
     for i, u in enumerate(chosen):
-        payload, summary = _browser_data(u, max_features, max_examples)
+        payload, summary = _browser_data(u, max_features, max_examples, act_threshold)
         index.append({"label": f"{u['model']} / {iter_dirname(u['iteration'])} / layer {u['layer']}",
                       "summary": summary, "default": i == first})
         scripts.append(_json_script(payload, f"fb-sae-{i}"))

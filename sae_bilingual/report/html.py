@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sae_bilingual.study.layout import SUMMARY_TABLE, WORLD_META, tables_dir
+from sae_bilingual.study.layout import RECIPE_FILE, SUMMARY_TABLE, WORLD_META, tables_dir
 from sae_bilingual import __version__
 from sae_bilingual.study.controls import controls_table, world_label
 from sae_bilingual.errors import DataError
@@ -70,7 +70,7 @@ def _section(sec_id: str, title: str, inner: str) -> str:
 
 
 def _recipe_section(study: Path) -> str:
-    p = study / "recipe.yaml"
+    p = study / RECIPE_FILE
     if not p.exists():
         return _section("recipe", "Recipe", '<p class="meta">recipe.yaml not found.</p>')
     return _section("recipe", "Recipe", f"<pre>{_esc(p.read_text(encoding='utf-8', errors='replace'))}</pre>")

@@ -30,7 +30,7 @@ import yaml
 from sae_lens.loading.pretrained_sae_loaders import NAMED_PRETRAINED_SAE_LOADERS, sae_lens_disk_loader
 from sae_lens.loading.pretrained_saes_directory import PretrainedSAELookup, get_pretrained_saes_directory
 
-from sae_bilingual.study.layout import UNITS_DIR
+from sae_bilingual.study.layout import RECIPE_FILE, UNITS_DIR
 from sae_bilingual import __version__
 from sae_bilingual.errors import OutputError, SAEFileError
 from sae_bilingual.models.public import PUBLIC_FAMILIES, hub_location
@@ -223,7 +223,7 @@ def export_release(run_dir: str | Path, out: str | Path, *, release: str | None 
         raise OutputError(f"{run_dir} holds no finished SAE (units/<model>/iter_*/L*/summary.json); "
                           "run `sae-bilingual study` first")
     check_export_folder(run_dir, out)
-    recipe_path = run_dir / "recipe.yaml"
+    recipe_path = run_dir / RECIPE_FILE
     recipe = yaml.safe_load(recipe_path.read_text(encoding="utf-8")) if recipe_path.exists() else {}
     languages = list(recipe.get("data", {}).get("languages") or ["en", "ja"])
     release = release or str(recipe.get("name") or run_dir.name)
@@ -251,7 +251,7 @@ def export_release(run_dir: str | Path, out: str | Path, *, release: str | None 
         (tmp / RELEASE_FILE).write_text(yaml.safe_dump(doc | cc_doc, sort_keys=False, allow_unicode=True), encoding="utf-8")
         (tmp / CARD_FILE).write_text(_card(doc, recipe, out, languages) + "\n".join(cc_lines), encoding="utf-8")
         if recipe_path.exists():
-            (tmp / "recipe.yaml").write_text(recipe_path.read_text(encoding="utf-8"), encoding="utf-8")
+            (tmp / RECIPE_FILE).write_text(recipe_path.read_text(encoding="utf-8"), encoding="utf-8")
     log.info("exported %d SAEs of %d model(s) to %s", len(saes), len(by_model), out)
     return out
 

@@ -25,6 +25,7 @@ from safetensors import SafetensorError
 from sae_bilingual.errors import OutputError
 from sae_bilingual.io import atomic_write_json, fix_modes, owner_tag, temp_owner
 from sae_bilingual.sae.convert import SAE_FILES
+from sae_bilingual.study.layout import RECIPE_FILE
 from sae_bilingual.study.outdir import is_leftover
 
 RELEASE_FILE = "pretrained_saes.yaml"
@@ -45,7 +46,7 @@ def owned_files(out: Path) -> set[str]:
         owned |= set(json.loads((out / OWNED_FILE).read_text(encoding="utf-8"))["files"])
     with contextlib.suppress(OSError, yaml.YAMLError, AttributeError, TypeError):
         doc = yaml.safe_load((out / RELEASE_FILE).read_text(encoding="utf-8")) or {}
-        owned |= {RELEASE_FILE, CARD_FILE, "recipe.yaml"}
+        owned |= {RELEASE_FILE, CARD_FILE, RECIPE_FILE}
         for entry in doc.values():
             owned |= {f"{s['path']}/{f}" for s in entry.get("saes", []) for f in SAE_FILES}
     return owned

@@ -50,7 +50,7 @@ from sae_bilingual.report.plotting import slug
 from sae_bilingual.sae.crosscoder import PaperCrosscoderConfig
 from sae_bilingual.sae.crosscoder_train import eval_crosscoder, save_crosscoder, train_crosscoder
 from sae_bilingual.sae.files import load_sae
-from sae_bilingual.study.pipeline import _torch_dtype, analysis_config
+from sae_bilingual.study.pipeline import _torch_dtype, token_script
 from sae_bilingual.study.unit import layer_dirname
 
 log = logging.getLogger(__name__)
@@ -161,10 +161,10 @@ def run_crosscoder(ctx: Any, layer: int, units: list[Any], out: Path, lr: float)
     t1 = time.perf_counter()
     metrics = eval_crosscoder(model, ev.rows)
     codes = _encode_codes(model, ev, languages)
-    acfg = analysis_config(ctx)
+    acfg = ctx.recipe.analysis
     gt = ctx.world.ground_truth if recipe.data.corpus == "toy" else None
     clusters = clusters_from_ground_truth(gt["concept"]) if gt is not None else None
-    feats = analyse_features(codes, n + 1, token_clusters=clusters, cfg=acfg)  # n + 1: the padding latent
+    feats = analyse_features(codes, n + 1, token_clusters=clusters, cfg=acfg, token_script=token_script(ctx))  # n + 1: the padding latent
     if gt is not None:
         gt_cols, _ = score_ground_truth(codes, feats, gt, cfg=acfg)
         feats = feats.join(gt_cols)

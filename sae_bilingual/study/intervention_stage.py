@@ -8,10 +8,10 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
+from sae_bilingual.config_intervention import InterventionSpec
 from sae_bilingual.study.layout import FEATURES_FILE, tables_dir
 from sae_bilingual.errors import DataError
 from sae_bilingual.intervention.metrics import PromptTemplate
@@ -65,17 +65,12 @@ def run_intervention(ctx: StudyContext, plan: Plan, out: Path) -> pd.DataFrame:
     pairs = _translation_pairs(ctx)
     if pairs is not None:
         pairs = pairs.iloc[: iv.translation_pairs + iv.few_shot].reset_index(drop=True)
-    comet = True if (iv.comet_python or iv.comet_model) else None
     ms = _feasible_ms(features, iv, sae.cfg.d_sae)
     draws = run_intervention_table(
-        final_model, mid_model, sae, features, layer,
-        conditions=tuple(iv.conditions), alpha=list(iv.alphas), m=ms, n_draws=iv.draws,
+        final_model, mid_model, sae, features, layer, dataclasses.replace(iv, ms=ms, scale_m=False),  # ms scaled
         seed=ctx.recipe.seed, windows=windows, pairs=pairs, languages=tuple(ctx.recipe.data.languages),
-        few_shot=iv.few_shot, max_new_tokens=iv.max_new_tokens, tokenizer=ctx.tokenizer(iv.model),
-        template=_translation_template(ctx),
-        scale=iv.scale, add_bias=iv.add_bias, scale_m_to_sae=False, comet=comet,
-        comet_kwargs={"python": iv.comet_python, "model_path": iv.comet_model} if comet else None,
-        stack=iv.stack, logits_budget_bytes=int(ctx.recipe.data.logits_budget_mb * 2**20),
+        tokenizer=ctx.tokenizer(iv.model), template=_translation_template(ctx),
+        logits_budget_bytes=int(ctx.recipe.data.logits_budget_mb * 2**20),
     )
     draws["mid_iteration"], draws["final_iteration"], draws["layer"] = mid.iteration, final.iteration, layer
     agg = aggregate_table(draws)
@@ -100,7 +95,7 @@ def decoder_variant(add_bias: bool, scale: str) -> str:
     return f"{d}, {s}"
 
 
-def _feasible_ms(features: pd.DataFrame, iv: Any, d_sae: int) -> list[int]:
+def _feasible_ms(features: pd.DataFrame, iv: InterventionSpec, d_sae: int) -> list[int]:
     """Mask sizes per recipe m: scaled to this SAE's n, capped at half the smallest class.
 
     Every class must be drawn with the same m for the comparison to be fair; a small SAE

@@ -5,6 +5,7 @@ Why: the names were string literals in a dozen modules (``"tables"`` 24 times,
 only at run time. Every module that reads or writes these goes through this one.
 
     <study>/units/<model>/iter_<N>/L<layer>/{features.parquet, summary.json, sae/, ...}
+    <study>/recipe.yaml
     <study>/tables/{summary, lr_grid}.{parquet,csv}, world*.*, intervention*.*, lineage_*.*
 """
 
@@ -20,6 +21,8 @@ FEATURES_FILE = "features.parquet"
 """A layer's per-feature table (one row per SAE feature)."""
 SUMMARY_TABLE = "summary.parquet"
 """Under ``tables/``: one row per SAE, stacked from the layers' summary.json."""
+RECIPE_FILE = "recipe.yaml"
+"""At the study's root: the resolved recipe it ran with (``sae-bilingual study`` reruns it)."""
 WORLD_META = "world.json"
 """Under ``tables/``: the toy world's build facts (absent for real models)."""
 

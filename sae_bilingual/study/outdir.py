@@ -30,6 +30,7 @@ from typing import Any
 from sae_bilingual.config import Recipe, dump_recipe, recipe_to_dict
 from sae_bilingual.errors import ConfigError, OutputError
 from sae_bilingual.io import atomic_write_text, host_tag, is_temp_name, owner_tag, temp_owner
+from sae_bilingual.study.layout import RECIPE_FILE
 from sae_bilingual.study.manifest import Manifest
 
 log = logging.getLogger(__name__)
@@ -275,6 +276,6 @@ def prepare_output_dir(recipe: Recipe, force: bool = False) -> tuple[Path, Manif
         )
     manifest.recipe_hash = h
     manifest.save()  # first: from now on the folder is a study folder
-    atomic_write_text(out / "recipe.yaml", dump_recipe(recipe))
+    atomic_write_text(out / RECIPE_FILE, dump_recipe(recipe))
     return out, manifest
 

@@ -27,7 +27,7 @@ from sae_bilingual import __version__
 from sae_bilingual.analysis import stream
 from sae_bilingual.analysis.codes import Codes
 from sae_bilingual.analysis.examples import top_examples
-from sae_bilingual.analysis.features import AnalysisConfig, analyse_features, script_of_tokens, summarise
+from sae_bilingual.analysis.features import analyse_features, script_of_tokens, summarise
 from sae_bilingual.analysis.ground_truth import score_ground_truth
 from sae_bilingual.analysis.semantic import (
     TokenGraph,
@@ -304,16 +304,12 @@ def cluster_threshold(ctx: StudyContext, d_embedding: int) -> float:
     return float(a.cluster_threshold)
 
 
-def analysis_config(ctx: StudyContext) -> AnalysisConfig:
-    """AnalysisConfig from the recipe's analysis section."""
-    a = ctx.recipe.analysis
-    cfg = AnalysisConfig(threshold_ratio=a.act_threshold, lang_threshold=a.lang_threshold,
-                         lang_rule=a.language_rule, span_mode=a.span_rule)
-    if a.language_rule == "script":
-        tok = ctx.tokenizer()
-        pieces = tok.convert_ids_to_tokens(list(range(len(tok))))
-        cfg.token_script = script_of_tokens(pieces, tuple(ctx.recipe.data.languages))
-    return cfg
+def token_script(ctx: StudyContext) -> np.ndarray | None:
+    """Token id -> language index when the recipe labels entries by script, else None."""
+    if ctx.recipe.analysis.language_rule != "script":
+        return None
+    tok = ctx.tokenizer()
+    return script_of_tokens(tok.convert_ids_to_tokens(list(range(len(tok)))), tuple(ctx.recipe.data.languages))
 
 
 def analyse_layer(ctx: StudyContext, unit: Unit, layer: int, sae: Any, codes: Codes, clusters: SemanticClusters,
@@ -322,17 +318,18 @@ def analyse_layer(ctx: StudyContext, unit: Unit, layer: int, sae: Any, codes: Co
     a = ctx.recipe.analysis
     languages = tuple(ctx.recipe.data.languages)
     codes.save(ldir / "codes.safetensors")
-    acfg = analysis_config(ctx)
+    scripts = token_script(ctx)
     gt = clusters.ground_truth
     use_gt = a.cluster_method == "ground_truth" and gt is not None
-    df = analyse_features(codes, sae.cfg.d_sae, token_clusters=gt if use_gt else clusters.embeddings, cfg=acfg)
+    df = analyse_features(codes, sae.cfg.d_sae, token_clusters=gt if use_gt else clusters.embeddings, cfg=a,
+                          token_script=scripts)
     row: dict[str, Any] = {}
     if gt is not None:
         if not use_gt:
-            gt_df = analyse_features(codes, sae.cfg.d_sae, token_clusters=gt, cfg=acfg)
+            gt_df = analyse_features(codes, sae.cfg.d_sae, token_clusters=gt, cfg=a, token_script=scripts)
             df["R_gt"] = gt_df["R"]
             row["mean_R_gt"] = float(gt_df.loc[~gt_df["dead"], "R"].mean())
-        gt_cols, gt_scores = score_ground_truth(codes, df, ctx.world.ground_truth, cfg=acfg)
+        gt_cols, gt_scores = score_ground_truth(codes, df, ctx.world.ground_truth, cfg=a)
         for c in gt_cols.columns:
             df[c] = gt_cols[c]
         row.update({k: v for k, v in gt_scores.items() if np.isscalar(v)})
