@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from sae_bilingual.data.corpus import Windows
 from sae_bilingual.errors import DataError
 from sae_bilingual.io import atomic_dir, atomic_save_safetensors, atomic_write_json
 from sae_bilingual.layers import stop_at_layer_for
+from sae_bilingual.residuals import residuals_at
 from sae_bilingual.sae.kernels import unit_norm
 
 log = logging.getLogger(__name__)
@@ -129,24 +130,12 @@ def iter_activations(model: Any, windows: Windows, hooks: Sequence[str], *, batc
         toks = w.tokens[:, :L]
         mask = (pos_row[None, :L] < w.lengths[:, None])
         mask[:, 0] = False  # drop BOS
-        cache: dict[str, torch.Tensor] = {}
-
-        def saver(name: str) -> Callable[[torch.Tensor, Any], None]:
-            def save(act: torch.Tensor, hook: Any) -> None:
-                cache[name] = act.detach()  # by the requested name: a TransformerBridge's hook.name is canonical
-
-            return save
-
-        with torch.no_grad():
-            model.run_with_hooks(toks.to(device), return_type=None, stop_at_layer=stop,
-                                 fwd_hooks=[(h, saver(h)) for h in hooks])
+        cache = residuals_at(model, toks.to(device), hooks)
         rows, cols = mask.nonzero(as_tuple=True)
         lab = Labels(lang=w.lang[rows], token_id=toks[rows, cols], doc_id=w.doc_id[rows],
                      position=cols.clone())
         out: dict[str, torch.Tensor] = {}
         for h in hooks:
-            if h not in cache:
-                raise DataError(f"hook {h} did not fire; is it a residual hook of this model?")
             act = cache.pop(h)
             a = act[rows.to(act.device), cols.to(act.device)].to(out_device, torch.float32)  # a copy: safe to edit
             _check_finite(h, a, lab.doc_id, lab.position)

@@ -45,7 +45,8 @@ from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from sae_bilingual.errors import ConfigError, DataError, SAEFileError
 from sae_bilingual.intervention.injection import alphas_tensor, grouped_delta, sae_param
 from sae_bilingual.intervention.masks import mask_tensor
-from sae_bilingual.layers import hook_for_layer, layer_for_hook, stop_at_layer_for
+from sae_bilingual.layers import hook_for_layer, layer_for_hook
+from sae_bilingual.residuals import residuals_at
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +177,6 @@ class FeatureInjection:
         self.masks = self.mask.reshape(-1, d_sae)  # [G, d_sae]
         self.alphas = alphas_tensor(alpha, self.masks.shape[0])
         self.alpha = float(self.alphas[0]) if self.alphas.numel() == 1 else self.alphas.tolist()
-        self._stop = stop_at_layer_for([self.hook_name])
         # capture state
         self._stream: torch.Tensor | None = None  # token ids embedded so far
         self._ctx_tokens: torch.Tensor | None = None  # [B, pos_offset + n] of this pass
@@ -293,22 +293,15 @@ class FeatureInjection:
         return resid
 
     def _run_final(self, tokens: torch.Tensor, cache: Any = None, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        fm = self.final_model
-        store: dict[str, torch.Tensor] = {}
-
-        def grab(x: torch.Tensor, hook: Any) -> None:
-            store["x"] = x.detach()
-
-        kwargs: dict[str, Any] = {"stop_at_layer": self._stop}
+        kwargs: dict[str, Any] = {}
         if cache is not None:
             kwargs["past_kv_cache"] = cache
             # with a cache TL wants an explicit mask; our prefixes are never padded here
             kwargs["attention_mask"] = torch.ones_like(tokens)
         elif attention_mask is not None:
             kwargs["attention_mask"] = attention_mask
-        with torch.no_grad():
-            fm.run_with_hooks(tokens.to(fm.cfg.device), fwd_hooks=[(self.hook_name, grab)], **kwargs)
-        return store["x"]
+        fm = self.final_model
+        return residuals_at(fm, tokens.to(fm.cfg.device), [self.hook_name], **kwargs)[self.hook_name]
 
     def __call__(self, activation: torch.Tensor, hook: Any = None) -> torch.Tensor:
         if self.is_noop():
@@ -358,17 +351,5 @@ def _tile_cache(cache: Any, G: int) -> None:
 
 def final_residuals(final_model: Any, tokens: torch.Tensor, hook_name: str, *, batch_size: int = 8) -> torch.Tensor:
     """Cache the final model's residuals at ``hook_name`` for ``tokens`` [N, T] (stop_at_layer)."""
-    stop = stop_at_layer_for([hook_name])
-    out = []
-    for i in range(0, tokens.shape[0], batch_size):
-        store: dict[str, torch.Tensor] = {}
-
-        def grab(x: torch.Tensor, hook: Any) -> None:
-            store["x"] = x.detach()
-
-        with torch.no_grad():
-            final_model.run_with_hooks(
-                tokens[i : i + batch_size], fwd_hooks=[(hook_name, grab)], stop_at_layer=stop
-            )
-        out.append(store["x"])
-    return torch.cat(out, dim=0)
+    return torch.cat([residuals_at(final_model, tokens[i : i + batch_size], [hook_name])[hook_name]
+                      for i in range(0, tokens.shape[0], batch_size)], dim=0)
