@@ -70,7 +70,7 @@ def fake_features(n: int = 8) -> pd.DataFrame:
         "dead": [c == "dead" for c in cls],
         "p_en": [1.0 if c == "en" else 0.0 if c == "ja" else 0.5 for c in cls],
         "p_ja": [0.0 if c == "en" else 1.0 if c == "ja" else 0.5 for c in cls],
-        "cls": cls,
+        "cls": cls, "mix": ["" if c == "dead" else "en+ja" if c == "mixed" else c for c in cls],
         "H_tok": np.linspace(0, 1, n), "H_sem": np.linspace(0, 0.5, n), "R": np.linspace(1, 0.5, n),
         "span_mean": np.linspace(1, 3, n), "span_max": np.arange(n) + 1,
         "top_token_ids": [[i, i + 1] for i in range(n)],

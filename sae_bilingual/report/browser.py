@@ -18,6 +18,7 @@ import pandas as pd
 import yaml
 
 from sae_bilingual.config_analysis import AnalysisSpec
+from sae_bilingual.study.schemas import read_features
 from sae_bilingual.study.layout import FEATURES_FILE, RECIPE_FILE, SUMMARY_TABLE, WORLD_META, tables_dir
 from sae_bilingual.study.controls import world_label
 from sae_bilingual.errors import DataError
@@ -137,7 +138,7 @@ def _top_tokens_from_examples(exs: list[dict[str, Any]], act_threshold: float, k
 def _browser_data(unit: dict[str, Any], max_features: int, max_examples: int,
                   act_threshold: float) -> tuple[dict[str, Any], str]:
     """Per-SAE payload for the browser, plus a one-line description."""
-    feats = pd.read_parquet(unit["path"] / FEATURES_FILE)
+    feats = read_features(unit["path"] / FEATURES_FILE)
     ex_path = unit["path"] / "examples.json"
     examples: dict[str, list] = {}
     if ex_path.exists():

@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from sae_bilingual.study.schemas import read_features
 from sae_bilingual.study.layout import FEATURES_FILE
 from sae_bilingual.errors import DataError
 from sae_bilingual.io import atomic_write_json
@@ -130,11 +131,7 @@ def export_neuronpedia(unit_dir: str | Path, out_path: str | Path, model_id: str
     ``"14-res-paper-topk"``). Dead features are left out unless ``include_dead``.
     """
     unit = Path(unit_dir)
-    fp = unit / FEATURES_FILE
-    if not fp.exists():
-        raise DataError(f"{fp} not found: export needs an analysed unit "
-                        "(units/<model>/<iter_NNNNNNN>/L<layer> with features.parquet); run the analysis first.")
-    features = pd.read_parquet(fp)
+    features = read_features(unit / FEATURES_FILE)
     examples: dict[str, list] = {}
     if (unit / "examples.json").exists():
         examples = json.loads((unit / "examples.json").read_text(encoding="utf-8"))

@@ -26,6 +26,7 @@ from sae_bilingual.study.faults import crash_point
 from sae_bilingual.study.pipeline import _first_docs_per_lang, _torch_dtype
 from sae_bilingual.sae.files import load_sae
 from sae_bilingual.study.plan import Plan
+from sae_bilingual.study.schemas import read_features
 from sae_bilingual.study.unit import Unit
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def run_intervention(ctx: StudyContext, plan: Plan, out: Path) -> pd.DataFrame:
     name = next(u.family for u in plan.units if u.model_index == iv.model)  # the model's output name
     ldir = Unit(iv.model, name, final.iteration, final.tokens, [layer]).layer_dir(out, layer)
     sae = load_sae(ldir / "sae", device=ctx.recipe.device)
-    features = pd.read_parquet(ldir / FEATURES_FILE)
+    features = read_features(ldir / FEATURES_FILE)
     dtype = _torch_dtype(ctx.recipe.dtype)
     final_model = fam.load(final, device=ctx.recipe.device, dtype=dtype)
     mid_model = fam.load(mid, device=ctx.recipe.device, dtype=dtype)

@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from sae_bilingual.study.schemas import read_features
 from sae_bilingual.study.layout import FEATURES_FILE, tables_dir
 from sae_bilingual.analysis.codes import Codes
 from sae_bilingual.analysis.lineage import Checkpoint, lineage_over_checkpoints
@@ -35,9 +36,7 @@ _UNIT_FILES = ("codes.safetensors", FEATURES_FILE)
 
 def _load_checkpoint(unit: Path, iteration: int, tokens: int | None) -> Checkpoint:
     """One analysed unit as a lineage checkpoint (codes are loaded later, when matched)."""
-    feats = pd.read_parquet(unit / FEATURES_FILE)
-    if "cls" not in feats.columns:
-        raise DataError(f"{unit}/features.parquet has no 'cls' column; rerun the analysis step of this unit.")
+    feats = read_features(unit / FEATURES_FILE)
     if tokens is None:
         s = unit / "summary.json"
         tokens = int(json.loads(s.read_text()).get("tokens", -1)) if s.exists() else -1

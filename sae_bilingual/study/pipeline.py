@@ -50,6 +50,7 @@ from sae_bilingual.study.context import StudyContext
 from sae_bilingual.study.faults import crash_point
 from sae_bilingual.study.memplan import unit_groups
 from sae_bilingual.study.plan import select_checkpoints
+from sae_bilingual.study.schemas import check_summary_row, write_features
 from sae_bilingual.study.timing import StageTimer
 from sae_bilingual.study.unit import Unit
 
@@ -336,7 +337,7 @@ def analyse_layer(ctx: StudyContext, unit: Unit, layer: int, sae: Any, codes: Co
     row.update(alignment_stage.add_to_table(ctx, df, pairs, hook_for_layer(layer)))
     tok = ctx.tokenizer(unit.model_index)
     df["top_tokens"] = [[tok.convert_ids_to_tokens(int(t)) for t in ids] for ids in df["top_token_ids"]]
-    save_parquet(df, ldir / FEATURES_FILE)
+    write_features(df, ldir / FEATURES_FILE)
     browse = _browser_features(df, a.n_browser_features, languages)
     examples = top_examples(codes, None, browse, n_examples=a.n_examples, tokenizer=tok)
     atomic_write_json(ldir / "examples.json", examples)
@@ -348,6 +349,7 @@ def analyse_layer(ctx: StudyContext, unit: Unit, layer: int, sae: Any, codes: Co
         "cluster_scope": a.cluster_scope,
     })
     row.update(summarise(df, languages))
+    check_summary_row(row, languages)
     return row
 
 
