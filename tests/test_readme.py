@@ -1,4 +1,4 @@
-"""The README's recipe blocks marked `<!-- test: recipe -->` load with the recipe loader."""
+"""The README's marked blocks: `<!-- test: recipe -->` load with the recipe loader, `<!-- test: run -->` run."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from sae_bilingual.config import load_recipe
 
@@ -30,3 +31,19 @@ def test_readme_recipe_validates(text: str, tmp_path: Path) -> None:
     iv = recipe.intervention
     assert iv.enabled and iv.pairs_paths and set(iv.pairs_paths) == set(recipe.data.languages)
     assert recipe.data.train_tokens_per_lang == 10_000_000 and recipe.data.eval_tokens_per_lang == 1_000_000
+
+
+def test_readme_has_runnable_blocks() -> None:
+    assert len(marked_blocks("run")) >= 1
+
+
+@pytest.mark.parametrize("text", marked_blocks("run"))
+def test_readme_python_runs(text: str, world_cache: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The block's own text, executed as a user would (in an empty folder, the suite's world cache)."""
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(text, "README.md", "exec"), namespace)
+    if "injected" in namespace:  # the FeatureInjection example: the hook changed the mid model's logits
+        clean, injected = namespace["clean"], namespace["injected"]
+        assert clean.shape == injected.shape and not torch.allclose(clean, injected)
+        assert namespace["final"] is not namespace["mid"]
