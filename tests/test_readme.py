@@ -47,3 +47,5 @@ def test_readme_python_runs(text: str, world_cache: str, tmp_path: Path, monkeyp
         clean, injected = namespace["clean"], namespace["injected"]
         assert clean.shape == injected.shape and not torch.allclose(clean, injected)
         assert namespace["final"] is not namespace["mid"]
+    if "fvu" in namespace:  # the HookedSAETransformer example: a finite FVU at residual scale
+        assert 0.0 < namespace["fvu"] < 10.0
