@@ -43,11 +43,13 @@ def check_recipe(recipe: Any) -> None:
 
 
 def at_least(value: Any, low: int | float, name: str, example: str) -> None:
+    """``value >= low`` (a number, not a bool), else an error naming the field and an example."""
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= low:
         raise ConfigError(f"{name} must be >= {low}, got {value!r}; e.g. {name.split('.')[-1]}: {example}")
 
 
 def finite_positive(value: Any, name: str, example: str) -> None:
+    """A finite number > 0, else an error naming the field and an example."""
     if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
         raise ConfigError(f"{name} must be a finite number > 0, got {value!r}; e.g. {name.split('.')[-1]}: {example}")
 
