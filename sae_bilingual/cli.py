@@ -70,7 +70,11 @@ def cmd_study(args: argparse.Namespace) -> int:
     if args.output_dir is not None:  # ("" is refused by the recipe check, never ignored)
         overrides["output_dir"] = args.output_dir
     recipe = load_recipe(resolve_recipe_path(args.recipe), overrides)
-    result = run_study(recipe, dry_run=args.dry_run, progress=not args.quiet, force=args.force)
+    if args.estimate_time and not args.dry_run:
+        raise SaeBilingualError("--estimate-time goes with --dry-run (it times this device's kernels instead of "
+                                "running the study); add --dry-run")
+    result = run_study(recipe, dry_run=args.dry_run, progress=not args.quiet, force=args.force,
+                       estimate_time=args.estimate_time)
     print(result if args.dry_run else f"report: {result}")
     return 0
 
@@ -141,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dry-run", action="store_true",
                    help="print the plan (units, SAEs, LM tokens; memory and LM passes per unit) and stop; "
                         "missing inputs are listed, not fatal")
+    s.add_argument("--estimate-time", action="store_true",
+                   help="with --dry-run: time the study's kernels on the recipe's device at its shapes and print "
+                        "seconds per unit (seconds to a minute)")
     s.add_argument("--output-dir", help="override the recipe's output_dir")
     s.add_argument("--set", action="append", metavar="FIELD=VALUE",
                    help="override a recipe field, e.g. --set sae.k=16 (repeatable)")

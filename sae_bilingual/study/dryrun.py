@@ -33,6 +33,7 @@ from sae_bilingual.study.memplan import (
 from sae_bilingual.models.catalogue import Checkpoint, CheckpointCatalogue
 from sae_bilingual.models.registry import HFConfigShape, get_family
 from sae_bilingual.study.preflight import check_k_below_n
+from sae_bilingual.study.time_estimate import time_estimate_lines
 from sae_bilingual.study.unit import check_path_part
 
 log = logging.getLogger(__name__)
@@ -204,13 +205,15 @@ def describe_memory(recipe: Any, plan: Any, ctx: Any, *, logits_chunk_tokens: in
     return lines
 
 
-def describe_dry_run(recipe: Any, plan: Any, ctx: Any, inputs: DryRunInputs) -> str:
-    """The whole ``--dry-run`` text: plan, memory plan, warnings about missing inputs."""
+def describe_dry_run(recipe: Any, plan: Any, ctx: Any, inputs: DryRunInputs, *, estimate_time: bool = False) -> str:
+    """The whole ``--dry-run`` text: plan, memory plan, (time estimate,) warnings about missing inputs."""
     for u in plan.units:
         check_path_part(u.family)
     for i, spec in enumerate(recipe.models):
         check_k_below_n(recipe, ctx.family(i).d_model, spec.family)
     lines = [describe_plan(plan, recipe), *describe_memory(recipe, plan, ctx), *crosscoder_memory_lines(recipe, plan, ctx)]
+    if estimate_time:
+        lines += time_estimate_lines(recipe, plan, ctx)
     lines += [f"warning: {m}" for m in inputs.missing]
     lines += [f"warning: {w}" for w in inputs.warnings]
     if inputs.missing:

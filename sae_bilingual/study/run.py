@@ -46,8 +46,10 @@ from sae_bilingual.world import World
 log = logging.getLogger(__name__)
 
 
-def run_study(recipe: Recipe, *, dry_run: bool = False, progress: bool = True, force: bool = False) -> Path | str:
-    """Run (or resume) a whole study; returns the report path (or the plan text on dry run).
+def run_study(recipe: Recipe, *, dry_run: bool = False, progress: bool = True, force: bool = False,
+              estimate_time: bool = False) -> Path | str:
+    """Run (or resume) a whole study; returns the report path (or the plan text on dry run,
+    with seconds per unit from kernels timed on this device when ``estimate_time``).
 
     The output folder is checked (not a folder of unrelated files) and locked for the whole
     run: a second study on it fails naming this one."""
@@ -58,7 +60,7 @@ def run_study(recipe: Recipe, *, dry_run: bool = False, progress: bool = True, f
         inputs = dry_run_inputs(recipe)
         ctx = StudyContext(recipe, progress=progress, families=inputs.families)
         plan = plan_study(recipe, ctx, run_preflight=not inputs.missing)
-        return describe_dry_run(recipe, plan, ctx, inputs)
+        return describe_dry_run(recipe, plan, ctx, inputs, estimate_time=estimate_time)
     timer = StageTimer("study")  # one log line per stage; the split ends the run and the report
     ctx = StudyContext(recipe, progress=progress)
     if uses_world(recipe):
