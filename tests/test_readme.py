@@ -47,5 +47,9 @@ def test_readme_python_runs(text: str, world_cache: str, tmp_path: Path, monkeyp
         clean, injected = namespace["clean"], namespace["injected"]
         assert clean.shape == injected.shape and not torch.allclose(clean, injected)
         assert namespace["final"] is not namespace["mid"]
+    if "LanguageModelSAETrainingRunner" in namespace:  # the runner example: the paper's decoder renormalisation
+        norms = namespace["sae"].W_dec.detach().norm(dim=-1)
+        assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)
+        assert (tmp_path / "runs" / "runner-L01").is_dir()
     if "fvu" in namespace:  # the HookedSAETransformer example: a finite FVU at residual scale
         assert 0.0 < namespace["fvu"] < 10.0

@@ -31,6 +31,7 @@ from transformer_lens.components import TransformerBlock
 
 from sae_bilingual.analysis.codes import Codes
 from sae_bilingual.analysis.features import analyse_features
+from sae_bilingual.errors import ConfigError
 from sae_bilingual.io import save_parquet
 from sae_bilingual.layers import hook_for_layer, stop_at_layer_for
 from sae_bilingual.sae.model import new_paper_sae
@@ -84,18 +85,27 @@ class UnitTimeEstimate:
 def _fmt_seconds(s: float) -> str:
     if s < 120:
         return f"{s:.2g} s" if s < 10 else f"{s:.0f} s"
-    return f"{s / 60:.0f} min" if s < 7200 else f"{s / 3600:.1f} h"
+    if s < 7200:
+        return f"{s / 60:.0f} min"
+    return f"{s / 3600:.1f} h" if s < 172_800 else f"{s / 86_400:,.0f} days"
 
 
-def _median_seconds(fn: Callable[[], Any], device: torch.device, repeats: int = 3) -> float:
-    """Median wall seconds of ``fn()`` after one warm-up call (synchronising a GPU)."""
+def _fmt_rate(s: float) -> str:
+    """A kernel's seconds in us, ms or s (three significant digits)."""
+    return f"{s * 1e6:.3g} us" if s < 1e-3 else (f"{s * 1e3:.3g} ms" if s < 1 else f"{s:.3g} s")
+
+
+def _median_seconds(fn: Callable[[], Any], device: torch.device, repeats: int = 5, warmup: int = 2) -> float:
+    """Median wall seconds of ``fn()`` after ``warmup`` calls (a process's first calls of a
+    kernel were up to 30x slower on a CPU); a GPU is synchronised."""
     def once() -> float:
         t = time.perf_counter()
         fn()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return time.perf_counter() - t
-    once()
+    for _ in range(warmup):
+        once()
     return statistics.median(once() for _ in range(repeats))
 
 
@@ -233,6 +243,10 @@ def estimate_unit(recipe: Any, shape: LMShape, groups: list[list[int]], rates: D
 def time_estimate_lines(recipe: Any, plan: Any, ctx: Any) -> list[str]:
     """The ``--estimate-time`` block of the dry run: the rates measured per model, then each
     unit's estimate (its LM passes as the memory plan groups them) and the study's total."""
+    if torch.device(recipe.device).type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--estimate-time times the kernels on device {recipe.device!r}, which this machine does "
+                          "not have: run the dry run on the machine that will run the study, or add "
+                          "--set device=cpu to estimate the CPU's time")
     budget, source = memory_budget(recipe)
     host, _ = host_memory_budget(recipe)
     lines = [f"time estimate (kernels timed on {recipe.device}, {recipe.dtype} LM, float32 SAEs; "
@@ -243,10 +257,10 @@ def time_estimate_lines(recipe: Any, plan: Any, ctx: Any) -> list[str]:
         shape = LMShape.from_hf_config(ctx.family(u.model_index).hf_config)
         if u.model_index not in rates:
             rates[u.model_index] = r = measure_rates(recipe, shape)
-            lines.append(f"  {u.family}: block {r.block_per_token * 1e6:.3g} us/token, unembed "
-                         f"{r.unembed_per_token * 1e6:.3g} us/token, SAE step {r.sae_step * 1e3:.3g} ms, encode "
-                         f"{r.encode_per_token * 1e6:.3g} us/vector, analysis {r.analysis_per_token * 1e6:.3g} "
-                         f"us/vector, gc.collect {r.collect * 1e3:.3g} ms")
+            lines.append(f"  {u.family}: block {_fmt_rate(r.block_per_token)}/token, unembed "
+                         f"{_fmt_rate(r.unembed_per_token)}/token, SAE step {_fmt_rate(r.sae_step)}, encode "
+                         f"{_fmt_rate(r.encode_per_token)}/vector, analysis {_fmt_rate(r.analysis_per_token)}/vector, "
+                         f"gc.collect {_fmt_rate(r.collect)}")
         groups = plan_unit(recipe, shape, u.layers, budget, source, host_budget=host).groups
         est = estimate_unit(recipe, shape, groups, rates[u.model_index])
         total += est.total
