@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -57,7 +57,7 @@ def classify_origins(cand: pd.DataFrame, cls_prev: np.ndarray, cls_next: np.ndar
     cls_prev = np.asarray(cls_prev).astype(str)
     cls_next = np.asarray(cls_next).astype(str)
     n2 = cls_next.size
-    st = cand[cand["jaccard"] >= threshold]
+    st: pd.DataFrame = cand.loc[cand["jaccard"] >= threshold]
     fb, fa, jac = st["feature_b"].to_numpy(), st["feature_a"].to_numpy(), st["jaccard"].to_numpy()
     n_anc = np.bincount(fb, minlength=n2)
     # best stable ancestor per later feature
@@ -128,7 +128,10 @@ def lineage_over_checkpoints(checkpoints: list[Checkpoint], cfg: MatchConfig = M
     cks = sorted(checkpoints, key=lambda c: c.iteration)
 
     def codes_of(c: Checkpoint) -> Codes:
-        return c.codes if c.codes is not None else load(c)
+        if c.codes is not None:
+            return c.codes
+        assert load is not None, "a checkpoint without codes needs a load function"
+        return load(c)
 
     final = cks[-1]
     cf = codes_of(final)
@@ -150,7 +153,7 @@ def lineage_over_checkpoints(checkpoints: list[Checkpoint], cfg: MatchConfig = M
         org.insert(0, "iteration", b.iteration)
         org.insert(1, "iteration_prev", a.iteration)
         origin_rows.append(org.reset_index())
-        st = res.one_to_one[res.one_to_one["jaccard"] >= cfg.threshold]
+        st: pd.DataFrame = res.one_to_one.loc[res.one_to_one["jaccard"] >= cfg.threshold]
         fl = pd.DataFrame({"cls_a": cls_a[st["feature_a"].to_numpy(dtype=np.int64)],
                            "cls_b": cls_b[st["feature_b"].to_numpy(dtype=np.int64)]})
         fl = fl.value_counts().rename("count").reset_index()
@@ -180,7 +183,7 @@ def lineage_over_checkpoints(checkpoints: list[Checkpoint], cfg: MatchConfig = M
             dc_f = final.features["dominant_concept"].to_numpy()
             anc["concept"] = dc_f
             anc["ancestor_concept"] = np.where(has, dc_a[np.maximum(anc["ancestor"].to_numpy(), 0)], -1)
-            stf = resf.one_to_one[resf.one_to_one["jaccard"] >= cfg.threshold]
+            stf: pd.DataFrame = resf.one_to_one.loc[resf.one_to_one["jaccard"] >= cfg.threshold]
             p = edge_precision(stf, dc_a, dc_f)
             prec_rows.append({"kind": "to_final", "iteration_a": a.iteration, "iteration_b": final.iteration, **p})
         anc_rows.append(anc)
@@ -189,8 +192,8 @@ def lineage_over_checkpoints(checkpoints: list[Checkpoint], cfg: MatchConfig = M
     ancestry = pd.concat(anc_rows, ignore_index=True)
     origins = pd.concat(origin_rows, ignore_index=True)
     flows = pd.concat(flow_rows, ignore_index=True)
-    last = origins[origins["iteration"] == final.iteration]
-    live = last[last["cls"] != "dead"]
+    last: pd.DataFrame = origins.loc[origins["iteration"] == final.iteration]
+    live: pd.DataFrame = last.loc[last["cls"] != "dead"]
     counts = {cl: {o: int(((live["cls"] == cl) & (live["origin"] == o)).sum()) for o in ORIGINS}
               for cl in sorted(live["cls"].unique(), key=lambda s: (s == "mixed", s))}
     summary: dict[str, Any] = {
@@ -202,7 +205,7 @@ def lineage_over_checkpoints(checkpoints: list[Checkpoint], cfg: MatchConfig = M
         "mixed_from_none": counts.get("mixed", {}).get("none", 0),
         "mixed_persist": counts.get("mixed", {}).get("persist", 0),
         "transitions": [
-            {"iteration": int(it), **{o: int((g["origin"] == o).sum()) for o in ORIGINS},
+            {"iteration": int(cast(int, it)), **{o: int((g["origin"] == o).sum()) for o in ORIGINS},
              "mixed_merge": int(((g["cls"] == "mixed") & (g["origin"] == "merge")).sum()),
              "mixed_widen": int(((g["cls"] == "mixed") & (g["origin"] == "widen")).sum()),
              "mixed_none": int(((g["cls"] == "mixed") & (g["origin"] == "none")).sum())}

@@ -32,6 +32,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -174,7 +175,7 @@ def match_codes(a: Codes, b: Codes, n1: int, n2: int, cfg: MatchConfig = MatchCo
     weighted = cfg.weighting == "activation"
     A = _sparse_codes(a, ia, n1, False)
     B = _sparse_codes(b, ib, n2, False)
-    m = A.shape[0]
+    m = cast("tuple[int, int]", A.shape)[0]  # scipy's untyped .shape is inferred as None
     At = A.T.tocsr()
     na = np.diff(At.indptr).astype(np.float64)
     nb = np.bincount(B.indices, minlength=n2).astype(np.float64)
@@ -214,7 +215,7 @@ def match_codes(a: Codes, b: Codes, n1: int, n2: int, cfg: MatchConfig = MatchCo
         else:
             Cw = C
         J = C / (na[rows + s] + nb[cols] - C)
-        if dense:
+        if J_full is not None:
             J_full[rows + s, cols] = J
         # best k per row (rows are grouped in CSR order; sort each row by J descending)
         o = np.argsort(rows + (1.0 - J) * 0.5, kind="stable")
@@ -256,16 +257,17 @@ def match_codes(a: Codes, b: Codes, n1: int, n2: int, cfg: MatchConfig = MatchCo
     })
 
     t2 = time.perf_counter()
-    if dense:
+    if J_full is not None:
         fa, fb = _dense_assignment(J_full)
     else:
         fa, fb = _sparse_assignment(ci, cj, jac, n1, n2)
     t_match = time.perf_counter() - t2
     lookup = pd.Series(np.arange(len(cand)), index=cand["feature_a"].to_numpy() * n2 + cand["feature_b"].to_numpy())
     pos = lookup.reindex(fa.astype(np.int64) * n2 + fb).to_numpy()
-    if dense:  # a dense optimum may use a pair outside the candidate list: compute it here
+    one: pd.DataFrame
+    if J_full is not None:  # a dense optimum may use a pair outside the candidate list: compute it here
         one = pd.DataFrame({"feature_a": fa, "feature_b": fb, "jaccard": J_full[fa, fb].astype(np.float64)})
-        one = one[one["jaccard"] > 0].reset_index(drop=True)
+        one = one.loc[one["jaccard"] > 0].reset_index(drop=True)
         pos = lookup.reindex(one["feature_a"].to_numpy() * n2 + one["feature_b"].to_numpy()).to_numpy()
         have = ~np.isnan(pos)
         corr_1 = np.full(len(one), np.nan)
@@ -273,7 +275,7 @@ def match_codes(a: Codes, b: Codes, n1: int, n2: int, cfg: MatchConfig = MatchCo
         corr_1[have] = cand["corr"].to_numpy()[pos[have].astype(np.int64)]
         rank_1[have] = cand["rank"].to_numpy()[pos[have].astype(np.int64)]
         if (~have).any():
-            miss = one[~have]
+            miss = one.loc[~have]
             cm = (At[miss["feature_a"].to_numpy()].multiply(B.T.tocsr()[miss["feature_b"].to_numpy()])).sum(1)
             cm = np.asarray(cm, dtype=np.float64).ravel()
             if weighted:
@@ -286,8 +288,8 @@ def match_codes(a: Codes, b: Codes, n1: int, n2: int, cfg: MatchConfig = MatchCo
     else:
         pos = pos.astype(np.int64)
         one = cand.iloc[pos][["feature_a", "feature_b", "jaccard", "corr", "rank"]].reset_index(drop=True)
-        one = one[one["jaccard"] > 0].reset_index(drop=True)
-    many = cand[cand["jaccard"] >= cfg.threshold][["feature_a", "feature_b", "jaccard", "corr", "rank"]]
+        one = one.loc[one["jaccard"] > 0].reset_index(drop=True)
+    many: pd.DataFrame = cand.loc[cand["jaccard"] >= cfg.threshold, ["feature_a", "feature_b", "jaccard", "corr", "rank"]]
     many = many.sort_values(["feature_a", "rank"]).reset_index(drop=True)
     secs = {"build": t_build, "product": t_prod, "assignment": t_match, "total": time.perf_counter() - t0}
     log.info("matched %d x %d features over %d rows: %d candidates, %d one-to-one, %d >= %.2f (%.1f s)",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import pandas as pd
 
@@ -43,7 +44,7 @@ def aggregate_table(df: pd.DataFrame) -> pd.DataFrame:
     metrics = metric_columns(df)
     order = list(dict.fromkeys(df["condition"]))
     g = df.groupby(["condition", "alpha", "m"], sort=False)[metrics]
-    mean = g.mean().add_suffix("_mean")
+    mean = cast(pd.DataFrame, g.mean()).add_suffix("_mean")  # pandas types the groupby mean as any scalar
     std = g.std(ddof=1).fillna(0.0).add_suffix("_std")
     out = pd.concat([mean, std], axis=1)
     out["n_draws"] = g.size()
@@ -77,7 +78,8 @@ def table4(df_or_agg: pd.DataFrame, metric: str = "ppl_all", relative_to_none: b
     return grid
 
 
-def _fmt(v: float, digits: int) -> str:
+def _fmt(v: object, digits: int) -> str:
+    """A table cell (a float, NaN or None) with ``digits`` decimals; "–" when missing."""
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -105,7 +105,8 @@ def _n_layers(study: Path) -> dict[str, int]:
     df = pd.read_parquet(p, columns=None)
     if not {"model", "n_layers"} <= set(df.columns):
         return {}
-    return {str(m): int(n) for m, n in df.groupby("model")["n_layers"].max().items()}
+    per_model = cast(pd.Series, df.groupby("model")["n_layers"].max())  # pandas types the max as any scalar
+    return {str(m): int(n) for m, n in per_model.items()}
 
 
 def study_act_threshold(study: Path) -> float:
@@ -154,7 +155,8 @@ def _browser_data(unit: dict[str, Any], max_features: int, max_examples: int,
     label = {str(i): i for i in feats.index}
     with_ex = [f for f in examples if f in label]
     order = "n_fired" if "n_fired" in feats.columns else None
-    live = feats[~feats["dead"].astype(bool)] if "dead" in feats.columns else feats
+    live: pd.DataFrame = feats.loc[~feats["dead"].astype(bool)] if "dead" in feats.columns else feats
+    chosen: pd.DataFrame
     if with_ex:
         chosen = feats.loc[[label[f] for f in with_ex]]
     else:
@@ -182,10 +184,10 @@ def _browser_data(unit: dict[str, Any], max_features: int, max_examples: int,
             v = r.get(col) if col in chosen.columns else None
             return None if v is None or not np.isfinite(float(v)) else round(float(v), 4)
 
-        rows.append([int(fid) if str(fid).isdigit() else key, str(r.get("cls", ""))]
+        rows.append([int(key) if key.isdigit() else key, str(r.get("cls", ""))]
                     + [num(f"p_{lang}") for lang in langs]
                     + [num("R"), num("span_mean"), num("max_act"),
-                       int(r["n_fired"]) if "n_fired" in chosen.columns else None, num("align_score"), top])
+                       int(r.at["n_fired"]) if "n_fired" in chosen.columns else None, num("align_score"), top])
         if num("max_act"):
             max_act[key] = num("max_act")
         if exs:

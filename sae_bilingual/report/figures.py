@@ -19,6 +19,7 @@ import logging
 import math
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import pandas as pd
@@ -42,6 +43,9 @@ from sae_bilingual.report.plotting import (
     token_positions,
 )
 from sae_bilingual.study.manifest import read_json
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +88,7 @@ def plot_language_distribution(summary: pd.DataFrame, model: str, layer: int) ->
     Rows with equal ``tokens`` (e.g. several SAE seeds) are averaged.
     """
     sub = select_model(summary, model)
-    sub = sub[sub["layer"] == layer]
+    sub = sub.loc[sub["layer"] == layer]
     if sub.empty:
         raise DataError(f"layer {layer} of {model!r} is not in the summary table; layers present: "
                         f"{sorted(select_model(summary, model)['layer'].unique().tolist())}.")
@@ -93,7 +97,7 @@ def plot_language_distribution(summary: pd.DataFrame, model: str, layer: int) ->
     require_columns(sub, [f"frac_{c}" for c in classes], "fig_language_distribution")
     num = [c for c in sub.columns if c in {f"frac_{k}" for k in classes}
            | {"mean_R", "fvu", "n_dead", "n_features"}]
-    g = sub.groupby("tokens")[num].mean().sort_index()
+    g = cast(pd.DataFrame, sub.groupby("tokens")[num].mean()).sort_index()  # pandas types the mean as any scalar
     x, init_x = token_positions(g.index.to_numpy())
 
     fig, (ax, axq) = plt.subplots(2, 1, figsize=(9.0, 5.6), sharex=True,
@@ -140,7 +144,7 @@ def fig_language_distribution(summary: pd.DataFrame, model: str, layer: int, out
     return save_figure(fig, out_dir, f"lang_dist_{slug(model)}_L{int(layer):02d}")
 
 
-def _heat(ax: plt.Axes, tab: pd.DataFrame, title: str, cmap: str, vmin: float, vmax: float,
+def _heat(ax: Axes, tab: pd.DataFrame, title: str, cmap: str, vmin: float, vmax: float,
           dark_high: bool) -> None:
     data = tab.to_numpy(dtype=float)
     im = ax.imshow(data, origin="lower", aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax)
@@ -199,7 +203,7 @@ def plot_span_by_layer(summary: pd.DataFrame, model: str) -> Figure:
     sm = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
     cb = fig.colorbar(sm, ax=ax, pad=0.02)
     idx = np.unique(np.linspace(0, n - 1, min(n, 8)).round().astype(int))
-    cb.set_ticks(idx)
+    cb.set_ticks(idx.tolist())
     cb.set_ticklabels([format_tokens(tab.columns[i]) for i in idx])
     cb.set_label("checkpoint (training tokens)")
     return fig
@@ -229,14 +233,14 @@ def plot_lr_grid(lr_df: pd.DataFrame) -> Figure:
     fig, ax = plt.subplots(figsize=(6.5, 4.2), constrained_layout=True)
     groups = lr_df.groupby(keys) if keys else [((), lr_df)]
     for i, (key, g) in enumerate(groups):
-        g = g.groupby(lr)[y].mean().sort_index()
+        g = cast(pd.Series, g.groupby(lr)[y].mean()).sort_index()  # pandas types the mean as any scalar
         key = key if isinstance(key, tuple) else (key,)
         label = ", ".join(f"{k}={v}" if k == "layer" else str(v) for k, v in zip(keys, key)) or y
         c = plt.get_cmap("tab10")(i % 10)
-        ax.plot(g.index, g.values, "-o", color=c, label=label)
-        best = g.idxmin()
-        ax.plot([best], [g[best]], "*", ms=16, color=c, mec="k", zorder=5)
-        ax.annotate(f"best {best:g}", (best, g[best]), textcoords="offset points", xytext=(6, 8), fontsize=8)
+        ax.plot(g.index, g.to_numpy(), "-o", color=c, label=label)
+        best = cast(float, g.idxmin())  # the index holds the learning rates
+        ax.plot([best], [g.at[best]], "*", ms=16, color=c, mec="k", zorder=5)
+        ax.annotate(f"best {best:g}", (best, g.at[best]), textcoords="offset points", xytext=(6, 8), fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("learning rate (log scale)")
     ax.set_ylabel(f"validation {y}")
@@ -275,12 +279,12 @@ def plot_sizes(summary: pd.DataFrame) -> Figure:
                     key=lambda m: _size_key(summary.loc[summary["model"].astype(str) == m, label_col].iloc[0]))
     cmap = plt.get_cmap("plasma")
     for i, m in enumerate(models):
-        sub = summary[summary["model"].astype(str) == m]
-        final = sub[sub["tokens"] == sub["tokens"].max()]
-        g = final.groupby("layer")["frac_mixed"].mean().sort_index()
-        depth = float(final["n_layers"].iloc[0]) if "n_layers" in final.columns else float(max(g.index.max(), 1))
+        sub: pd.DataFrame = summary.loc[summary["model"].astype(str) == m]
+        final: pd.DataFrame = sub.loc[sub["tokens"] == sub["tokens"].max()]
+        g = cast(pd.Series, final.groupby("layer")["frac_mixed"].mean()).sort_index()  # typed as any scalar
+        depth = float(final["n_layers"].iloc[0]) if "n_layers" in final.columns else float(max(cast(int, g.index.max()), 1))
         lab = f"{sub[label_col].iloc[0]} ({format_tokens(final['tokens'].iloc[0])} tokens)"
-        ax.plot(g.index / depth, g.values, "-o", ms=3, color=cmap(i / max(len(models), 2) * 0.9), label=lab)
+        ax.plot(g.index / depth, g.to_numpy(), "-o", ms=3, color=cmap(i / max(len(models), 2) * 0.9), label=lab)
     ax.set_xlabel("relative depth (layer / number of layers)")
     ax.set_ylabel("Mixed (bilingual) share")
     ax.set_title("Bilingual features by model size (final checkpoints)")
@@ -311,7 +315,7 @@ def plot_world_loss(steps: pd.DataFrame, checkpoints: pd.DataFrame, build_second
     ax.plot(steps["step"] * per_it, steps["loss"], lw=1, color="#4C72B0", alpha=0.7, label="training loss (per step)")
     ax.plot(ck["tokens"], ck["loss"], "o-", color="#DD5555", label="held-out loss (checkpoints)")
     for _, r in ck.iterrows():
-        ax.annotate(f"{int(r['iteration'])}", (r["tokens"], r["loss"]), textcoords="offset points",
+        ax.annotate(f"{int(r.at['iteration'])}", (r["tokens"], r["loss"]), textcoords="offset points",
                     xytext=(0, 6), fontsize=7, ha="center")
     ax.set_xscale("symlog", linthresh=max(per_it, 1.0))
     ax.set_xlabel("tokens seen (symlog; labels: checkpoint iteration)")
@@ -359,7 +363,7 @@ def make_all_figures(study_dir: str | Path, *, layers: str | list[int] = "middle
             log.warning("%s is empty: no summary figures", summ_path)
         else:
             for model in sorted(summary["model"].astype(str).unique()):
-                sub = summary[summary["model"].astype(str) == model]
+                sub: pd.DataFrame = summary.loc[summary["model"].astype(str) == model]
                 present = sorted(int(v) for v in sub["layer"].unique())
                 if layers == "middle":
                     chosen = [_middle_layer(present)]

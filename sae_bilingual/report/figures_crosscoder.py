@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -23,7 +24,7 @@ def emergence_counts(table: pd.DataFrame, tokens: Sequence[int]) -> pd.DataFrame
     """Cumulative latents emerged by each checkpoint (rows: tokens), one column per class, plus
     ``mixed, concept-bilingual`` where the table has ground truth. Never-alive latents are left out."""
     tk = np.asarray(tokens, dtype=np.int64)
-    live = table[table["emergence_index"] >= 0]
+    live: pd.DataFrame = table.loc[table["emergence_index"] >= 0]
     C = len(tk)
     cols: dict[str, np.ndarray] = {}
     classes = sorted(live["cls"].astype(str).unique(), key=lambda s: (s == "mixed", s))
@@ -42,7 +43,7 @@ def plot_crosscoder_emergence(counts: pd.DataFrame, title: str) -> Figure:
     x, init_x = token_positions(counts.index.to_numpy())
     fig, ax = plt.subplots(figsize=(7.0, 4.2))
     for i, col in enumerate(counts.columns):
-        style = {"ls": "--", "color": "k"} if col.startswith("mixed, ") else {"color": class_colour(col, i)}
+        style: dict[str, Any] = {"ls": "--", "color": "k"} if col.startswith("mixed, ") else {"color": class_colour(col, i)}
         ax.plot(x, counts[col].to_numpy(), marker="o", ms=3, label=col, **style)
     setup_token_axis(ax, x, init_x)
     ax.set_xlabel("training tokens of the checkpoint")

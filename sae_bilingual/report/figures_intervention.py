@@ -74,9 +74,9 @@ def plot_intervention(table_df: pd.DataFrame) -> Figure:
     if cells and len(table_df[cells].drop_duplicates()) > 1:
         # Table 4 grid present: draw the paper's cell (alpha=0.1, m=5000) when there, else the first.
         combos = table_df[cells].drop_duplicates()
-        paper = combos[(combos.get("alpha", 0.1) == 0.1) & (combos.get("m", 5000) == 5000)]
+        paper = combos.loc[(combos.get("alpha", 0.1) == 0.1) & (combos.get("m", 5000) == 5000)]
         pick = (paper if len(paper) else combos).iloc[0]
-        table_df = table_df[(table_df[cells] == pick).all(axis=1)]
+        table_df = table_df.loc[(table_df[cells] == pick).all(axis=1)]
         title += " — " + ", ".join(f"{k}={pick[k]:g}" for k in cells)
     long = intervention_long(table_df)
     metrics = [m for m in _INTERVENTION_METRICS if m in set(long["metric"])]

@@ -51,21 +51,21 @@ def plot_lineage_flows(flows: pd.DataFrame, class_counts: pd.DataFrame, title: s
     s = np.linspace(0, 1, 40)
     smooth = 3 * s**2 - 2 * s**3
     for x in range(len(iters) - 1):
-        f = flows[(flows["iteration_a"] == iters[x]) & (flows["iteration_b"] == iters[x + 1])]
+        f: pd.DataFrame = flows.loc[(flows["iteration_a"] == iters[x]) & (flows["iteration_b"] == iters[x + 1])]
         out_off = {c: bottoms[(x, c)] for c in classes}
         in_off = {c: bottoms[(x + 1, c)] for c in classes}
         order_src = {c: i for i, c in enumerate(classes)}
-        f = f[f["cls_a"].isin(classes) & f["cls_b"].isin(classes)]
+        f = f.loc[f["cls_a"].isin(classes) & f["cls_b"].isin(classes)]
         f = f.assign(oa=f["cls_a"].map(order_src), ob=f["cls_b"].map(order_src))
         # outgoing bands ordered by target class; incoming ordered by source class
         starts = {}
         for _, r in f.sort_values(["oa", "ob"]).iterrows():  # <= n_classes² bands, drawing only
             starts[(r["cls_a"], r["cls_b"])] = out_off[r["cls_a"]]
-            out_off[r["cls_a"]] += r["count"]
+            out_off[r["cls_a"]] += r.at["count"]
         for _, r in f.sort_values(["ob", "oa"]).iterrows():
             y0 = starts[(r["cls_a"], r["cls_b"])]
             y1 = in_off[r["cls_b"]]
-            in_off[r["cls_b"]] += r["count"]
+            in_off[r["cls_b"]] += r.at["count"]
             xs = x + w / 2 + s * (1 - w)
             lo = y0 + (y1 - y0) * smooth
             ax.fill_between(xs, lo, lo + r["count"], color=colour[r["cls_a"]], alpha=0.35, lw=0, zorder=2)

@@ -21,6 +21,7 @@ import logging
 import re
 from importlib import resources
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -45,7 +46,7 @@ _FIG_ORDER = ("lang_dist", "heatmaps", "span", "sizes", "lr_grid", "intervention
 
 
 def _template(name: str) -> str:
-    return resources.files("sae_bilingual").joinpath("templates", name).read_text(encoding="utf-8")
+    return (resources.files("sae_bilingual") / "templates" / name).read_text(encoding="utf-8")
 
 
 def _table_html(df: pd.DataFrame, max_rows: int = 1000, index: bool = False) -> str:
@@ -98,7 +99,7 @@ def _manifest_section(study: Path) -> str:
         if "status" in udf:
             lines.append(", ".join(f"{_esc(k)}: {int(v)}" for k, v in udf["status"].value_counts().items()))
         for col in [c for c in udf.columns if "second" in str(c).lower()]:
-            tot = pd.to_numeric(udf[col], errors="coerce").sum()
+            tot = cast(pd.Series, pd.to_numeric(udf[col], errors="coerce")).sum()  # a Series in, a Series out
             lines.append(f"total {_esc(col)}: {tot:.1f} s ({tot / 3600:.2f} h)")
         parts.append(f"<p>{'; '.join(lines)}</p>")
         parts.append(f"<details><summary>units</summary>{_table_html(udf, max_rows=2000)}</details>")
@@ -155,7 +156,7 @@ def _summary_section(study: Path) -> str:
     parts = []
     models = df["model"].astype(str).unique() if "model" in df.columns else ["all"]
     for i, m in enumerate(models):
-        sub = df[df["model"].astype(str) == m] if "model" in df.columns else df
+        sub: pd.DataFrame = df.loc[df["model"].astype(str) == m] if "model" in df.columns else df
         parts.append(f"<details{' open' if i == 0 else ''}><summary>{_esc(m)} ({len(sub)} rows)</summary>"
                      f"{_table_html(sub)}</details>")
     return _section("summary", "Summary tables", "\n".join(parts))
@@ -220,6 +221,7 @@ def _lineage_section(study: Path, max_features: int = 40) -> str:
     parts = []
     for p in tabs:
         m = _LINEAGE_RE.match(p.name)
+        assert m is not None  # tabs holds only names the pattern matches
         model, layer = m.group(1), int(m.group(2))
         parts.append(f"<h3>{_esc(model)}, layer {layer}</h3>")
         png = study / "figures" / f"{p.stem}.png"

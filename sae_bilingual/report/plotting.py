@@ -11,6 +11,7 @@ import logging
 import math
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -24,6 +25,9 @@ from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
 from sae_bilingual.errors import DataError  # noqa: E402
 from sae_bilingual.io import atomic_write_bytes  # noqa: E402
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
 log = logging.getLogger(__name__)
 
 __all__ = ["CLASS_COLOURS", "DPI", "checkpoint_table", "class_colour", "format_tokens", "language_columns", "plt",
@@ -33,13 +37,16 @@ __all__ = ["CLASS_COLOURS", "DPI", "checkpoint_table", "class_colour", "format_t
 CLASS_COLOURS = {"en": "#4C72B0", "ja": "#DD5555", "mixed": "#8C8C8C"}
 DPI = 110
 
+#: A matplotlib colour: a hex string or an RGBA tuple (what a colormap returns).
+Colour = str | tuple[float, float, float, float]
+
 
 def language_columns(df: pd.DataFrame) -> list[str]:
     """Language codes present as ``frac_<lang>`` columns (``frac_mixed`` excluded), in order."""
     return [c[5:] for c in df.columns if c.startswith("frac_") and c != "frac_mixed"]
 
 
-def class_colour(cls: str, i: int) -> str:
+def class_colour(cls: str, i: int) -> Colour:
     """Colour of a feature class: en/ja/mixed fixed, other languages tab10 by their index ``i``."""
     if cls in CLASS_COLOURS:
         return CLASS_COLOURS[cls]
@@ -76,7 +83,7 @@ def require_columns(df: pd.DataFrame, cols: list[str], what: str) -> None:
 def select_model(summary: pd.DataFrame, model: str) -> pd.DataFrame:
     """The summary rows of one model; DataError naming the models present when absent."""
     require_columns(summary, ["model", "layer", "tokens"], "this figure")
-    sub = summary[summary["model"].astype(str) == str(model)]
+    sub: pd.DataFrame = summary.loc[summary["model"].astype(str) == str(model)]
     if sub.empty:
         raise DataError(
             f"model {model!r} is not in the summary table; choose one of "
@@ -112,7 +119,7 @@ def token_positions(tokens: np.ndarray) -> tuple[np.ndarray, float | None]:
     return tokens, None
 
 
-def setup_token_axis(ax: plt.Axes, x: np.ndarray, init_x: float | None) -> None:
+def setup_token_axis(ax: Axes, x: np.ndarray, init_x: float | None) -> None:
     """Log token axis; with a step-0 point (``init_x``) a tick "init" and a dotted break line."""
     ax.set_xscale("log")
     if init_x is not None:

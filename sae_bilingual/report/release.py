@@ -37,7 +37,7 @@ from sae_bilingual.models.public import PUBLIC_FAMILIES, hub_location
 from sae_bilingual.report.crosscoder_section import crosscoder_release
 from sae_bilingual.report.release_install import CARD_FILE, RELEASE_FILE, is_release_folder, staged_release
 from sae_bilingual.sae.files import STOCK_DIFFERENCE, export_stock_topk, load_sae
-from sae_bilingual.sae.model import ARCHITECTURE
+from sae_bilingual.sae.model import ARCHITECTURE, PaperTopKSAE
 from sae_bilingual.study.outdir import check_not_in_use
 from sae_bilingual.study.unit import layer_dirs, layer_id
 
@@ -237,6 +237,7 @@ def export_release(run_dir: str | Path, out: str | Path, *, release: str | None 
             sae = load_sae(e.sae_dir)
             if sae.cfg.architecture() != ARCHITECTURE:
                 raise SAEFileError(f"{e.sae_dir} is a {sae.cfg.architecture()!r} SAE, not {ARCHITECTURE!r}")
+            assert isinstance(sae, PaperTopKSAE)  # SAELens builds the class registered for the architecture
             md = sae.cfg.metadata.to_dict()
             prov = _row_provenance(e, md, languages)
             model_ids.setdefault(e.model, _model_id(e.model, md))

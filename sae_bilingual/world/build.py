@@ -61,7 +61,9 @@ class World:
     @cached_property
     def corpus(self) -> datasets.DatasetDict:
         """datasets.DatasetDict with "train"/"eval": text, lang, doc_id, bilingual, input_ids, concept_ids."""
-        return datasets.load_from_disk(str(self.root / "corpus"))
+        corpus = datasets.load_from_disk(str(self.root / "corpus"))
+        assert isinstance(corpus, datasets.DatasetDict), "the world's corpus is saved as a DatasetDict"
+        return corpus
 
     @cached_property
     def ground_truth(self) -> pd.DataFrame:

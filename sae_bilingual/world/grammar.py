@@ -101,20 +101,27 @@ def _en_place(lex: Lexicon, p: Concept, prep: str | None = None) -> list[Token]:
 def realize_en(lex: Lexicon, fr: Frame, style: Style) -> list[Token]:
     """English: SVO, articles, prepositions; time phrase at the end."""
     out: list[Token] = []
+    assert fr.subj is not None, "every frame has a subject"
     if fr.kind == "existence":
+        assert fr.place is not None
         plural = fr.subj.number is not None and fr.subj.number.key != "one"
         be = {"past": "were" if plural else "was"}.get(fr.tense, "are" if plural else "is")
         out += [_f("there"), _f(be)] + _en_np(lex, fr.subj, article="a") + _en_place(lex, fr.place)
     elif fr.kind == "predicate":
         be = "is"  # predicates are present tense in this grammar (no adjective past forms)
+        assert fr.adj is not None
         out += _en_np(lex, fr.subj) + [_f(be), (lex.forms["en"][fr.adj.key]["base"], fr.adj.id)]
     else:
+        assert fr.verb is not None
         out += _en_np(lex, fr.subj) + _en_verb(lex, fr.verb, fr.tense)
         if fr.kind == "transitive":
+            assert fr.obj is not None
             out += _en_np(lex, fr.obj)
         elif fr.kind == "ditransitive":
+            assert fr.obj is not None and fr.recipient is not None
             out += _en_np(lex, fr.obj) + [_f("to")] + _en_np(lex, fr.recipient)
         elif fr.kind == "motion":
+            assert fr.place is not None
             out += _en_place(lex, fr.place, "to")
         if fr.place is not None and fr.kind != "motion":
             out += _en_place(lex, fr.place)
@@ -180,7 +187,9 @@ def realize_ja(lex: Lexicon, fr: Frame, style: Style) -> list[Token]:
     """Japanese: topic は, time, place で/に, object を, quantity, adverb, verb (SOV)."""
     F = lex.forms["ja"]
     out: list[Token] = []
+    assert fr.subj is not None, "every frame has a subject"
     if fr.kind == "existence":
+        assert fr.place is not None
         if fr.time is not None:
             out += _ja_time(lex, fr.time)
         out += [(F[fr.place.key]["base"], fr.place.id), _f("に")]
@@ -200,6 +209,7 @@ def realize_ja(lex: Lexicon, fr: Frame, style: Style) -> list[Token]:
     if fr.kind == "predicate":
         out += _ja_quantity(lex, fr.subj)
         adj = fr.adj
+        assert adj is not None
         kind = adj.attrs[0] if adj.attrs else "i"
         tok = (F[adj.key]["base"], adj.id)
         if kind == "i":  # i-adjectives are predicates on their own (polite: + です)
@@ -211,10 +221,14 @@ def realize_ja(lex: Lexicon, fr: Frame, style: Style) -> list[Token]:
     if fr.place is not None and fr.kind != "motion":
         out += [(F[fr.place.key]["base"], fr.place.id), _f("で")]
     if fr.kind == "ditransitive":
+        assert fr.recipient is not None
         out += _ja_np(lex, fr.recipient) + [_f("に")]
     if fr.kind in ("transitive", "ditransitive"):
+        assert fr.obj is not None
         out += _ja_np(lex, fr.obj) + [_f("を")] + _ja_quantity(lex, fr.obj)
+    assert fr.verb is not None
     if fr.kind == "motion":
+        assert fr.place is not None
         out += [(F[fr.place.key]["base"], fr.place.id), _f(fr.verb.attrs[0])]
     if fr.adverb is not None:
         out.append((F[fr.adverb.key]["base"], fr.adverb.id))
@@ -247,17 +261,24 @@ def realize_xx(lex: Lexicon, fr: Frame, style: Style) -> list[Token]:
     F = lex.forms["xx"]
     out: list[Token] = []
     tense = [_f("pa")] if fr.tense == "past" else [_f("fu")] if fr.tense == "fut" else []
+    assert fr.subj is not None, "every frame has a subject"
     if fr.kind == "existence":
+        assert fr.place is not None
         out += tense + [_f("dau")] + _xx_np(lex, fr.subj) + [_f("mo"), (F[fr.place.key]["base"], fr.place.id)]
     elif fr.kind == "predicate":
+        assert fr.adj is not None
         out += [_f("ul"), (F[fr.adj.key]["base"], fr.adj.id)] + _xx_np(lex, fr.subj)
     else:
+        assert fr.verb is not None
         out += tense + [(F[fr.verb.key]["base"], fr.verb.id)] + _xx_np(lex, fr.subj)
         if fr.kind in ("transitive", "ditransitive"):
+            assert fr.obj is not None
             out += [_f("ko")] + _xx_np(lex, fr.obj)
         if fr.kind == "ditransitive":
+            assert fr.recipient is not None
             out += [_f("ri")] + _xx_np(lex, fr.recipient)
         if fr.kind == "motion":
+            assert fr.place is not None
             out += [_f("ri"), (F[fr.place.key]["base"], fr.place.id)]
         if fr.place is not None and fr.kind != "motion":
             out += [_f("mo"), (F[fr.place.key]["base"], fr.place.id)]
