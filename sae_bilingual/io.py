@@ -136,8 +136,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> Path:
-    """Atomic JSON write (UTF-8, non-ASCII kept readable)."""
+def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Path:
+    """Atomic JSON write (UTF-8, non-ASCII kept readable; indent None: one line)."""
     return atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False, default=str) + "\n")
 
 

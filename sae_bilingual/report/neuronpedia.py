@@ -51,7 +51,7 @@ import pandas as pd
 from sae_bilingual.study.schemas import read_features
 from sae_bilingual.study.layout import FEATURES_FILE
 from sae_bilingual.errors import DataError
-from sae_bilingual.io import atomic_write_text
+from sae_bilingual.io import atomic_write_json
 from sae_bilingual.models.catalogue import iter_dirname
 from sae_bilingual.study.artefacts import SUMMARY_FILE
 from sae_bilingual.study.unit import layer_dirname, layer_dirs
@@ -148,7 +148,7 @@ def export_neuronpedia(unit_dir: str | Path, out_path: str | Path, model_id: str
     doc = neuronpedia_payload(features, examples, model_id, sae_id, n_tokens=n_tokens,
                               include_dead=include_dead, extra=extra)
     # compact (one line): atomic_write_json with indent=None, whose signature takes an int only
-    path = atomic_write_text(out_path, json.dumps(doc, indent=None, ensure_ascii=False, default=str) + "\n")
+    path = atomic_write_json(out_path, doc, indent=None)
     log.info("wrote %d features to %s", len(doc["features"]), path)
     return path
 
