@@ -10,7 +10,6 @@ pass or SAE step runs.
 from __future__ import annotations
 
 import dataclasses
-import gc
 import logging
 import time
 from pathlib import Path
@@ -46,6 +45,7 @@ from sae_bilingual.sae.metrics import ce_metrics_many
 from sae_bilingual.sae.train import TrainRun
 from sae_bilingual.study import alignment_stage
 from sae_bilingual.study.artefacts import write_unit_summary
+from sae_bilingual.study.collect import free_cycles
 from sae_bilingual.study.context import StudyContext
 from sae_bilingual.study.faults import crash_point
 from sae_bilingual.study.memplan import unit_groups
@@ -133,19 +133,7 @@ def run_unit(ctx: StudyContext, unit: Unit, layers: list[int], out: Path, *, lr:
     load_per_layer = timer.seconds["model load"] / len(layers)
     for group in groups:
         _train_and_analyse(ctx, unit, model, group, out, lr=lr, load_per_layer=load_per_layer)
-        _free_cycles()
-
-
-def _free_cycles() -> None:
-    """Free what only the cyclic collector can: without it each pass's peak RSS rose ~0.5 GB.
-
-    The activation store's generator refers back to the store, and SAELens's activation
-    normalisation keeps closures over the SAE; reference counting alone frees neither, so
-    buffers and SAEs of a finished stage stayed resident into the next one.
-    """
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+        free_cycles()
 
 
 def _train_and_analyse(ctx: StudyContext, unit: Unit, model: Any, layers: list[int], out: Path, *, lr: float,
@@ -160,7 +148,7 @@ def _train_and_analyse(ctx: StudyContext, unit: Unit, model: Any, layers: list[i
         init = warm_start_saes(ctx, unit, layers, out) if ctx.recipe.sae.warm_start else None
         saes = train.train_saes(acts_store, hooks, spec, run, metas, init_from=init)
         del acts_store
-    _free_cycles()  # the shuffle buffers belong to training only (memplan.PHASES)
+    free_cycles()  # the shuffle buffers belong to training only (memplan.PHASES)
     crash_point("trained")
     eval_windows = ctx.windows("eval", unit.model_index)
     ev = timer.call("eval LM + encode", stream.stream_eval, model, {h: saes[h] for h in hooks}, eval_windows,
@@ -185,7 +173,7 @@ def _train_and_analyse(ctx: StudyContext, unit: Unit, model: Any, layers: list[i
             codes = ev.codes(hook, tuple(ctx.recipe.data.languages))
             row = analyse_layer(ctx, unit, layer, sae, codes, clusters, ldir, pairs)
             del codes
-            _free_cycles()
+            free_cycles()
             ev.spools[hook].remove()
             row.update({k: v if isinstance(v, str) else float(v) for k, v in metrics.items() if np.isscalar(v)})
             md = sae.cfg.metadata

@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
+from sae_bilingual.study.collect import long_lived_objects_frozen
 from sae_bilingual.study.layout import WORLD_META, tables_dir
 from sae_bilingual.study.lineage_stage import run_all_lineage
 from sae_bilingual.config import Recipe, recipe_to_dict
@@ -84,7 +85,8 @@ def _run_locked(recipe: Recipe, ctx: StudyContext, plan: Plan, timer: StageTimer
         write_world_tables(ctx.world, out)
     lr = recipe.sae.lr
     if plan.lr_grid is not None:
-        lr = timer.call("LR grid", pipeline.run_lr_grid, ctx, plan.lr_grid, out)
+        with long_lived_objects_frozen():
+            lr = timer.call("LR grid", pipeline.run_lr_grid, ctx, plan.lr_grid, out)
     jobs = []
     for unit in plan.units:
         missing = unit.missing_layers(out)
@@ -97,7 +99,7 @@ def _run_locked(recipe: Recipe, ctx: StudyContext, plan: Plan, timer: StageTimer
     for job in jobs:
         manifest.mark_unit(job.unit.id, "queued")
     bar = tqdm(total=len(jobs), desc="units", unit="unit", disable=not progress)
-    with timer.stage("units"):
+    with timer.stage("units"), long_lived_objects_frozen():
         for result in executor.run(jobs):
             for layer in result.layers:
                 manifest.mark_layer(result.unit_id, layer)

@@ -14,7 +14,6 @@ checkpoint), the translation-pair encoding, and writing the artefacts.
 
 from __future__ import annotations
 
-import gc
 import statistics
 import tempfile
 import time
@@ -35,6 +34,7 @@ from sae_bilingual.errors import ConfigError
 from sae_bilingual.io import save_parquet
 from sae_bilingual.layers import hook_for_layer, stop_at_layer_for
 from sae_bilingual.sae.model import new_paper_sae
+from sae_bilingual.study.collect import free_cycles, long_lived_objects_frozen
 from sae_bilingual.study.memplan import LMShape, host_memory_budget, memory_budget, plan_unit
 
 PROBE_FLOPS = 2e10
@@ -63,8 +63,8 @@ class DeviceRates:
     analysis_per_token: float
     """A layer's analysis and its files, per evaluation vector."""
     collect: float
-    """One full ``gc.collect()`` in this process (the pipeline runs one after training and one
-    per analysed layer, to free the stores' reference cycles; on a small unit it is a large share)."""
+    """One ``collect.free_cycles()`` with this process's objects frozen, as during the units
+    (the pipeline runs one after training and one per analysed layer)."""
 
 
 @dataclass(frozen=True)
@@ -207,7 +207,8 @@ def measure_rates(recipe: Any, shape: LMShape) -> DeviceRates:
     n = recipe.sae.n_latents(shape.d_model)
     t_step, t_encode = _sae_rates(shape.d_model, n, recipe.sae.k, recipe.sae.batch_size, device)
     t_analysis = _analysis_rate(recipe, n, recipe.sae.k, shape.d_vocab)
-    t_collect = _median_seconds(gc.collect, torch.device("cpu"))
+    with long_lived_objects_frozen():  # as the units run (collect.py)
+        t_collect = _median_seconds(free_cycles, torch.device("cpu"))
     return DeviceRates(t_block, t_unembed, t_step, t_encode, t_analysis, t_collect)
 
 
