@@ -24,3 +24,7 @@ PAPER_K = 32
 
 PAPER_LANGUAGES: tuple[str, ...] = ("en", "ja")
 """The study's languages when none are given (``data.languages``, the toy world's, the corpus's)."""
+
+PAPER_EMBEDDING_DIM = 3072
+"""Width of the LLM-jp-3 3.7B input embeddings the paper clusters tokens with (the cosine
+threshold is stated for it; ``analysis.cluster_threshold_scaling`` rescales to other widths)."""

@@ -7,6 +7,8 @@ weights must be bit-identical and every result table equal (timing columns aside
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import importlib.util
 from pathlib import Path
 
@@ -50,20 +52,19 @@ def test_layer_groups_give_the_same_saes_and_tables(world_cache, tmp_path, monke
                      baseline=0).groups == [[0], [1], [2]]
 
     passes: list[list[int]] = []
-    real = pipeline._train_and_analyse
 
-    def spy(ctx, unit, model, layers, out, **kw):
+    def spy(ctx, unit, model, layers, out, lr):  # the train stage, recording each pass's layers
         passes.append(list(layers))
-        return real(ctx, unit, model, layers, out, **kw)
+        return pipeline.train_stage(ctx, unit, model, layers, out, lr)
 
-    monkeypatch.setattr(pipeline, "_train_and_analyse", spy)
+    stages = replace(pipeline.UnitStages(), train=spy)
     # the plan counts this process's RSS, which grows with the tests run before this one:
     # plan the study as the budgets above were computed (without it)
     monkeypatch.setattr(memplan, "process_rss", lambda: 0)
-    run_study(one, progress=False)
+    run_study(one, progress=False, unit_stages=stages)
     assert passes == [[0, 1, 2]]
     grouped = _recipe(tmp_path / "grouped", max_memory=budget)
-    run_study(grouped, progress=False)
+    run_study(grouped, progress=False, unit_stages=stages)
     assert passes == [[0, 1, 2], [0, 1], [2]]
 
     diffs = _soak().compare_outputs(tmp_path / "one", tmp_path / "grouped")

@@ -132,10 +132,9 @@ def test_rerun_skips_finished_units(smoke_study, monkeypatch) -> None:
     def boom(*a, **k):
         raise AssertionError("a finished unit was recomputed")
 
-    monkeypatch.setattr(pipeline, "run_unit", boom)
     monkeypatch.setattr(train, "lr_grid", lambda *a, **k: pytest.fail("LR grid recomputed"))
     recipe = load_recipe(SMOKE, {"output_dir": str(out)})
-    run_study(recipe, progress=False)
+    run_study(recipe, progress=False, unit_stages=pipeline.UnitStages(train=boom))
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
 
@@ -194,15 +193,12 @@ def test_resume_redoes_a_unit_whose_features_were_damaged(smoke_study, tmp_path,
     victim.write_bytes(bytes(blob))
     redone = []
 
-    def redo(ctx, unit, layers, out_dir, *, lr):  # stands in for the real run: restore the files
+    def spy(ctx, unit, model, layers, out_dir, lr):  # the real train stage, recording what is redone
         redone.append((unit.id, list(layers)))
-        for layer in layers:
-            rel = unit.layer_dir(out_dir, layer).relative_to(out_dir)
-            shutil.rmtree(out_dir / rel)
-            shutil.copytree(ref / rel, out_dir / rel)
+        return pipeline.train_stage(ctx, unit, model, layers, out_dir, lr)
 
-    monkeypatch.setattr(pipeline, "run_unit", redo)
-    run_study(load_recipe(SMOKE, {"output_dir": str(out)}), progress=False)
+    run_study(load_recipe(SMOKE, {"output_dir": str(out)}), progress=False,
+              unit_stages=pipeline.UnitStages(train=spy))
     unit_id = f"toy/{victim.parents[1].name}"
     assert redone == [(unit_id, [2])]
     assert victim.read_bytes() == (ref / victim.relative_to(out)).read_bytes()
@@ -216,8 +212,9 @@ def test_forced_rerun_with_other_intervention_settings_redoes_only_the_intervent
     shutil.copytree(ref, out)
     before = (out / "tables" / "intervention.md").read_text()
     assert "W_dec z + b_pre" in before
-    monkeypatch.setattr(pipeline, "run_unit", lambda *a, **k: pytest.fail("a finished unit was recomputed"))
-    run_study(load_recipe(SMOKE, {"output_dir": str(out), "intervention.add_bias": False}), progress=False, force=True)
+    never = pipeline.UnitStages(train=lambda *a, **k: pytest.fail("a finished unit was recomputed"))
+    run_study(load_recipe(SMOKE, {"output_dir": str(out), "intervention.add_bias": False}), progress=False, force=True,
+              unit_stages=never)
     after = (out / "tables" / "intervention.md").read_text()
     assert "without b_pre" in after.splitlines()[0] and "without b_pre" not in before
     assert set(pd.read_csv(out / "tables" / "intervention.csv")["decoder"]) != set(

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from sae_bilingual.config import load_recipe
 from sae_bilingual.errors import ConfigError
-from sae_bilingual.study.pipeline import token_clusters
+from sae_bilingual.study.layer_analysis import token_clusters
 from sae_bilingual.analysis.semantic import TokenGraph, token_graph_from_embeddings
 from sae_bilingual.data.store import Labels
 from sae_bilingual.study.context import StudyContext

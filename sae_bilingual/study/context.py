@@ -16,7 +16,6 @@ from sae_bilingual.data import corpus
 from sae_bilingual.errors import ConfigError
 from sae_bilingual.models.registry import ModelFamily, get_family
 
-
 def tokenizer_key(tokenizer: Any) -> str:
     """A short hash of what decides a tokenizer's ids for the windows: its class, its whole
     serialisation when it has one (vocabulary, merges, normalizer, pre-tokenizer, added
@@ -41,9 +40,13 @@ def tokenizer_key(tokenizer: Any) -> str:
 class StudyContext:
     """Everything built once per study and shared by its units (world, corpus, windows)."""
 
-    def __init__(self, recipe: Recipe, progress: bool = True, families: dict[int, Any] | None = None):
+    def __init__(self, recipe: Recipe, progress: bool = True, families: dict[int, Any] | None = None,
+                 unit_stages: Any = None):
         self.recipe = recipe
         self.progress = progress
+        self.unit_stages = unit_stages
+        """A ``pipeline.UnitStages`` every unit of this process runs (None: the study's own);
+        typed Any because pipeline imports this module."""
         self._world: toy_world.World | None = None
         self._families: dict[int, Any] = dict(families or {})  # given: stand-ins (dry run)
         self._tokenizer_keys: dict[int, str] = {}

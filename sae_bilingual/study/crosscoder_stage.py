@@ -50,7 +50,8 @@ from sae_bilingual.report.plotting import slug
 from sae_bilingual.sae.crosscoder import PaperCrosscoderConfig
 from sae_bilingual.sae.crosscoder_train import eval_crosscoder, save_crosscoder, train_crosscoder
 from sae_bilingual.sae.files import load_sae
-from sae_bilingual.study.pipeline import _torch_dtype, token_script
+from sae_bilingual.study.layer_analysis import token_script
+from sae_bilingual.study.pipeline import _torch_dtype
 from sae_bilingual.study.unit import layer_dirname
 
 log = logging.getLogger(__name__)

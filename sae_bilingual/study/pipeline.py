@@ -1,10 +1,9 @@
-"""What one work unit does: LM pass -> SAEs -> codes -> feature table -> summary.
+"""What one work unit does: per LM pass, train -> encode -> analyse -> write (:class:`UnitStages`).
 
 Kept apart from planning (plan.py), resume (unit.py, manifest.py) and the study's driver
-(run.py) so each reads top to bottom. The store, the SAE trainer and the streamed
-evaluation are called through their modules (``store.collect_activations``,
-``train.train_saes``, ``stream.stream_eval``): tests replace them there to prove that no LM
-pass or SAE step runs.
+(run.py) so each reads top to bottom. Each stage takes its inputs and returns its outputs
+(the SAEs, an :class:`EncodedPass`, a :class:`~sae_bilingual.study.layer_analysis.LayerAnalysis`);
+tests inject stages through ``run_study(..., unit_stages=...)``.
 """
 
 from __future__ import annotations
@@ -12,33 +11,22 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from pathlib import Path
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from safetensors import safe_open
 
-from sae_bilingual.study.layout import FEATURES_FILE, tables_dir
 from sae_bilingual import __version__
 from sae_bilingual.analysis import stream
 from sae_bilingual.analysis.codes import Codes
-from sae_bilingual.analysis.examples import top_examples
-from sae_bilingual.analysis.features import analyse_features, script_of_tokens, summarise
-from sae_bilingual.analysis.ground_truth import score_ground_truth
-from sae_bilingual.analysis.semantic import (
-    TokenGraph,
-    clusters_from_ground_truth,
-    token_clusters_from_embeddings,
-    token_graph_from_embeddings,
-)
 from sae_bilingual.data import store
 from sae_bilingual.errors import DataError
 from sae_bilingual.io import atomic_write_json, atomic_write_text, save_parquet
 from sae_bilingual.layers import hook_for_layer
-from sae_bilingual.models.registry import get_family
 from sae_bilingual.sae import train
 from sae_bilingual.sae.files import load_sae, save_sae
 from sae_bilingual.sae.metrics import ce_metrics_many
@@ -47,10 +35,12 @@ from sae_bilingual.study import alignment_stage
 from sae_bilingual.study.artefacts import write_unit_summary
 from sae_bilingual.study.collect import free_cycles
 from sae_bilingual.study.context import StudyContext
+from sae_bilingual.study.layer_analysis import LayerAnalysis, SemanticClusters, analyse_layer, token_clusters
+from sae_bilingual.study.layout import FEATURES_FILE, tables_dir
 from sae_bilingual.study.faults import crash_point
 from sae_bilingual.study.memplan import unit_groups
 from sae_bilingual.study.plan import select_checkpoints
-from sae_bilingual.study.schemas import check_summary_row, write_features
+from sae_bilingual.study.schemas import write_features
 from sae_bilingual.study.timing import StageTimer
 from sae_bilingual.study.unit import Unit
 
@@ -121,72 +111,125 @@ UNIT_STAGES = {"model load": "load", "LM + SAE training": "train", "eval LM + en
 """A unit's shared stages -> their ``seconds_<name>`` column in the summary (per layer)."""
 
 
-def run_unit(ctx: StudyContext, unit: Unit, layers: list[int], out: Path, *, lr: float) -> None:
+@dataclass
+class EncodedPass:
+    """What the encode stage leaves for the layers of one LM pass."""
+
+    eval: stream.StreamedEval
+    """The evaluation windows' labels, reconstruction metrics and code spools, per hook."""
+    pairs: alignment_stage.PairCodes
+    """The translation pairs' codes per hook (empty when alignment is off)."""
+    clusters: SemanticClusters
+    """The token clusters H_sem uses."""
+    ce: dict[str, dict[str, Any]]
+    """hook -> CE and KL metrics of its SAE's splice."""
+
+
+def train_stage(ctx: StudyContext, unit: Unit, model: Any, layers: list[int], out: Path, lr: float) -> dict[str, Any]:
+    """Train the SAEs of ``layers`` from one LM pass over the training windows: {hook: SAE}."""
+    hooks = [hook_for_layer(l) for l in layers]
+    spec, run = dataclasses.replace(ctx.recipe.sae, lr=lr), _train_run(ctx, unit)
+    acts_store = _store(ctx, unit, model, hooks, run.batch_size(spec))
+    metas = {hook_for_layer(l): _metadata(ctx, unit, l) for l in layers}
+    init = warm_start_saes(ctx, unit, layers, out) if ctx.recipe.sae.warm_start else None
+    return train.train_saes(acts_store, hooks, spec, run, metas, init_from=init)
+
+
+def encode_stage(ctx: StudyContext, unit: Unit, model: Any, saes: dict[str, Any], out: Path,
+                 timer: StageTimer) -> EncodedPass:
+    """Encode the evaluation windows and the translation pairs with every SAE of the pass
+    (codes spooled to disk), cluster their tokens, and measure each splice's CE."""
+    eval_windows = ctx.windows("eval", unit.model_index)
+    ev = timer.call("eval LM + encode", stream.stream_eval, model, saes, eval_windows,
+                    spool_dir=out / "cache" / "eval_codes" / unit.id, lm_batch_size=ctx.recipe.data.lm_batch_size,
+                    device=ctx.recipe.device, progress=ctx.progress)
+    pairs = timer.call("pairs LM + encode", alignment_stage.encode_pairs, ctx, unit, model, saes, out)
+    clusters = timer.call("clusters", token_clusters, ctx, unit, ev.labels)
+    ce_windows = _first_docs_per_lang(eval_windows, ctx.recipe.analysis.ce_docs_per_lang)
+    ce = timer.call("CE metrics", ce_metrics_many, model, list(saes.values()), ce_windows,  # one clean pass
+                    budget_bytes=int(ctx.recipe.data.logits_budget_mb * 2**20))
+    return EncodedPass(ev, pairs, clusters, ce)
+
+
+def write_stage(ldir: Path, sae: Any, codes: Codes, analysis: LayerAnalysis, row: dict[str, Any]) -> None:
+    """A layer's files: SAE, codes, feature table, examples, then summary.json (last: it marks the layer done)."""
+    ldir.mkdir(parents=True, exist_ok=True)
+    save_sae(sae, ldir / "sae")
+    codes.save(ldir / "codes.safetensors")
+    write_features(analysis.features, ldir / FEATURES_FILE)
+    atomic_write_json(ldir / "examples.json", analysis.examples)
+    write_unit_summary(ldir, row)
+
+
+@dataclass(frozen=True)
+class UnitStages:
+    """The stages of one LM pass of a unit, in order: train -> encode -> analyse -> write.
+
+    Each takes its inputs as arguments and returns its outputs; a test replaces one with
+    ``dataclasses.replace(UnitStages(), train=...)`` and passes it to ``run_study(...,
+    unit_stages=...)`` instead of patching modules.
+    """
+
+    train: Callable[..., dict[str, Any]] = train_stage
+    encode: Callable[..., EncodedPass] = encode_stage
+    analyse: Callable[..., LayerAnalysis] = analyse_layer
+    write: Callable[..., None] = write_stage
+
+
+def run_unit(ctx: StudyContext, unit: Unit, layers: list[int], out: Path, *, lr: float,
+             stages: UnitStages | None = None) -> None:
     """Train, save and analyse the SAEs of ``layers`` at one checkpoint (each stage timed).
 
     The layers are trained in as few LM passes as fit the memory budget (memplan.py); each
     pass trains and analyses its group, with the results of training all layers at once.
+    ``stages``: default ``ctx.unit_stages`` (the study's own unless a test injected others).
     """
+    stages = stages or ctx.unit_stages or UnitStages()
     groups = unit_groups(ctx.recipe, ctx.family(unit.model_index).hf_config, layers, unit.id)
     timer = StageTimer(unit.id)
     model = timer.call("model load", _load_model, ctx, unit)
     load_per_layer = timer.seconds["model load"] / len(layers)
     for group in groups:
-        _train_and_analyse(ctx, unit, model, group, out, lr=lr, load_per_layer=load_per_layer)
+        run_pass(ctx, unit, model, group, out, stages, lr=lr, load_per_layer=load_per_layer)
         free_cycles()
 
 
-def _train_and_analyse(ctx: StudyContext, unit: Unit, model: Any, layers: list[int], out: Path, *, lr: float,
-                       load_per_layer: float) -> None:
-    """One LM pass: train the SAEs of ``layers`` from one store, then analyse each layer."""
+def run_pass(ctx: StudyContext, unit: Unit, model: Any, layers: list[int], out: Path, stages: UnitStages, *,
+             lr: float, load_per_layer: float) -> None:
+    """One LM pass: the stages over the SAEs of ``layers``, each layer written as it is analysed."""
     timer = StageTimer(unit.id if len(layers) == len(unit.layers) else f"{unit.id} layers {layers}")
-    hooks = [hook_for_layer(l) for l in layers]
-    with timer.stage("LM + SAE training"):
-        spec, run = dataclasses.replace(ctx.recipe.sae, lr=lr), _train_run(ctx, unit)
-        acts_store = _store(ctx, unit, model, hooks, run.batch_size(spec))
-        metas = {hook_for_layer(l): _metadata(ctx, unit, l) for l in layers}
-        init = warm_start_saes(ctx, unit, layers, out) if ctx.recipe.sae.warm_start else None
-        saes = train.train_saes(acts_store, hooks, spec, run, metas, init_from=init)
-        del acts_store
+    saes = timer.call("LM + SAE training", stages.train, ctx, unit, model, layers, out, lr)
     free_cycles()  # the shuffle buffers belong to training only (memplan.PHASES)
     crash_point("trained")
-    eval_windows = ctx.windows("eval", unit.model_index)
-    ev = timer.call("eval LM + encode", stream.stream_eval, model, {h: saes[h] for h in hooks}, eval_windows,
-                    spool_dir=out / "cache" / "eval_codes" / unit.id, lm_batch_size=ctx.recipe.data.lm_batch_size,
-                    device=ctx.recipe.device, progress=ctx.progress)
-    labels, pairs = ev.labels, timer.call("pairs LM + encode", alignment_stage.encode_pairs, ctx, unit, model,
-                                          {h: saes[h] for h in hooks}, out)
-    clusters = timer.call("clusters", token_clusters, ctx, unit, labels)
-    ce_windows = _first_docs_per_lang(eval_windows, ctx.recipe.analysis.ce_docs_per_lang)
-    ce = timer.call("CE metrics", ce_metrics_many, model, [saes[h] for h in hooks], ce_windows,  # one clean pass
-                    budget_bytes=int(ctx.recipe.data.logits_budget_mb * 2**20))
+    enc = stages.encode(ctx, unit, model, saes, out, timer)
     shared = {"seconds_load": load_per_layer,
               **{f"seconds_{UNIT_STAGES[k]}": v / len(layers) for k, v in timer.seconds.items()}}
-    for layer, hook in zip(layers, hooks):
+    for layer in layers:
+        hook = hook_for_layer(layer)
         with timer.stage(f"layer {layer} analysis"):
             t1 = time.perf_counter()
-            ldir = unit.layer_dir(out, layer)
-            ldir.mkdir(parents=True, exist_ok=True)
-            sae = saes[hook]
-            save_sae(sae, ldir / "sae")
-            metrics = {**ev.metrics[hook], **ce[hook]}
-            codes = ev.codes(hook, tuple(ctx.recipe.data.languages))
-            row = analyse_layer(ctx, unit, layer, sae, codes, clusters, ldir, pairs)
-            del codes
-            free_cycles()
-            ev.spools[hook].remove()
-            row.update({k: v if isinstance(v, str) else float(v) for k, v in metrics.items() if np.isscalar(v)})
-            md = sae.cfg.metadata
-            row.update({k: md[k] for k in ("warm_start", "train_loss_final", "train_loss_first_tenth",
-                                            "train_steps_to_final", "aux_k_coefficient") if k in md})
-            # the unit's shared stages split evenly over its layers + this layer's own analysis
-            row.update({k: round(v, 2) for k, v in shared.items()})
+            codes = enc.eval.codes(hook, tuple(ctx.recipe.data.languages))
+            analysis = stages.analyse(ctx, unit, layer, saes[hook], codes, enc.clusters, enc.pairs)
+            row = {**analysis.row, **_layer_metrics(saes[hook], {**enc.eval.metrics[hook], **enc.ce[hook]}),
+                   **{k: round(v, 2) for k, v in shared.items()}}  # the pass's stages split evenly over its layers
             row["seconds_analysis"] = round(time.perf_counter() - t1, 2)
             row["seconds"] = round(sum(shared.values()) + row["seconds_analysis"], 2)
-            write_unit_summary(ldir, row)
+            stages.write(unit.layer_dir(out, layer), saes[hook], codes, analysis, row)
+            del codes
+            free_cycles()
+            enc.eval.spools[hook].remove()
         crash_point("layer")
     _remove_empty_dirs(out / "cache" / "eval_codes" / unit.id, stop=out / "cache")
     timer.log_split()
+
+
+def _layer_metrics(sae: Any, metrics: dict[str, Any]) -> dict[str, Any]:
+    """The summary columns from the evaluation (scalars; floats unless text) and the SAE's training metadata."""
+    row = {k: v if isinstance(v, str) else float(v) for k, v in metrics.items() if np.isscalar(v)}
+    md = sae.cfg.metadata
+    row.update({k: md[k] for k in ("warm_start", "train_loss_final", "train_loss_first_tenth",
+                                    "train_steps_to_final", "aux_k_coefficient") if k in md})
+    return row
 
 
 def _remove_empty_dirs(folder: Path, stop: Path) -> None:
@@ -220,137 +263,6 @@ def warm_start_saes(ctx: StudyContext, unit: Unit, layers: list[int], out: Path)
         init[hook_for_layer(layer)] = load_sae(path, device=ctx.recipe.device)
     log.info("warm start: %s from %s (%d layers)", unit.id, prev.id, len(init))
     return init
-
-
-def input_embeddings(fam: Any, ck: Any) -> torch.Tensor:
-    """The input embedding matrix [vocab, d] of a checkpoint, read alone from its safetensors
-    when possible (a 3.7B model need not be loaded whole for its 1.2 GB of embeddings)."""
-    name = "model.embed_tokens.weight"
-    for f in sorted(Path(ck.path).glob("*.safetensors")) if ck.path else []:
-        with safe_open(str(f), framework="pt") as st:
-            if name in st.keys():
-                return st.get_tensor(name).float()
-    model = fam.load(ck, device="cpu", dtype=torch.float32)
-    return model.W_E.detach().float()
-
-
-def _embedding_checkpoint(ctx: StudyContext, unit: Unit) -> tuple[Any, Any]:
-    """(family, checkpoint) whose input embeddings cluster the tokens of ``unit``."""
-    a = ctx.recipe.analysis
-    if a.embedding_source == "model":
-        em = a.embedding_model
-        fam = get_family(em.family, source=em.source, **({"revision": em.revision} if em.revision else {}))
-        cat = fam.catalogue()
-        return fam, cat.final if em.checkpoint == "final" else cat.select(iteration=int(em.checkpoint))
-    fam = ctx.family(unit.model_index)
-    cat = fam.catalogue()
-    return fam, cat.final if a.embedding_source == "final" else cat.select(iteration=unit.iteration)
-
-
-@dataclass
-class SemanticClusters:
-    """What H_sem is computed from, for one unit."""
-
-    embeddings: TokenGraph | np.ndarray
-    """The cosine > threshold graph over the eval set's token ids (the analysis forms each
-    feature's clusters C_i from its own tokens, the paper), or with ``analysis.cluster_scope:
-    global`` one global clustering of those ids."""
-    threshold: float
-    """The cosine threshold in force."""
-    ground_truth: np.ndarray | None = None
-    """Toy world only: token id -> ground-truth concept (a partition the paper never had)."""
-
-
-def token_clusters(ctx: StudyContext, unit: Unit, labels: Any) -> SemanticClusters:
-    """Semantic clusters of the token ids of the eval set, from the configured embeddings
-    (built once per embedding checkpoint and study)."""
-    a = ctx.recipe.analysis
-    fam, ck = _embedding_checkpoint(ctx, unit)
-    key = (fam.name, str(fam.source), ck.iteration)
-    if key not in ctx.cluster_cache:
-        emb = input_embeddings(fam, ck)
-        token_ids = np.unique(labels.token_id.numpy())
-        threshold = cluster_threshold(ctx, emb.shape[1])
-        if a.cluster_scope == "feature":
-            graph = token_graph_from_embeddings(emb, threshold=threshold, token_ids=token_ids)
-        else:
-            graph = token_clusters_from_embeddings(emb, threshold=threshold, token_ids=token_ids)
-        ctx.cluster_cache[key] = (graph, threshold)
-    graph, threshold = ctx.cluster_cache[key]
-    gt = clusters_from_ground_truth(ctx.world.ground_truth["concept"]) if ctx.recipe.data.corpus == "toy" else None
-    return SemanticClusters(graph, threshold, gt)
-
-
-PAPER_EMBEDDING_DIM = 3072
-"""Width of the LLM-jp-3 3.7B input embeddings the paper clusters tokens with."""
-
-
-def cluster_threshold(ctx: StudyContext, d_embedding: int) -> float:
-    """The cosine threshold in force (optionally scaled to the embedding width)."""
-    a = ctx.recipe.analysis
-    if a.cluster_threshold_scaling:
-        return float(a.cluster_threshold * (PAPER_EMBEDDING_DIM / d_embedding) ** 0.5)
-    return float(a.cluster_threshold)
-
-
-def token_script(ctx: StudyContext) -> np.ndarray | None:
-    """Token id -> language index when the recipe labels entries by script, else None."""
-    if ctx.recipe.analysis.language_rule != "script":
-        return None
-    tok = ctx.tokenizer()
-    return script_of_tokens(tok.convert_ids_to_tokens(list(range(len(tok)))), tuple(ctx.recipe.data.languages))
-
-
-def analyse_layer(ctx: StudyContext, unit: Unit, layer: int, sae: Any, codes: Codes, clusters: SemanticClusters,
-                  ldir: Path, pairs: alignment_stage.PairCodes | None = None) -> dict[str, Any]:
-    """Codes (+ the translation pairs' codes) -> per-feature table (+ examples) -> summary row for one SAE."""
-    a = ctx.recipe.analysis
-    languages = tuple(ctx.recipe.data.languages)
-    codes.save(ldir / "codes.safetensors")
-    scripts = token_script(ctx)
-    gt = clusters.ground_truth
-    use_gt = a.cluster_method == "ground_truth" and gt is not None
-    df = analyse_features(codes, sae.cfg.d_sae, token_clusters=gt if use_gt else clusters.embeddings, cfg=a,
-                          token_script=scripts)
-    row: dict[str, Any] = {}
-    if gt is not None:
-        if not use_gt:
-            gt_df = analyse_features(codes, sae.cfg.d_sae, token_clusters=gt, cfg=a, token_script=scripts)
-            df["R_gt"] = gt_df["R"]
-            row["mean_R_gt"] = float(gt_df.loc[~gt_df["dead"], "R"].mean())
-        gt_cols, gt_scores = score_ground_truth(codes, df, ctx.world.ground_truth, cfg=a)
-        for c in gt_cols.columns:
-            df[c] = gt_cols[c]
-        row.update({k: v for k, v in gt_scores.items() if np.isscalar(v)})
-    row.update(alignment_stage.add_to_table(ctx, df, pairs, hook_for_layer(layer)))
-    tok = ctx.tokenizer(unit.model_index)
-    df["top_tokens"] = [[tok.convert_ids_to_tokens(int(t)) for t in ids] for ids in df["top_token_ids"]]
-    write_features(df, ldir / FEATURES_FILE)
-    browse = _browser_features(df, a.n_browser_features, languages)
-    examples = top_examples(codes, None, browse, n_examples=a.n_examples, tokenizer=tok)
-    atomic_write_json(ldir / "examples.json", examples)
-    fam = ctx.family(unit.model_index)
-    row.update({
-        "model": unit.family, "size": unit.family, "iteration": unit.iteration, "tokens": unit.tokens,
-        "layer": layer, "hook": hook_for_layer(layer), "n_layers": fam.n_layers, "n_tokens": codes.n,
-        "d_sae": sae.cfg.d_sae, "k": sae.cfg.k, "cluster_threshold": clusters.threshold,
-        "cluster_scope": a.cluster_scope,
-    })
-    row.update(summarise(df, languages))
-    check_summary_row(row, languages)
-    return row
-
-
-def _browser_features(df: pd.DataFrame, n: int, languages: tuple[str, ...]) -> list[int]:
-    """A balanced pick of live features per class for the browser (most active first)."""
-    live = df[~df["dead"]]
-    classes = list(languages) + ["mixed"]
-    per = max(1, n // len(classes))
-    picks: list[int] = []
-    for c in classes:
-        sub = live[live["cls"] == c].sort_values("n_active", ascending=False)
-        picks.extend(int(i) for i in sub.index[:per])
-    return picks
 
 
 def run_lr_grid(ctx: StudyContext, unit: Unit, out: Path) -> float:

@@ -48,9 +48,10 @@ log = logging.getLogger(__name__)
 
 
 def run_study(recipe: Recipe, *, dry_run: bool = False, progress: bool = True, force: bool = False,
-              estimate_time: bool = False) -> Path | str:
+              estimate_time: bool = False, unit_stages: pipeline.UnitStages | None = None) -> Path | str:
     """Run (or resume) a whole study; returns the report path (or the plan text on dry run,
     with seconds per unit from kernels timed on this device when ``estimate_time``).
+    ``unit_stages``: stages the units run in this process instead of the study's own (tests).
 
     The output folder is checked (not a folder of unrelated files) and locked for the whole
     run: a second study on it fails naming this one."""
@@ -63,7 +64,7 @@ def run_study(recipe: Recipe, *, dry_run: bool = False, progress: bool = True, f
         plan = plan_study(recipe, ctx, run_preflight=not inputs.missing)
         return describe_dry_run(recipe, plan, ctx, inputs, estimate_time=estimate_time)
     timer = StageTimer("study")  # one log line per stage; the split ends the run and the report
-    ctx = StudyContext(recipe, progress=progress)
+    ctx = StudyContext(recipe, progress=progress, unit_stages=unit_stages)
     if uses_world(recipe):
         timer.call("world", lambda: ctx.world)  # built, or loaded from the cache
     plan = timer.call("plan", plan_study, recipe, ctx)
