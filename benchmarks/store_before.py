@@ -24,7 +24,7 @@ class ConcatRefillStore(ActivationStore):
         del self._used, self._seq, self._order  # the in-place store's slot bookkeeping
         self._fill = 0
 
-    def _source_iter(self):
+    def _chunks(self):
         T = self.windows.tokens.shape[1]
         while True:
             n = len(self.windows)
@@ -37,8 +37,7 @@ class ConcatRefillStore(ActivationStore):
                 s += rows
                 yield collect_activations(self.model, w, self.hooks, batch_size=self.lm_batch_size,
                                           device=self.device, dtype=self.dtype)
-            self.epoch += 1
-            yield None
+            yield None  # the buffer counts the epoch
 
     def _size(self) -> int:
         return 0 if self._buf is None else int(self._lab.lang.shape[0])
@@ -50,7 +49,7 @@ class ConcatRefillStore(ActivationStore):
         end_of_epoch = False
         while size < self.buffer_vectors:
             self._fill = size
-            chunk = next(self._source)
+            chunk = self._next_chunk()
             if chunk is None:
                 end_of_epoch = True
                 if size > 0:

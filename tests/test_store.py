@@ -187,3 +187,13 @@ def test_unshuffled_store_serves_window_order(world):
         docs += lab.doc_id.tolist()
         pos += lab.position.tolist()
     assert docs[:w.n_vectors] == ref.doc_id.tolist() and pos[:w.n_vectors] == ref.position.tolist()
+
+
+def test_a_cached_store_runs_the_lm_at_its_first_batch_not_in_its_constructor(world, tmp_path):
+    model, w = world
+    st = ActivationStore(model, w, HOOKS, batch_size=16, buffer_vectors=120, lm_batch_size=4, cache_dir=tmp_path,
+                         cache_id={"x": 2})
+    assert st.shard_dir is not None and not st.shard_dir.exists()
+    next(st)
+    assert (st.shard_dir / "index.json").is_file()
+

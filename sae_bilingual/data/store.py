@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,8 @@ import torch
 from safetensors.torch import load_file
 
 from sae_bilingual.data.corpus import Windows
+from sae_bilingual.data.labels import Labels
+from sae_bilingual.data.shuffle_buffer import Chunk, ShuffleBuffer
 from sae_bilingual.errors import DataError
 from sae_bilingual.io import atomic_dir, atomic_save_safetensors, atomic_write_json
 from sae_bilingual.layers import stop_at_layer_for
@@ -28,47 +29,8 @@ from sae_bilingual.sae.kernels import unit_norm
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class Labels:
-    """Per-vector labels, aligned with the activation rows.
-
-    lang: LongTensor[M] index into the windows' languages.
-    token_id: LongTensor[M] the token at that position.
-    doc_id: LongTensor[M] document id.
-    position: LongTensor[M] position in the window (1..T-1; BOS = 0 is never present).
-    """
-
-    lang: torch.Tensor
-    token_id: torch.Tensor
-    doc_id: torch.Tensor
-    position: torch.Tensor
-
-    def __len__(self) -> int:
-        return int(self.lang.shape[0])
-
-    def index(self, idx: torch.Tensor | slice) -> Labels:
-        """Rows ``idx`` (a permutation, mask or slice) of every label."""
-        return Labels(*(getattr(self, f.name)[idx] for f in fields(self)))
-
-    @staticmethod
-    def cat(parts: Sequence[Labels]) -> Labels:
-        """Concatenate label sets."""
-        if not parts:
-            return Labels.empty()
-        return Labels(*(torch.cat([getattr(p, f.name) for p in parts]) for f in fields(Labels)))
-
-    @staticmethod
-    def empty() -> Labels:
-        z = torch.zeros(0, dtype=torch.long)
-        return Labels(z, z.clone(), z.clone(), z.clone())
-
-    def to_dict(self) -> dict[str, torch.Tensor]:
-        return {f"label_{f.name}": getattr(self, f.name) for f in fields(self)}
-
-    @staticmethod
-    def from_dict(d: Mapping[str, torch.Tensor]) -> Labels:
-        return Labels(*(d[f"label_{f.name}"] for f in fields(Labels)))
+__all__ = ["ActivationStore", "Labels", "cache_key", "check_token_ids", "collect_activations", "iter_activations",
+           "lm_chunks", "shard_chunks", "write_activation_cache"]
 
 
 def _check_finite(hook: str, acts: torch.Tensor, doc: torch.Tensor, pos: torch.Tensor) -> None:
@@ -171,26 +133,64 @@ def cache_key(**parts: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-class ActivationStore:
+def lm_chunks(model: Any, windows: Windows, hooks: Sequence[str], *, lm_batch_size: int, generator: torch.Generator,
+              shuffle: bool = True, device: str | torch.device | None = None,
+              dtype: torch.dtype = torch.float32) -> Iterator[Chunk | None]:
+    """Endless LM batches of (acts, labels) over the windows, in a new seeded order each
+    epoch; None ends an epoch."""
+    while True:
+        n = len(windows)
+        perm = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        for s in range(0, n, lm_batch_size):
+            yield collect_activations(model, windows.subset(perm[s:s + lm_batch_size]), hooks,
+                                      batch_size=lm_batch_size, device=device, dtype=dtype)
+        yield None
+
+
+def shard_chunks(shard_dir: Path, hooks: Sequence[str], *, generator: torch.Generator,
+                 shuffle: bool = True) -> Iterator[Chunk | None]:
+    """Endless cache shards of (acts, labels), in a new seeded order each epoch; None ends an epoch."""
+    names = json.loads((shard_dir / "index.json").read_text())["shards"]
+    while True:
+        order = torch.randperm(len(names), generator=generator) if shuffle else range(len(names))
+        for i in order:
+            d = load_file(str(shard_dir / names[int(i)]))
+            yield {h: d[f"act.{h}"] for h in hooks}, Labels.from_dict(d)
+        yield None
+
+
+def write_activation_cache(model: Any, windows: Windows, hooks: Sequence[str], shard_dir: Path, *,
+                           rows_per_shard: int, lm_batch_size: int, cache_id: Mapping[str, Any],
+                           device: str | torch.device | None = None, dtype: torch.dtype = torch.float32) -> None:
+    """One LM pass over the windows, written as safetensors shards of ``rows_per_shard`` windows
+    plus ``index.json`` (the folder appears whole or not at all)."""
+    with atomic_dir(shard_dir) as tmp:
+        shards = []
+        for i, s in enumerate(range(0, len(windows), rows_per_shard)):
+            acts, lab = collect_activations(model, windows.subset(slice(s, s + rows_per_shard)), hooks,
+                                            batch_size=lm_batch_size, device=device, dtype=dtype)
+            name = f"shard_{i:05d}.safetensors"
+            atomic_save_safetensors({f"act.{h}": a for h, a in acts.items()} | lab.to_dict(), tmp / name)
+            shards.append(name)
+        atomic_write_json(tmp / "index.json", {"shards": shards, "hooks": list(hooks), "cache_id": dict(cache_id)})
+    log.info("wrote activation cache %s (%d shards)", shard_dir, len(shards))
+
+
+class ActivationStore(ShuffleBuffer):
     """Shuffling, memory-bounded iterator over unit-norm activations of several hooks.
 
     Each ``next()`` gives ``{hook: Tensor[batch_size, d]}`` (or, with ``with_labels=True``,
-    ``(dict, Labels)``). The buffer is allocated once, ``buffer_vectors`` rows per hook (and
-    one row of labels per vector), and refilled in place: the LM runs on chunks of windows
-    whose vectors overwrite the slots already served, then the slots still unserved are put
-    in a new seeded random order (a permutation of indices: no vector is copied), and the
-    first half of that order is served before the next refill. Peak memory is therefore the
-    buffer plus one LM chunk and one batch, not the buffer twice or more. Passes over the
-    windows repeat (new permutation per epoch) so the iterator never ends; ``epoch`` counts
-    passes, and the vectors of one pass are all served before any of the next.
+    ``(dict, Labels)``). A :class:`~sae_bilingual.data.shuffle_buffer.ShuffleBuffer` fed by the
+    LM (:func:`lm_chunks`: one forward per LM batch feeds every hook) or by cache shards.
+    Passes over the windows repeat (new permutation per epoch) so the iterator never ends.
 
     The random stream (window order, slot order) depends on the windows, the sizes and the
     seed only, never on ``hooks``: a hook's batches are the same whichever hooks share the
     store (a unit's layers may be trained in several groups, see memplan.py).
 
     With ``cache_dir`` the activations are written once as safetensors shards under
-    ``cache_dir/<cache_key(**cache_id)>/`` and later stores with the same key read them
-    instead of running the LM.
+    ``cache_dir/<cache_key(**cache_id)>/`` (at the first batch, not in the constructor) and
+    later stores with the same key read them instead of running the LM.
     """
 
     def __init__(self, model: Any, windows: Windows, hooks: Sequence[str], *, batch_size: int = 4096,
@@ -198,152 +198,38 @@ class ActivationStore:
                  device: str | torch.device | None = None, dtype: torch.dtype = torch.float32,
                  with_labels: bool = False, cache_dir: str | Path | None = None,
                  cache_id: Mapping[str, Any] | None = None, shuffle: bool = True):
-        self.model, self.windows, self.hooks = model, windows, list(hooks)
-        self.batch_size, self.lm_batch_size = int(batch_size), int(lm_batch_size)
-        self.buffer_vectors = int(buffer_vectors)
         T = windows.tokens.shape[1]
-        if self.buffer_vectors < max(self.batch_size, T - 1):
+        if int(buffer_vectors) < max(int(batch_size), T - 1):
             raise DataError(f"buffer_vectors={buffer_vectors} must be at least batch_size "
                             f"({batch_size}) and one window ({T - 1} vectors)")
         if windows.n_vectors == 0:
             raise DataError("the windows hold no non-BOS tokens")
-        self.device, self.dtype, self.with_labels, self.shuffle = device, dtype, with_labels, shuffle
-        self.gen = torch.Generator().manual_seed(seed)
-        self.epoch = 0
-        self.n_served = 0
-        C = self.buffer_vectors
-        self._buf: dict[str, torch.Tensor] | None = None  # [C, d] per hook, allocated at the first chunk
-        self._lab = Labels(*(torch.zeros(C, dtype=torch.long) for _ in fields(Labels)))
-        self._used = torch.zeros(C, dtype=torch.bool)  # slot holds a vector not served yet
-        self._seq = torch.zeros(C, dtype=torch.long)  # arrival number (serving order without shuffle)
-        self._n_in = 0  # vectors written so far
-        self._order = torch.zeros(0, dtype=torch.long)  # slots in serving order
-        self._pos = 0  # next entry of _order to serve
-        self._ready = 0  # entries of _order servable before the next refill
-        self._pending: tuple[dict[str, torch.Tensor], Labels] | None = None  # rest of a chunk that did not fit
-        self._source = self._source_iter()
+        self.model, self.windows = model, windows
+        self.lm_batch_size, self.device, self.dtype, self.with_labels = int(lm_batch_size), device, dtype, with_labels
         self.shard_dir: Path | None = None
+        self._cache_id = dict(cache_id or {})
         if cache_dir is not None:
-            key = cache_key(**{**dict(cache_id or {}), "hooks": self.hooks, "n_vectors": windows.n_vectors})
+            key = cache_key(**{**self._cache_id, "hooks": list(hooks), "n_vectors": windows.n_vectors})
             self.shard_dir = Path(cache_dir) / key
-            if not (self.shard_dir / "index.json").exists():
-                self._write_cache(cache_id or {})
-            else:
-                log.info("activation cache hit: %s (LM skipped)", self.shard_dir)
+        super().__init__(self._chunks(), hooks, batch_size=batch_size, buffer_vectors=buffer_vectors,
+                         generator=torch.Generator().manual_seed(seed), shuffle=shuffle)
 
-    # -- sources -------------------------------------------------------------------------
-    def _write_cache(self, cache_id: Mapping[str, Any]) -> None:
-        assert self.shard_dir is not None
-        rows = self._shard_rows()
-        with atomic_dir(self.shard_dir) as tmp:
-            shards = []
-            for i, s in enumerate(range(0, len(self.windows), rows)):
-                acts, lab = collect_activations(self.model, self.windows.subset(slice(s, s + rows)),
-                                                self.hooks, batch_size=self.lm_batch_size,
-                                                device=self.device, dtype=self.dtype)
-                t = {f"act.{h}": a for h, a in acts.items()} | lab.to_dict()
-                name = f"shard_{i:05d}.safetensors"
-                atomic_save_safetensors(t, tmp / name)
-                shards.append(name)
-            atomic_write_json(tmp / "index.json", {"shards": shards, "hooks": self.hooks,
-                                                   "cache_id": dict(cache_id)})
-        log.info("wrote activation cache %s (%d shards)", self.shard_dir, len(shards))
-
-    def _source_iter(self) -> Iterator[tuple[dict[str, torch.Tensor], Labels] | None]:
-        """Endless chunks of (acts, labels), from the cache shards or the LM; None ends an epoch."""
-        while True:
-            if self.shard_dir is not None:
-                names = json.loads((self.shard_dir / "index.json").read_text())["shards"]
-                order = torch.randperm(len(names), generator=self.gen) if self.shuffle else range(len(names))
-                for i in order:
-                    d = load_file(str(self.shard_dir / names[int(i)]))
-                    yield {h: d[f"act.{h}"] for h in self.hooks}, Labels.from_dict(d)
-            else:
-                n = len(self.windows)
-                perm = torch.randperm(n, generator=self.gen) if self.shuffle else torch.arange(n)
-                for s in range(0, n, self.lm_batch_size):
-                    w = self.windows.subset(perm[s:s + self.lm_batch_size])
-                    yield collect_activations(self.model, w, self.hooks, batch_size=self.lm_batch_size,
-                                              device=self.device, dtype=self.dtype)
-            self.epoch += 1
-            yield None  # epoch boundary marker
-
-    def _shard_rows(self) -> int:
-        # a shard holds at most an eighth of the buffer: reading one costs little beyond the buffer
-        return max(1, self.buffer_vectors // (8 * (self.windows.tokens.shape[1] - 1)))
-
-    def _size(self) -> int:
-        """Vectors in the buffer not served yet."""
-        return int(self._order.shape[0]) - self._pos
-
-    def _write(self, slots: torch.Tensor, acts: Mapping[str, torch.Tensor], lab: Labels) -> None:
-        """Copy the first ``len(slots)`` vectors of a chunk into those slots of the buffer."""
-        m = int(slots.shape[0])
-        if self._buf is None:
-            C = self.buffer_vectors
-            self._buf = {h: torch.empty(C, acts[h].shape[1], dtype=acts[h].dtype) for h in self.hooks}
-        for h in self.hooks:
-            self._buf[h].index_copy_(0, slots, acts[h][:m])
-        for f in fields(Labels):
-            getattr(self._lab, f.name).index_copy_(0, slots, getattr(lab, f.name)[:m])
-        self._used[slots] = True
-        self._seq[slots] = torch.arange(self._n_in, self._n_in + m)
-        self._n_in += m
-
-    def _refill(self) -> None:
-        """Overwrite the served slots with new vectors, then reorder the unserved ones."""
-        self._used[self._order[:self._pos]] = False
-        free = (~self._used).nonzero().flatten()
-        w = 0
-        end_of_epoch = False
-        while w < free.shape[0]:
-            chunk, self._pending = (self._pending, None) if self._pending is not None else (next(self._source), None)
-            if chunk is None:
-                end_of_epoch = True
-                if w > 0 or bool(self._used.any()):
-                    break
-                continue
-            acts, lab = chunk
-            m = min(len(lab), int(free.shape[0]) - w)
-            self._write(free[w:w + m], acts, lab)
-            if m < len(lab):  # keep the rest for the next refill (views: no copy)
-                self._pending = ({h: acts[h][m:] for h in self.hooks}, lab.index(slice(m, None)))
-            w += m
-        live = self._used.nonzero().flatten()
-        if self.shuffle:
-            self._order = live[torch.randperm(live.shape[0], generator=self.gen)]
+    def _chunks(self) -> Iterator[Chunk | None]:
+        """The chunk source, chosen at the first batch: cache shards (written first when
+        missing) or the LM."""
+        if self.shard_dir is None:
+            yield from lm_chunks(self.model, self.windows, self.hooks, lm_batch_size=self.lm_batch_size,
+                                 generator=self.gen, shuffle=self.shuffle, device=self.device, dtype=self.dtype)
+            return
+        if (self.shard_dir / "index.json").exists():
+            log.info("activation cache hit: %s (LM skipped)", self.shard_dir)
         else:
-            self._order = live[torch.argsort(self._seq[live])]
-        self._pos = 0
-        n = int(live.shape[0])
-        self._ready = n if end_of_epoch else max(min(n, self.batch_size), n // 2)
-
-    def _take(self, n: int) -> tuple[dict[str, torch.Tensor], Labels]:
-        """The next ``n`` vectors in serving order (copies: their slots are refilled later)."""
-        assert self._buf is not None
-        slots = self._order[self._pos:self._pos + n]
-        out = {h: a.index_select(0, slots) for h, a in self._buf.items()}
-        lab = self._lab.index(slots)
-        self._pos += n
-        self._ready -= n
-        return out, lab
-
-    def next_with_labels(self) -> tuple[dict[str, torch.Tensor], Labels]:
-        """Next batch and its labels."""
-        got_a: list[dict[str, torch.Tensor]] = []
-        got_l: list[Labels] = []
-        need = self.batch_size
-        while need > 0:
-            if self._ready <= 0:
-                self._refill()
-            a, lab = self._take(min(need, self._ready))
-            got_a.append(a)
-            got_l.append(lab)
-            need -= len(lab)
-        self.n_served += self.batch_size
-        if len(got_a) == 1:
-            return got_a[0], got_l[0]
-        return {h: torch.cat([g[h] for g in got_a]) for h in self.hooks}, Labels.cat(got_l)
+            # a shard holds at most an eighth of the buffer: reading one costs little beyond the buffer
+            rows = max(1, self.buffer_vectors // (8 * (self.windows.tokens.shape[1] - 1)))
+            write_activation_cache(self.model, self.windows, self.hooks, self.shard_dir, rows_per_shard=rows,
+                                   lm_batch_size=self.lm_batch_size, cache_id=self._cache_id, device=self.device,
+                                   dtype=self.dtype)
+        yield from shard_chunks(self.shard_dir, self.hooks, generator=self.gen, shuffle=self.shuffle)
 
     def __iter__(self) -> ActivationStore:
         return self
