@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from transformer_lens.model_bridge import TransformerBridge
@@ -105,9 +105,16 @@ def nll_rows(model: Any, resid: torch.Tensor, tokens: torch.Tensor, lengths: tor
     return out
 
 
-def token_windows(windows: Any, langs: Any, languages: Sequence[str] | None, lengths: Any):
-    """(tokens [N, T], lengths [N], lang ids [N], language codes) of a ``corpus.Windows`` or a
-    LongTensor [N, T] given with ``langs`` (and optionally ``lengths``); checked."""
+class WindowParts(NamedTuple):
+    tokens: torch.Tensor       # [N, T] token ids
+    lengths: torch.Tensor      # [N] tokens that are not padding
+    langs: torch.Tensor        # [N] index into languages
+    languages: tuple[str, ...]
+
+
+def token_windows(windows: Any, langs: Any, languages: Sequence[str] | None, lengths: Any) -> WindowParts:
+    """The parts of a ``corpus.Windows``, or of a LongTensor [N, T] given with ``langs`` (and
+    optionally ``lengths``); checked."""
     if hasattr(windows, "tokens"):
         tokens = windows.tokens
         lengths = windows.lengths if lengths is None else lengths
@@ -128,7 +135,7 @@ def token_windows(windows: Any, langs: Any, languages: Sequence[str] | None, len
         raise DataError(f"langs/lengths must have shape ({N},); got {tuple(langs.shape)}/{tuple(lengths.shape)}")
     if N and (int(langs.min()) < 0 or int(langs.max()) >= len(languages)):
         raise DataError(f"lang indices must lie in 0..{len(languages) - 1} for languages {languages}")
-    return tokens, lengths, langs, languages
+    return WindowParts(tokens, lengths, langs, languages)
 
 
 def ppl_row(nll_sum: torch.Tensor, count: torch.Tensor, languages: Sequence[str]) -> dict[str, float]:

@@ -207,8 +207,9 @@ def test_stacked_masks_generate_as_each_mask_alone(models, tokens):
     kw = dict(max_new_tokens=steps, do_sample=False, use_past_kv_cache=True, stop_at_eos=False, verbose=False)
     rows = []
     with FeatureInjection(sae, mid_model=mid, final_model=final, alpha=alphas, mask=masks) as inj:
-        real = inj._run_final
-        inj._run_final = lambda t, **k: rows.append(t.shape[0]) or real(t, **k)
+        assert inj.final is not None
+        real = inj.final.run
+        inj.final.run = lambda t, **k: rows.append(t.shape[0]) or real(t, **k)
         with mid.hooks(fwd_hooks=inj.fwd_hooks()):
             stacked = mid.generate(prompt.repeat(3, 1), **kw)
     assert rows[0] == prompt.shape[0] and set(rows[1:]) == {3 * prompt.shape[0]}  # prompt once, then per row

@@ -42,7 +42,9 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -156,7 +158,22 @@ def _entropy(group: np.ndarray, weight: np.ndarray, total: np.ndarray, n: int) -
     return np.bincount(group, weights=-p * np.log(p), minlength=n)
 
 
-def _active_pairs(fm: FeatureMajor, n: int, cfg: AnalysisSpec):
+class ActivePairs(NamedTuple):
+    """A feature's active entries (``*a``), and their weights summed per (feature, token) pair."""
+
+    n_fired: np.ndarray   # [n] entries where the TopK selected the feature
+    max_act: np.ndarray   # [n] largest activation (NaN when never selected)
+    Fa: np.ndarray        # [A] feature of each active entry
+    Ra: np.ndarray        # [A] sorted row of each active entry
+    Va: np.ndarray        # [A] activation of each active entry
+    wa: np.ndarray        # [A] weight of each active entry (1, or its activation)
+    pf: np.ndarray        # [P] feature of each (feature, token) pair
+    pt: np.ndarray        # [P] token of each pair
+    w_pair: np.ndarray    # [P] summed weight of each pair
+    vocab: int            # token ids are < vocab
+
+
+def _active_pairs(fm: FeatureMajor, n: int, cfg: AnalysisSpec) -> ActivePairs:
     """Active entries and their (feature, token) aggregation."""
     n_fired = np.diff(fm.indptr)
     max_act = _segment_max(fm.V, fm.F, n)
@@ -169,8 +186,7 @@ def _active_pairs(fm: FeatureMajor, n: int, cfg: AnalysisSpec):
     key = Fa.astype(np.int64) * vocab + Ta
     uniq, inv = np.unique(key, return_inverse=True)
     w_pair = np.bincount(inv.ravel(), weights=wa, minlength=uniq.size)
-    return dict(n_fired=n_fired, max_act=max_act, Fa=Fa, Ra=Ra, Va=Va, wa=wa,
-                pf=uniq // vocab, pt=uniq % vocab, w_pair=w_pair, vocab=vocab)
+    return ActivePairs(n_fired, max_act, Fa, Ra, Va, wa, uniq // vocab, uniq % vocab, w_pair, vocab)
 
 
 def _semantic_entropy(pf: np.ndarray, pt: np.ndarray, w_pair: np.ndarray, total: np.ndarray, n: int,
@@ -203,7 +219,7 @@ def active_token_matrix(codes: Codes, n_latents: int, cfg: AnalysisSpec | None =
     """Sparse [n_latents, vocab] weight of each token among each feature's active entries."""
     cfg = (cfg or AnalysisSpec()).validate()
     a = _active_pairs(feature_major(codes, n_latents), n_latents, cfg)
-    return sp.csr_matrix((a["w_pair"], (a["pf"], a["pt"])), shape=(n_latents, a["vocab"]))
+    return sp.csr_matrix((a.w_pair, (a.pf, a.pt)), shape=(n_latents, a.vocab))
 
 
 def analyse_features(
@@ -213,6 +229,7 @@ def analyse_features(
     token_clusters: np.ndarray | TokenGraph | None = None,
     cfg: AnalysisSpec | None = None,
     token_script: np.ndarray | None = None,
+    more_clusters: Mapping[str, np.ndarray | TokenGraph] | None = None,
 ) -> pd.DataFrame:
     """One row per feature (index ``feature``) with the contract's per-feature columns.
 
@@ -221,7 +238,9 @@ def analyse_features(
     or a token id -> cluster id array (`clusters_from_ground_truth`, or the global
     `token_clusters_from_embeddings`). ``cfg`` is the recipe's ``analysis:`` section (default: the
     paper's settings). ``token_script`` (token id -> language index, `script_of_tokens`) is needed
-    exactly when ``cfg.language_rule == "script"``.
+    exactly when ``cfg.language_rule == "script"``. ``more_clusters`` {name: clusters} adds a
+    column ``R_<name>`` per entry, R under that clustering (e.g. the ground truth's beside the
+    embeddings'), from the same pass.
     """
     cfg = (cfg or AnalysisSpec()).validate()
     if (cfg.language_rule == "script") != (token_script is not None):
@@ -235,7 +254,7 @@ def analyse_features(
     L = len(langs)
     fm = feature_major(codes, n)
     a = _active_pairs(fm, n, cfg)
-    Fa, Ra, wa, pf, pt, w_pair = a["Fa"], a["Ra"], a["wa"], a["pf"], a["pt"], a["w_pair"]
+    Fa, Ra, wa, pf, pt, w_pair = a.Fa, a.Ra, a.wa, a.pf, a.pt, a.w_pair
     n_active = np.bincount(Fa, minlength=n)
     dead = n_active == 0
     total = np.bincount(pf, weights=w_pair, minlength=n)
@@ -258,15 +277,12 @@ def analyse_features(
     H_tok = _entropy(pf, w_pair, safe_total, n)
     H_tok[dead] = np.nan
     if token_clusters is not None:
-        H_sem = _semantic_entropy(pf, pt, w_pair, safe_total, n, token_clusters)
-        H_sem[dead] = np.nan
-        with np.errstate(divide="ignore", invalid="ignore"):
-            R = np.where(H_tok > 0, 1.0 - H_sem / np.where(H_tok > 0, H_tok, 1.0), 1.0)
-        R = np.clip(R, 0.0, 1.0)
-        R[dead] = np.nan
+        H_sem, R = _monosemanticity(a, safe_total, H_tok, dead, token_clusters)
     else:
         H_sem = np.full(n, np.nan)
         R = np.full(n, np.nan)
+    R_more = {f"R_{name}": _monosemanticity(a, safe_total, H_tok, dead, c)[1]
+              for name, c in (more_clusters or {}).items()}
 
     # spans
     if cfg.span_rule == "topk":
@@ -286,8 +302,8 @@ def analyse_features(
 
     df = pd.DataFrame(
         {
-            "max_act": a["max_act"],
-            "n_fired": a["n_fired"].astype(np.int64),
+            "max_act": a.max_act,
+            "n_fired": a.n_fired.astype(np.int64),
             "n_active": n_active.astype(np.int64),
             "dead": dead,
             **{f"p_{lg}": p_lang[:, j] for j, lg in enumerate(langs)},
@@ -299,11 +315,24 @@ def analyse_features(
             "span_mean": span_mean,
             "span_max": span_max,
             "top_token_ids": top,
+            **R_more,
         },
         index=pd.RangeIndex(n, name="feature"),
     )
     log.info("analysed %d features over %d codes: %d dead", n, codes.n, int(dead.sum()))
     return df
+
+
+def _monosemanticity(a: ActivePairs, total: np.ndarray, H_tok: np.ndarray, dead: np.ndarray,
+                     clusters: np.ndarray | TokenGraph) -> tuple[np.ndarray, np.ndarray]:
+    """(H_sem, R) per feature under one clustering of the tokens; NaN for dead features."""
+    H_sem = _semantic_entropy(a.pf, a.pt, a.w_pair, total, dead.size, clusters)
+    H_sem[dead] = np.nan
+    with np.errstate(divide="ignore", invalid="ignore"):
+        R = np.where(H_tok > 0, 1.0 - H_sem / np.where(H_tok > 0, H_tok, 1.0), 1.0)
+    R = np.clip(R, 0.0, 1.0)
+    R[dead] = np.nan
+    return H_sem, R
 
 
 def _list_column(offsets: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -316,7 +345,7 @@ def summarise(df: pd.DataFrame, languages: Sequence[str] | None = None) -> dict[
     """Summary-row numbers of one (checkpoint, layer): class shares over live features and means."""
     if languages is None:
         languages = [c[2:] for c in df.columns if c.startswith("p_")]
-    live = df[~df["dead"].astype(bool)]
+    live = df.loc[~df["dead"].astype(bool)]
     n_live = len(live)
 
     def share(mask: pd.Series) -> float:

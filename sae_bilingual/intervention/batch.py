@@ -98,7 +98,7 @@ def perplexities_under_injections(
         for g0 in range(0, n_inj, stack):
             grp = slice(g0, min(n_inj, g0 + stack))
             G = grp.stop - grp.start
-            if z is None:
+            if z is None or norm is None:
                 x = x_mid.repeat(G, 1, 1)
             else:
                 d = decode_groups(sae, z[None], norm[None], masks[grp], alphas[grp], scale=scale, add_bias=add_bias)

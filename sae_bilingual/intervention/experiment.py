@@ -47,9 +47,9 @@ class _Setup:
         self.use_comet = comet_available() if comet is None else bool(comet)
         if comet is None and not self.use_comet:
             log.info("COMET environment not configured; comet_* columns will be NaN")
-        self.comet_kwargs = {"python": spec.comet_python, "model_path": spec.comet_model} if self.use_comet else {}
+        self.comet_kwargs: dict[str, Any] = {"python": spec.comet_python, "model_path": spec.comet_model} if self.use_comet else {}
         self.directions: list[tuple[str, str]] = []
-        self.shots_df = self.test_df = None
+        self.shots_df = self.test_df = pd.DataFrame()  # no directions without pairs: never translated
         if pairs is not None:
             self.directions = [(a, b) for a, b in itertools.permutations(self.languages, 2) if a in pairs and b in pairs]
             self.shots_df, self.test_df = split_pairs(pairs, spec.few_shot)
@@ -81,7 +81,7 @@ class _Setup:
         clean = next((r for c, r in zip(self.cells, results) if c["condition"] == "none"), None)
         out = []
         for c, r in zip(self.cells, results):
-            res = clean if c["condition"] == "none" else r
+            res = clean if c["condition"] == "none" and clean is not None else r
             out.append({k: v for k, v in c.items() if k != "mask"} | res)
         return pd.DataFrame(out)
 

@@ -18,14 +18,9 @@ Decisions the paper leaves open (all configurable, defaults in brackets):
   training data), so absolute position 0 gets no injection by default.
 
 Generation. Under ``model.generate`` with a KV cache each forward pass shows the hook only
-the new positions, and the hook itself never sees token ids. :class:`FeatureInjection`
-therefore attaches two light PyTorch hooks to the mid model: one on ``model.embed`` records
-every token id the model embeds (both ``forward`` and ``generate`` go through it) and one
-on ``blocks[0]`` reads the KV-cache length (``pos_offset``) of each forward pass. The layer
-hook then knows the full token prefix ``tokens[:, :pos_offset + n]`` and the positions it
-is shown. The final model runs on those tokens in lockstep with its *own* KV cache
-(``stop_at_layer`` so only the needed blocks run); when a call does not continue the
-previous prefix, the final model is re-run from scratch. The result equals step-by-step
+the new positions and never the token ids; :mod:`sae_bilingual.intervention.capture` supplies
+both (a :class:`TokenCapture` on the mid model) and runs the final model on the same prefix in
+lockstep with its own KV cache (a :class:`FinalLockstep`). The result equals step-by-step
 recomputation without cache (tested).
 
 Call :meth:`FeatureInjection.close` (or use it as a context manager) to remove the
@@ -40,9 +35,9 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
 from sae_bilingual.errors import ConfigError, DataError, SAEFileError
+from sae_bilingual.intervention.capture import FinalLockstep, TokenCapture
 from sae_bilingual.intervention.injection import alphas_tensor, grouped_delta, sae_param
 from sae_bilingual.intervention.masks import mask_tensor
 from sae_bilingual.layers import hook_for_layer, layer_for_hook
@@ -98,6 +93,35 @@ def _resolve_hook(sae: Any, hook_name: str | None, layer: int | None, n_layers: 
     return hook_name
 
 
+def _check_sources(sae: Any, mid_model: Any, final_model: Any | None, x_full: torch.Tensor | None,
+                   scale: str) -> None:
+    """Refuse an injection whose X_full source, widths or scale cannot work, naming the fix."""
+    if scale not in ("residual", "unit"):
+        raise ConfigError(f"scale={scale!r} is unknown; choose 'residual' or 'unit'")
+    if (final_model is None) == (x_full is None):
+        raise ConfigError(
+            "FeatureInjection needs exactly one source of X_full: final_model=<final "
+            "HookedTransformer> (run on the same tokens) or x_full=<cached [B, T, d] tensor>"
+        )
+    if final_model is not None and final_model is mid_model:
+        raise ConfigError(
+            "final_model and mid_model are the same object; load the final checkpoint "
+            "separately (or copy.deepcopy the model) so the injection is not re-entered"
+        )
+    d_in = int(sae.cfg.d_in)
+    for role, model in (("mid", mid_model), ("final", final_model)):
+        if model is not None and int(model.cfg.d_model) != d_in:
+            raise SAEFileError(
+                f"SAE d_in={d_in} does not match the {role} model's d_model="
+                f"{model.cfg.d_model}; use an SAE trained on this model family"
+            )
+    if x_full is not None and x_full.shape[-1] != d_in:
+        raise SAEFileError(
+            f"x_full has width {x_full.shape[-1]} but the SAE d_in is {d_in}; cache the "
+            "final model's residuals at the SAE's hook"
+        )
+
+
 # --------------------------------------------------------------------------------------
 # The hook
 # --------------------------------------------------------------------------------------
@@ -136,33 +160,8 @@ class FeatureInjection:
         skip_bos: bool = True,
         final_kv_cache: bool = True,
     ) -> None:
-        if scale not in ("residual", "unit"):
-            raise ConfigError(f"scale={scale!r} is unknown; choose 'residual' or 'unit'")
-        if (final_model is None) == (x_full is None):
-            raise ConfigError(
-                "FeatureInjection needs exactly one source of X_full: final_model=<final "
-                "HookedTransformer> (run on the same tokens) or x_full=<cached [B, T, d] tensor>"
-            )
-        if final_model is not None and final_model is mid_model:
-            raise ConfigError(
-                "final_model and mid_model are the same object; load the final checkpoint "
-                "separately (or copy.deepcopy the model) so the injection is not re-entered"
-            )
-        d_in = int(sae.cfg.d_in)
-        for role, model in (("mid", mid_model), ("final", final_model)):
-            if model is not None and int(model.cfg.d_model) != d_in:
-                raise SAEFileError(
-                    f"SAE d_in={d_in} does not match the {role} model's d_model="
-                    f"{model.cfg.d_model}; use an SAE trained on this model family"
-                )
-        if x_full is not None and x_full.shape[-1] != d_in:
-            raise SAEFileError(
-                f"x_full has width {x_full.shape[-1]} but the SAE d_in is {d_in}; cache the "
-                "final model's residuals at the SAE's hook"
-            )
+        _check_sources(sae, mid_model, final_model, x_full, scale)
         self.sae = sae
-        self.mid_model = mid_model
-        self.final_model = final_model
         self.x_full = x_full
         self.hook_name = _resolve_hook(sae, hook_name, layer, int(mid_model.cfg.n_layers))
         if self.hook_name not in mid_model.hook_dict:
@@ -171,26 +170,14 @@ class FeatureInjection:
         self.scale: Scale = scale
         self.add_bias = bool(add_bias)
         self.skip_bos = bool(skip_bos)
-        self.final_kv_cache = bool(final_kv_cache)
         d_sae = int(sae.cfg.d_sae) if hasattr(sae.cfg, "d_sae") else int(sae.W_dec.shape[0])
         self.mask = mask_tensor(mask, d_sae).to(sae_param(sae).device)
         self.masks = self.mask.reshape(-1, d_sae)  # [G, d_sae]
         self.alphas = alphas_tensor(alpha, self.masks.shape[0])
         self.alpha = float(self.alphas[0]) if self.alphas.numel() == 1 else self.alphas.tolist()
-        # capture state
-        self._stream: torch.Tensor | None = None  # token ids embedded so far
-        self._ctx_tokens: torch.Tensor | None = None  # [B, pos_offset + n] of this pass
-        self._ctx_mask: torch.Tensor | None = None
-        self._pos_offset = 0
-        self._in_pass = False
-        # final-model lockstep state
-        self._memo_tokens: torch.Tensor | None = None
-        self._memo_resid: torch.Tensor | None = None
-        self._final_cache: Any = None
-        self._handles = [
-            mid_model.embed.register_forward_pre_hook(self._on_embed),
-            mid_model.blocks[0].register_forward_pre_hook(self._on_block0, with_kwargs=True),
-        ]
+        self.capture = TokenCapture(mid_model)
+        self.final = None if final_model is None else FinalLockstep(
+            final_model, self.hook_name, n_groups=self.masks.shape[0], kv_cache=final_kv_cache)
 
     # -- plumbing ---------------------------------------------------------------------
     def fwd_hooks(self) -> list[tuple[str, FeatureInjection]]:
@@ -199,51 +186,20 @@ class FeatureInjection:
 
     def close(self) -> None:
         """Remove the token/position capture hooks from the mid model."""
-        for h in self._handles:
-            h.remove()
-        self._handles = []
+        self.capture.close()
         self.reset()
 
     def reset(self) -> None:
         """Forget captured tokens and the final model's lockstep cache."""
-        self._stream = self._ctx_tokens = self._ctx_mask = None
-        self._memo_tokens = self._memo_resid = self._final_cache = None
-        self._pos_offset = 0
+        self.capture.reset()
+        if self.final is not None:
+            self.final.reset()
 
     def __enter__(self) -> FeatureInjection:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def _on_embed(self, module: Any, args: tuple) -> None:
-        tokens = args[0] if args else None
-        if not isinstance(tokens, torch.Tensor) or tokens.dtype.is_floating_point:
-            return
-        if tokens.ndim == 1:
-            tokens = tokens[None]
-        tokens = tokens.detach()
-        s = self._stream
-        if s is None or s.shape[0] != tokens.shape[0] or s.device != tokens.device:
-            self._stream = tokens
-        else:
-            self._stream = torch.cat([s, tokens], dim=1)
-
-    def _on_block0(self, module: Any, args: tuple, kwargs: dict) -> None:
-        resid = args[0] if args else kwargs.get("resid_pre")
-        entry = kwargs.get("past_kv_cache_entry")
-        offset = 0 if entry is None else int(entry.past_keys.shape[1])
-        n = int(resid.shape[1])
-        total = offset + n
-        self._pos_offset = offset
-        s = self._stream
-        if s is not None and s.shape[0] == resid.shape[0] and s.shape[1] >= total:
-            self._ctx_tokens = s[:, s.shape[1] - total :]
-            self._stream = self._ctx_tokens  # keep the buffer bounded
-        else:
-            self._ctx_tokens = None
-        am = kwargs.get("attention_mask")
-        self._ctx_mask = am if am is not None and tuple(am.shape) == (resid.shape[0], total) else None
 
     # -- maths ------------------------------------------------------------------------
     def is_noop(self) -> bool:
@@ -255,59 +211,12 @@ class FeatureInjection:
         the G masks on the g-th block of B/G rows)."""
         return grouped_delta(self.sae, x_full, self.masks, self.alphas, scale=self.scale, add_bias=self.add_bias)
 
-    def final_residuals(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """The final model's residual at the hook for ``tokens`` [B, S] (lockstep-cached)."""
-        assert self.final_model is not None
-        memo = self._memo_tokens
-        padded = attention_mask is not None and not bool(attention_mask.all())
-        if (
-            memo is not None
-            and memo.shape[0] == tokens.shape[0]
-            and memo.shape[1] <= tokens.shape[1]
-            and memo.device == tokens.device
-            and torch.equal(tokens[:, : memo.shape[1]], memo)
-        ):
-            L = memo.shape[1]
-            if L == tokens.shape[1]:
-                return self._memo_resid
-            if self._final_cache is not None and not padded:
-                new = self._run_final(tokens[:, L:], cache=self._final_cache)
-                self._memo_tokens = tokens
-                self._memo_resid = torch.cat([self._memo_resid, new.to(self._memo_resid.device)], dim=1)
-                return self._memo_resid
-        G = self.masks.shape[0]  # G stacked copies of one prompt: run the final model on one
-        tile = G > 1 and _stacked(tokens, G) and (attention_mask is None or _stacked(attention_mask, G))
-        run = tokens[: tokens.shape[0] // G] if tile else tokens
-        am = attention_mask[: run.shape[0]] if (tile and padded) else (attention_mask if padded else None)
-        cache = None
-        if self.final_kv_cache and not padded:
-            fm = self.final_model
-            cache = TransformerLensKeyValueCache.init_cache(fm.cfg, fm.cfg.device, run.shape[0])
-        resid = self._run_final(run, cache=cache, attention_mask=am)
-        if tile:
-            resid = resid.repeat(G, *([1] * (resid.ndim - 1)))
-            _tile_cache(cache, G)
-        self._final_cache = cache
-        self._memo_tokens = tokens
-        self._memo_resid = resid
-        return resid
-
-    def _run_final(self, tokens: torch.Tensor, cache: Any = None, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        kwargs: dict[str, Any] = {}
-        if cache is not None:
-            kwargs["past_kv_cache"] = cache
-            # with a cache TL wants an explicit mask; our prefixes are never padded here
-            kwargs["attention_mask"] = torch.ones_like(tokens)
-        elif attention_mask is not None:
-            kwargs["attention_mask"] = attention_mask
-        fm = self.final_model
-        return residuals_at(fm, tokens.to(fm.cfg.device), [self.hook_name], **kwargs)[self.hook_name]
-
     def __call__(self, activation: torch.Tensor, hook: Any = None) -> torch.Tensor:
         if self.is_noop():
             return activation
         B, n = activation.shape[0], activation.shape[1]
-        off = self._pos_offset if self._handles else 0
+        cap = self.capture
+        off = cap.pos_offset if cap.attached else 0
         if self.x_full is not None:
             if self.x_full.shape[0] != B or self.x_full.shape[1] < off + n:
                 raise DataError(
@@ -316,37 +225,20 @@ class FeatureInjection:
                 )
             x_full = self.x_full[:, off : off + n]
         else:
-            tokens = self._ctx_tokens
+            assert self.final is not None  # _check_sources: exactly one of x_full, final_model
+            tokens = cap.tokens
             if tokens is None or tokens.shape[0] != B or tokens.shape[1] != off + n:
                 raise DataError(
                     "FeatureInjection could not see the token ids of this forward pass (the "
                     "model was called on embeddings/residuals, or the capture hooks were "
                     "closed); call the mid model on token ids, or pass x_full=<cached residuals>"
                 )
-            x_full = self.final_residuals(tokens, self._ctx_mask)[:, off : off + n]
+            x_full = self.final.residuals(tokens, cap.attention_mask)[:, off : off + n]
         d = self.delta(x_full).to(device=activation.device, dtype=activation.dtype)
         if self.skip_bos and off == 0:
             d = d.clone()
             d[:, 0] = 0
         return activation + d
-
-
-def _stacked(t: torch.Tensor, G: int) -> bool:
-    """True when ``t`` [G * b, ...] is G copies of its first b rows."""
-    if t.shape[0] % G:
-        return False
-    b = t.shape[0] // G
-    return torch.equal(t, t[:b].repeat(G, *([1] * (t.ndim - 1))))
-
-
-def _tile_cache(cache: Any, G: int) -> None:
-    """Repeat a TransformerLens KV cache G times along the batch (group-major), in place."""
-    if cache is None:
-        return
-    for e in cache.entries:
-        e.past_keys = e.past_keys.repeat(G, 1, 1, 1)
-        e.past_values = e.past_values.repeat(G, 1, 1, 1)
-    cache.previous_attention_mask = cache.previous_attention_mask.repeat(G, 1)
 
 
 def final_residuals(final_model: Any, tokens: torch.Tensor, hook_name: str, *, batch_size: int = 8) -> torch.Tensor:

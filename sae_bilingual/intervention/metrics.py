@@ -22,7 +22,7 @@ import sacrebleu
 import torch
 
 from sae_bilingual.lm_loss import DEFAULT_LOGITS_BUDGET_BYTES, final_residual, nll_rows, ppl_row
-from sae_bilingual.lm_loss import token_windows as _windows_parts
+from sae_bilingual.lm_loss import token_windows as window_parts  # the parameter is named token_windows
 from sae_bilingual.defaults import DEFAULT_MAX_NEW_TOKENS
 from sae_bilingual.errors import ConfigError, DataError
 
@@ -55,11 +55,11 @@ def perplexity(
     ``{"ppl_<lang>": ..., "ppl_all": ..., "tokens_<lang>": ..., "tokens_all": ...}``. Logits
     are formed in chunks of at most ``logits_budget_bytes`` (see :mod:`sae_bilingual.lm_loss`).
     """
-    tokens, lengths, langs, languages = _windows_parts(token_windows, langs, languages, lengths)
+    tokens, lengths, langs, languages = window_parts(token_windows, langs, languages, lengths)
     nll_sum = torch.zeros(len(languages), dtype=torch.float64)
     count = torch.zeros(len(languages), dtype=torch.float64)
     device = getattr(getattr(model, "cfg", None), "device", None) or "cpu"
-    kwargs = {"padding_side": "right"} if getattr(model, "tokenizer", None) is not None else {}
+    kwargs: dict[str, Any] = {"padding_side": "right"} if getattr(model, "tokenizer", None) is not None else {}
     for i in range(0, tokens.shape[0], batch_size):
         ln, lg = lengths[i : i + batch_size], langs[i : i + batch_size]
         tok = tokens[i : i + batch_size, : int(ln.max())].to(device)  # drop all-padding columns

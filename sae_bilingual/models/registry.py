@@ -39,6 +39,7 @@ class ModelFamily(Protocol):
     """What the study needs from a model: its checkpoints, a loader, a tokenizer, its shape."""
 
     name: str
+    hf_config: Any  # the HF config of its architecture (the memory plan reads the shape from it)
 
     @property
     def n_layers(self) -> int: ...

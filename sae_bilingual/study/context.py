@@ -51,7 +51,7 @@ class StudyContext:
         self._families: dict[int, Any] = dict(families or {})  # given: stand-ins (dry run)
         self._tokenizer_keys: dict[int, str] = {}
         self._windows: dict[tuple[str, str], Any] = {}
-        self.cluster_cache: dict[tuple[int, int], Any] = {}
+        self.cluster_cache: dict[tuple[str, str, int], Any] = {}
 
     # -- model sources
     @property

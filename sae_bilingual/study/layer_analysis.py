@@ -118,13 +118,11 @@ def analyse_layer(ctx: StudyContext, unit: Unit, layer: int, sae: Any, codes: Co
     gt = clusters.ground_truth
     use_gt = a.cluster_method == "ground_truth" and gt is not None
     df = analyse_features(codes, sae.cfg.d_sae, token_clusters=gt if use_gt else clusters.embeddings, cfg=a,
-                          token_script=scripts)
+                          token_script=scripts, more_clusters={"gt": gt} if gt is not None and not use_gt else None)
     row: dict[str, Any] = {}
+    if "R_gt" in df:
+        row["mean_R_gt"] = float(df.loc[~df["dead"], "R_gt"].mean())
     if gt is not None:
-        if not use_gt:
-            gt_df = analyse_features(codes, sae.cfg.d_sae, token_clusters=gt, cfg=a, token_script=scripts)
-            df["R_gt"] = gt_df["R"]
-            row["mean_R_gt"] = float(gt_df.loc[~gt_df["dead"], "R"].mean())
         gt_cols, gt_scores = score_ground_truth(codes, df, ctx.world.ground_truth, cfg=a)
         for c in gt_cols.columns:
             df[c] = gt_cols[c]
@@ -148,7 +146,7 @@ def analyse_layer(ctx: StudyContext, unit: Unit, layer: int, sae: Any, codes: Co
 
 def _browser_features(df: pd.DataFrame, n: int, languages: tuple[str, ...]) -> list[int]:
     """A balanced pick of live features per class for the browser (most active first)."""
-    live = df[~df["dead"]]
+    live = df.loc[~df["dead"].astype(bool)]
     classes = list(languages) + ["mixed"]
     per = max(1, n // len(classes))
     picks: list[int] = []

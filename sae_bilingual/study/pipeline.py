@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -184,13 +184,13 @@ def run_unit(ctx: StudyContext, unit: Unit, layers: list[int], out: Path, *, lr:
     pass trains and analyses its group, with the results of training all layers at once.
     ``stages``: default ``ctx.unit_stages`` (the study's own unless a test injected others).
     """
-    stages = stages or ctx.unit_stages or UnitStages()
+    chosen: UnitStages = stages or ctx.unit_stages or UnitStages()
     groups = unit_groups(ctx.recipe, ctx.family(unit.model_index).hf_config, layers, unit.id)
     timer = StageTimer(unit.id)
     model = timer.call("model load", _load_model, ctx, unit)
     load_per_layer = timer.seconds["model load"] / len(layers)
     for group in groups:
-        run_pass(ctx, unit, model, group, out, stages, lr=lr, load_per_layer=load_per_layer)
+        run_pass(ctx, unit, model, group, out, chosen, lr=lr, load_per_layer=load_per_layer)
         free_cycles()
 
 
@@ -225,7 +225,7 @@ def run_pass(ctx: StudyContext, unit: Unit, model: Any, layers: list[int], out: 
 
 def _layer_metrics(sae: Any, metrics: dict[str, Any]) -> dict[str, Any]:
     """The summary columns from the evaluation (scalars; floats unless text) and the SAE's training metadata."""
-    row = {k: v if isinstance(v, str) else float(v) for k, v in metrics.items() if np.isscalar(v)}
+    row = {k: v if isinstance(v, str) else float(cast(float, v)) for k, v in metrics.items() if np.isscalar(v)}
     md = sae.cfg.metadata
     row.update({k: md[k] for k in ("warm_start", "train_loss_final", "train_loss_first_tenth",
                                     "train_steps_to_final", "aux_k_coefficient") if k in md})
