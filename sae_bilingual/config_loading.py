@@ -85,7 +85,7 @@ def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     for i, name in enumerate(keys):
         here = ".".join(keys[: i + 1])
         last = i == len(keys) - 1
-        key: str | int = name
+        key: Any = name  # a str, or an int into a list
         if isinstance(cur, list):
             if not name.isdigit() or int(name) >= len(cur):
                 raise ConfigError(f"--set {dotted}: {here} is not an index into the {len(cur)} entries of "

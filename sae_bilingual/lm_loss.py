@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import math
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import torch
 from transformer_lens.model_bridge import TransformerBridge
-from transformer_lens.utilities import apply_softcap
+from transformer_lens.utilities.activation_functions import apply_softcap
 
 from sae_bilingual.defaults import PAPER_LANGUAGES
 from sae_bilingual.errors import ConfigError, DataError
@@ -58,10 +58,12 @@ def final_residual(model: Any, x: torch.Tensor, *, start_at_layer: int | None = 
         raise ConfigError("a TransformerBridge cannot start at a layer: pass tokens= to final_residual "
                           "(or load the model with model_backend: hooked)")
     grab: dict[str, torch.Tensor] = {}
-    hooks: list[tuple[str, Any]] = [(f"blocks.{n - 1}.hook_resid_post", lambda act, hook: grab.setdefault("r", act))]
+    hooks: list[tuple[str | Callable[..., Any], Callable[..., Any]]] = [(f"blocks.{n - 1}.hook_resid_post", lambda act, hook: grab.setdefault("r", act))]
     if start_at_layer is not None:
         hooks.insert(0, (f"blocks.{start_at_layer}.hook_resid_pre", lambda act, hook: x))
-    model.run_with_hooks(x if start_at_layer is None else tokens, fwd_hooks=hooks, **kwargs)
+    inputs = x if start_at_layer is None else tokens
+    assert inputs is not None  # checked above: a start layer comes with tokens
+    model.run_with_hooks(inputs, fwd_hooks=hooks, **kwargs)
     return grab["r"]
 
 

@@ -83,7 +83,7 @@ def firing_matrices(codes: Codes, n_latents: int, n_pairs: int, sides: Sequence[
 
 def alignment_stats(A: sp.csr_matrix, B: sp.csr_matrix) -> pd.DataFrame:
     """Per feature: a, b, both, expected, score, z from the two firing matrices (same shape)."""
-    n_pairs = int(A.shape[0])
+    n_pairs = int(A.shape[0])  # pyright: ignore[reportOptionalSubscript]  (scipy's stubs type .shape as None)
     a = np.asarray(A.sum(axis=0)).ravel().astype(np.float64)
     b = np.asarray(B.sum(axis=0)).ravel().astype(np.float64)
     both = np.asarray(A.multiply(B).sum(axis=0)).ravel().astype(np.float64)  # elementwise AND, summed over pairs
@@ -102,9 +102,9 @@ def shuffled_both(A: sp.csr_matrix, B: sp.csr_matrix, n_perm: int = 20, seed: in
     """[n_perm, n] both-sides counts with the second sides randomly re-paired: the empirical
     shuffled-pair baseline whose mean ``align_expected`` gives exactly (tests, diagnostics)."""
     rng = np.random.default_rng(seed)
-    out = np.empty((int(n_perm), A.shape[1]), dtype=np.int64)
+    out = np.empty((int(n_perm), A.shape[1]), dtype=np.int64)  # pyright: ignore[reportOptionalSubscript]  (scipy's stubs type .shape as None)
     for t in range(int(n_perm)):  # a few permutations, each one sparse product
-        out[t] = np.asarray(A.multiply(B[rng.permutation(B.shape[0])]).sum(axis=0)).ravel()
+        out[t] = np.asarray(A.multiply(B[rng.permutation(B.shape[0])]).sum(axis=0)).ravel()  # pyright: ignore[reportOptionalSubscript]  (scipy's stubs type .shape as None)
     return out
 
 

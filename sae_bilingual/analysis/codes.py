@@ -60,6 +60,14 @@ class Codes:
     metadata: dict[str, str] = field(default_factory=dict)
     """free-form provenance (hook, checkpoint...), saved with the file."""
 
+    @classmethod
+    def of(cls, idx: torch.Tensor | np.ndarray, val: torch.Tensor | np.ndarray, labels: Any,
+           languages: tuple[str, ...], metadata: dict[str, str] | None = None) -> Codes:
+        """From TopK output (tensors or arrays) and per-row labels (a ``Labels``: token_id, lang, doc_id, position)."""
+        token_id, lang, doc_id, position = (_as_np(getattr(labels, f), np.int64) for f in _LABEL_FIELDS)
+        return cls(_as_np(idx, np.int32), _as_np(val, np.float32), token_id, lang, doc_id, position,
+                   tuple(languages), dict(metadata or {}))
+
     def __post_init__(self) -> None:
         self.idx = _as_np(self.idx, np.int32)
         self.val = _as_np(self.val, np.float32)
@@ -226,7 +234,4 @@ def encode_to_codes(
     k = int(idx_parts[0].shape[1]) if idx_parts else 0
     idx = torch.cat(idx_parts) if idx_parts else torch.zeros(0, k, dtype=torch.int32)
     val = torch.cat(val_parts) if val_parts else torch.zeros(0, k)
-    return Codes(
-        idx=idx, val=val, token_id=labels.token_id, lang=labels.lang, doc_id=labels.doc_id,
-        position=labels.position, languages=languages, metadata=dict(metadata or {}),
-    )
+    return Codes.of(idx, val, labels, tuple(languages), metadata)

@@ -87,8 +87,7 @@ def codes_from_dense(z: torch.Tensor, labels: Labels, languages: Sequence[str]) 
     pad = torch.arange(K)[None, :] >= nnz[:, None]
     idx = torch.where(pad, torch.full_like(idx, n), idx)
     val = torch.where(pad, torch.zeros_like(val), val)
-    return Codes(idx.to(torch.int32), val.float(), labels.token_id, labels.lang, labels.doc_id, labels.position,
-                 tuple(languages))
+    return Codes.of(idx, val, labels, tuple(languages))
 
 
 def codes_from_sparse(val: torch.Tensor, idx: torch.Tensor, n: int, labels: Labels,
@@ -98,8 +97,7 @@ def codes_from_sparse(val: torch.Tensor, idx: torch.Tensor, n: int, labels: Labe
     sentinel latent n (as :func:`codes_from_dense`, its reference)."""
     pad = val == 0
     idx = torch.where(pad, torch.full_like(idx, n), idx)
-    return Codes(idx.to(torch.int32), val.float(), labels.token_id, labels.lang, labels.doc_id, labels.position,
-                 tuple(languages))
+    return Codes.of(idx, val, labels, tuple(languages))
 
 
 def latent_table(norms: torch.Tensor | np.ndarray, features: pd.DataFrame, iterations: Sequence[int],
@@ -217,4 +215,4 @@ def lineage_comparison(table: pd.DataFrame, final_slice: torch.Tensor, sae_dec: 
                         "lineage_birth_iteration": b, "relation": rel})
     if origin is not None:
         out["lineage_origin"] = np.asarray(origin)[f]
-    return out[live].reset_index(drop=True)
+    return out.loc[live].reset_index(drop=True)

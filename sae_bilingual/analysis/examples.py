@@ -113,7 +113,7 @@ def top_examples(
         w = valid[e]
         ids = fm.tok[rows_c[e][w]]
         if tokenizer is not None:
-            toks = display_tokens(ids, tokenizer)
+            toks = display_tokens(ids.tolist(), tokenizer)
         elif decode_token is not None:
             toks = [decode_token(int(t)) for t in ids]
         else:

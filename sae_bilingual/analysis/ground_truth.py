@@ -72,7 +72,7 @@ def score_ground_truth(
     """
     n = len(features)
     W = active_token_matrix(codes, n, cfg).tocoo()
-    concept, tlang, _ = _gt_arrays(ground_truth, W.shape[1])
+    concept, tlang, _ = _gt_arrays(ground_truth, W.shape[1])  # pyright: ignore[reportOptionalSubscript]  (scipy's stubs type .shape as None)
     f, t, w = W.row.astype(np.int64), W.col.astype(np.int64), W.data
     c = concept[t]
     total = np.bincount(f, weights=w, minlength=n)

@@ -112,11 +112,11 @@ def collect_aligned_sets(load: Callable[[int], Any], n_checkpoints: int, window_
             labs: list[Labels] = []
             for acts, lab in iter_activations(model, windows, [hook], batch_size=lm_batch_size, device=device):
                 a = acts[hook]
-                if bufs[j] is None:
-                    bufs[j] = torch.empty(M, C * int(a.shape[1]), dtype=dtype)
-                    log.info("aligned store: %d rows x %d checkpoints x d=%d (%.1f MB)", M, C, a.shape[1],
-                             bufs[j].numel() * bufs[j].element_size() / 1e6)
                 buf = bufs[j]
+                if buf is None:
+                    buf = bufs[j] = torch.empty(M, C * int(a.shape[1]), dtype=dtype)
+                    log.info("aligned store: %d rows x %d checkpoints x d=%d (%.1f MB)", M, C, a.shape[1],
+                             buf.numel() * buf.element_size() / 1e6)
                 d = buf.shape[1] // C
                 if a.shape[1] != d:
                     raise DataError(f"checkpoint {c} has d_model {a.shape[1]} at {hook}, checkpoint 0 has {d}: "
@@ -127,16 +127,21 @@ def collect_aligned_sets(load: Callable[[int], Any], n_checkpoints: int, window_
                 labs.append(lab)
             if off != M:
                 raise DataError(f"checkpoint {c} gave {off} vectors at {hook}, the windows hold {M}")
-            got = Labels.cat(labs)
-            if c == 0:
+            got, first = Labels.cat(labs), labels[j]
+            if first is None:
                 labels[j] = got
-            elif not torch.equal(got.token_id, labels[j].token_id):
+            elif not torch.equal(got.token_id, first.token_id):
                 raise DataError(f"checkpoint {c} saw other tokens than checkpoint 0: the windows differ")
         del model
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    return [AlignedRows(b, l, C) for b, l in zip(bufs, labels)]
+    out = []
+    for b, l in zip(bufs, labels):
+        if b is None or l is None:
+            raise DataError(f"a window set gave no vectors at {hook}; give the crosscoder windows with tokens")
+        out.append(AlignedRows(b, l, C))
+    return out
 
 
 def aligned_from_slices(slices: Sequence[torch.Tensor], labels: Labels) -> AlignedRows:

@@ -60,7 +60,8 @@ def llmjp_structure_config(*, vocab_size: int, d_model: int, d_mlp: int, n_layer
         hidden_act="silu",
         max_position_embeddings=max_position_embeddings,
         rms_norm_eps=RMS_NORM_EPS,
-        rope_theta=ROPE_THETA,
+        # transformers 5 moves rope_theta into rope_parameters itself; 4.x knows only this spelling
+        rope_theta=ROPE_THETA,  # pyright: ignore[reportCallIssue]
         tie_word_embeddings=False,
         attention_bias=False,
         mlp_bias=False,
@@ -112,11 +113,13 @@ def register_with_transformer_lens() -> None:
             if a not in known:
                 known.append(a)
     # loading_from_pretrained imported the same list/dict objects; guard against a copy.
-    if tl_loading.OFFICIAL_MODEL_NAMES is not supported_models.OFFICIAL_MODEL_NAMES:
+    # (its own bindings of the two names, which it does not re-export: read them with getattr)
+    tl_names: list[str] = getattr(tl_loading, "OFFICIAL_MODEL_NAMES")
+    if tl_names is not supported_models.OFFICIAL_MODEL_NAMES:
         for official in transformer_lens_names():
-            if official not in tl_loading.OFFICIAL_MODEL_NAMES:
-                tl_loading.OFFICIAL_MODEL_NAMES.append(official)
-        tl_loading.MODEL_ALIASES.update(
+            if official not in tl_names:
+                tl_names.append(official)
+        getattr(tl_loading, "MODEL_ALIASES").update(
             {k: v for k, v in supported_models.MODEL_ALIASES.items() if k in transformer_lens_names()}
         )
 

@@ -114,7 +114,7 @@ def public_factory(spec: PublicFamily) -> Callable[..., HFFamily]:
         tps = tokens_per_step if tokens_per_step is not None else spec.tokens_per_step
         offline = spec.checkpoints() if (spec.steps or spec.repos) else None
         if offline is not None and tokens_per_step is not None:
-            offline = [Checkpoint(c.iteration, c.iteration * tps, None, revision=c.revision, repo=c.repo)
+            offline = [Checkpoint(c.iteration, c.iteration * tokens_per_step, None, revision=c.revision, repo=c.repo)
                        for c in offline]
         if offline is not None and tps is None:
             offline = None  # no token counts to give: listing fails later with the fix in its message

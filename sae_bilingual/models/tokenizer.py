@@ -74,7 +74,8 @@ def _backend(proto: Any, model_file: Path) -> Any:
 def sentencepiece_tokenizer(model_file: str | Path) -> Any:
     """A ``PreTrainedTokenizerFast`` equivalent to a SentencePiece ``.model`` plus BOS first."""
     model_file = Path(model_file)
-    proto = import_protobuf().ModelProto()
+    sentencepiece_pb2: Any = import_protobuf()  # protobuf modules generated at run time: no stubs
+    proto = sentencepiece_pb2.ModelProto()
     try:
         proto.ParseFromString(model_file.read_bytes())
     except Exception as e:  # protobuf's DecodeError has no stable import path
@@ -165,7 +166,7 @@ def verify_sentencepiece(tokenizer: Any, texts: Sequence[str], *, where: str = "
                "tokenizer cannot)" if kind == "word" else "")
         raise CheckpointError(
             f"{where} tokenises {c.n_differ} of {c.n_texts} corpus texts differently from SentencePiece "
-            f"({src}, model type {kind}){why}; e.g. {c.example[:80]!r}: ours {list(c.ours)} vs SentencePiece "
+            f"({src}, model type {kind}){why}; e.g. {(c.example or '')[:80]!r}: ours {list(c.ours)} vs SentencePiece "
             f"{list(c.theirs)}. The study would feed the model ids it was not trained on. Give an HF "
             "tokenizer directory that encodes like the model's training tokenizer (README, 'Tokenizers')")
     return c

@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from sae_bilingual.report.plotting import slug
+from sae_bilingual.study.layout import tables_dir
 
 __all__ = ["crosscoder_body", "crosscoder_controls_table", "crosscoder_release"]
 
@@ -51,7 +52,7 @@ def crosscoder_body(study: Path, figure_html: Callable[[Path], str], table_html:
         counts = {k: s[k] for k in keys} | {f"exclusive_{k}": v for k, v in (s.get("exclusive_kinds") or {}).items()}
         parts.append("<p>Latents (alive = decoder-norm share above the emergence threshold somewhere):</p>"
                      + table_html(pd.DataFrame([counts])))
-        lin = Path(study) / "tables" / f"{stem}_lineage.csv"
+        lin = tables_dir(study) / f"{stem}_lineage.csv"
         if lin.exists():
             df = pd.read_csv(lin)
             rel = df.groupby(["cls", "relation"]).size().unstack(fill_value=0).reset_index()

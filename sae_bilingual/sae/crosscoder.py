@@ -371,7 +371,7 @@ class PaperCrosscoderTraining(_CrosscoderMixin, TrainingSAE[PaperCrosscoderTrain
         state_dict["W_dec"] = w / w.norm(dim=-1, keepdim=True).clamp_min(EPS)  # final renormalisation
 
 
-def _loaded(module: torch.nn.Module, incompatible_keys: Any) -> None:
+def _loaded(module: Any, incompatible_keys: Any) -> None:  # module: the PaperCrosscoderTraining
     module.threshold_pending = False  # loaded weights keep their threshold (resume)
 
 

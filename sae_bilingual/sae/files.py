@@ -51,7 +51,7 @@ def save_sae(sae: SAE, path: str | Path, *, stock: bool = True) -> Path:
         sae = to_inference(sae)
     with atomic_dir(path) as tmp:
         sae.save_model(tmp)
-        if stock and _has_stock_form(sae):
+        if stock and isinstance(sae, PaperTopKSAE) and _has_stock_form(sae):
             stock_topk(sae).save_model(tmp / STOCK_DIR)
             (tmp / README_FILE).write_text(sae_folder_readme(sae), encoding="utf-8")
     return Path(path)
@@ -170,7 +170,9 @@ def stock_topk(sae: PaperTopKSAE) -> TopKSAE:
     r = math.sqrt(d)
     md = SAEMetadata(**{**sae.cfg.metadata.to_dict(), "exported_from": ARCHITECTURE})
     cfg = TopKSAEConfig(d_in=d, d_sae=sae.cfg.d_sae, k=sae.cfg.k, dtype=sae.cfg.dtype,
-                        device="cpu", normalize_activations="constant_norm_rescale",
+                        device="cpu",
+                        # SAELens applies it at run time; its Literal type omits it
+                        normalize_activations="constant_norm_rescale",  # pyright: ignore[reportArgumentType]
                         apply_b_dec_to_input=True, rescale_acts_by_decoder_norm=False, metadata=md)
     stock = TopKSAE(cfg)
     b_enc = sae.b_enc.detach() if sae.cfg.encoder_bias else torch.zeros(sae.cfg.d_sae)

@@ -43,7 +43,7 @@ class ReconstructionStats:
         self.se = self.l0 = self.cos = self.l2_ratio = 0.0
         self._shift: torch.Tensor | None = None
         self._sum_sq = 0.0  # sum ||x - s||^2
-        self._sum = None  # sum (x - s), float64 [d]
+        self._sum: torch.Tensor | None = None  # sum (x - s), float64 [d]
 
     @torch.no_grad()
     def update(self, x: torch.Tensor, rec: torch.Tensor, idx: torch.Tensor, val: torch.Tensor) -> None:
@@ -57,12 +57,12 @@ class ReconstructionStats:
         nx, nr = x64.norm(dim=-1), r64.norm(dim=-1)
         self.cos += float(((x64 * r64).sum(-1) / (nx * nr).clamp_min(1e-300)).sum())
         self.l2_ratio += float((nr / nx.clamp_min(1e-300)).sum())
-        if self._shift is None:
+        if self._shift is None or self._sum is None:
             self._shift = x64.mean(0)
             self._sum = torch.zeros_like(self._shift)
         c = x64 - self._shift
         self._sum_sq += float(c.pow(2).sum())
-        self._sum += c.sum(0)
+        self._sum = self._sum + c.sum(0)
         self.m += int(x.shape[0])
 
     def result(self) -> dict[str, float]:
@@ -70,6 +70,7 @@ class ReconstructionStats:
         if self.m == 0:
             raise DataError("no evaluation vectors")
         M = self.m
+        assert self._sum is not None  # set by the first update
         var = self._sum_sq - float(self._sum.pow(2).sum()) / M
         fvu = self.se / var if var > 0 else float("nan")
         return {"mse": self.se / M, "fvu": fvu, "explained_variance": 1.0 - fvu, "cossim": self.cos / M,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import torch
 from sae_lens.registry import (
@@ -153,6 +153,7 @@ class _PaperTopKMixin:
     reshape_fn_out: Callable[[torch.Tensor, int | None], torch.Tensor]
     run_time_activation_norm_fn_in: Callable[[torch.Tensor], torch.Tensor]
     run_time_activation_norm_fn_out: Callable[[torch.Tensor], torch.Tensor]
+    _x_norm: torch.Tensor  # the last input norms (unit_norm), set by the input normaliser
 
     def initialize_weights(self) -> None:
         d_in, d_sae = self.cfg.d_in, self.cfg.d_sae
@@ -171,7 +172,7 @@ class _PaperTopKMixin:
 
     def _setup_activation_normalization(self) -> None:
         if self.cfg.normalize_activations != "unit_norm":
-            SAE._setup_activation_normalization(self)
+            SAE._setup_activation_normalization(cast(SAE, self))
             return
 
         def norm_in(x: torch.Tensor) -> torch.Tensor:

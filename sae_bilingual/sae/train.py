@@ -25,7 +25,7 @@ import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -223,7 +223,7 @@ def train_saes(store: Iterator[Mapping[str, torch.Tensor]], hooks: Sequence[str]
         dead_feature_window=spec.dead_feature_window, feature_sampling_window=max(1, steps),
         n_checkpoints=0, checkpoint_path=None, logger=logger)
     trainer = MultiSAETrainer(tcfg, saes=dict(saes), hook_names={h: h for h in hooks},
-                              data_provider=itertools.chain([first], store))
+                              data_provider=cast(Iterator[dict[str, torch.Tensor]], itertools.chain([first], store)))
     log.info("training %d SAE(s) for %d steps of %d vectors", len(hooks), steps, batch_size)
     with _training_bar(run.progress):
         trainer.fit()
@@ -258,7 +258,7 @@ def lr_grid(make_store: Callable[[], Iterator[Mapping[str, torch.Tensor]]], hook
         rows.append({"lr": float(lr), "val_mse": m["mse"], "fvu": m["fvu"]})
         log.info("lr %.1e: val mse %.5f", lr, m["mse"])
     df = pd.DataFrame(rows)
-    finite = df[df["val_mse"].map(math.isfinite)]
+    finite = df.loc[df["val_mse"].map(math.isfinite)]
     if finite.empty:
         raise DataError("every learning rate diverged (non-finite validation MSE)")
     best = float(finite.loc[finite["val_mse"].idxmin(), "lr"])

@@ -50,7 +50,7 @@ def register_training_sae(sae: Any) -> None:
         _HOOKS.append(register_optimizer_step_post_hook(_after_step))
 
 
-def _loaded(module: torch.nn.Module, incompatible_keys: Any) -> None:
+def _loaded(module: Any, incompatible_keys: Any) -> None:  # module: the registered training SAE
     module.b_pre_pending = False  # loaded weights keep their b_pre (resume, from_pretrained_path)
 
 

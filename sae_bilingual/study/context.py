@@ -76,7 +76,7 @@ class StudyContext:
                     raise ConfigError(f"models[{index}].model_backend = {spec.model_backend!r}: family "
                                       f"{spec.family!r} ({type(fam).__name__}) loads only its own way; "
                                       "use model_backend: hooked")
-                fam.model_backend = spec.model_backend
+                setattr(fam, "model_backend", spec.model_backend)  # not part of ModelFamily: checked above
             self._families[index] = fam
         return self._families[index]
 
@@ -96,7 +96,7 @@ class StudyContext:
             chars = corpus.doc_chars_for(data.context)
             train = corpus.load_text_corpus(data.paths, max_chars=chars)
             if data.eval_paths:
-                return DatasetDict(train=train, eval=corpus.load_text_corpus(data.eval_paths, max_chars=chars))
+                return DatasetDict({"train": train, "eval": corpus.load_text_corpus(data.eval_paths, max_chars=chars)})
         else:
             if not data.hf_name:
                 raise ConfigError("data.hf_name: corpus 'hf' needs a dataset name or local path")
@@ -107,7 +107,7 @@ class StudyContext:
         # hold out documents for evaluation in proportion to the token budgets
         share = data.eval_tokens_per_lang / (data.train_tokens_per_lang + data.eval_tokens_per_lang)
         split = train.train_test_split(test_size=max(0.01, min(0.5, share)), seed=self.recipe.seed)
-        return DatasetDict(train=split["train"], eval=split["test"])
+        return DatasetDict({"train": split["train"], "eval": split["test"]})
 
     def windows(self, split: str, index: int = 0) -> corpus.Windows:
         """Token windows for ``split`` ('train' or 'eval') in the tokenizer of ``recipe.models[index]``:

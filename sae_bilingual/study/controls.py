@@ -72,13 +72,13 @@ def controls_table(out: Path) -> pd.DataFrame:
         df = pd.read_csv(path) if path.exists() else pd.DataFrame()
         if df.empty:
             continue
-        last = df[df["iteration"] == df.groupby("model")["iteration"].transform("max")]
+        last = df.loc[df["iteration"] == df.groupby("model")["iteration"].transform("max")]
         cols = [c for c in CONTROL_COLUMNS if c in last.columns]
-        parts.append(last[["model", "iteration", "layer", *cols]].assign(world=name))
+        parts.append(last.loc[:, ["model", "iteration", "layer", *cols]].assign(world=name))
     if not parts:
         return pd.DataFrame()
     table = pd.concat(parts, ignore_index=True)
-    return table[["world", *[c for c in table.columns if c != "world"]]]
+    return table.loc[:, ["world", *[c for c in table.columns if c != "world"]]]
 
 
 def world_label(config: dict[str, Any]) -> str:

@@ -52,6 +52,7 @@ from sae_bilingual.sae.crosscoder_train import eval_crosscoder, save_crosscoder,
 from sae_bilingual.sae.files import load_sae
 from sae_bilingual.study.layer_analysis import token_script
 from sae_bilingual.study.pipeline import _torch_dtype
+from sae_bilingual.study.layout import FEATURES_FILE, tables_dir
 from sae_bilingual.study.unit import layer_dirname
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ def _sae_rows(out: Path, units: list[Any], layer: int) -> tuple[list[dict[str, A
     for u in units:
         d = u.layer_dir(out, layer)
         rows.append(json.loads((d / "summary.json").read_text(encoding="utf-8")))
-        feats.append(pd.read_parquet(d / "features.parquet"))
+        feats.append(pd.read_parquet(d / FEATURES_FILE))
     return rows, feats
 
 
@@ -100,7 +101,7 @@ def _comparison(out: Path, model: Any, table: pd.DataFrame, units: list[Any], la
     """Emergence vs lineage birth, when the lineage stage ran on this layer and ends at the
     crosscoder's last checkpoint (else None, logged)."""
     stem = f"lineage_{slug(units[0].family)}_L{int(layer):02d}"
-    tab, sj = out / "tables" / f"{stem}.csv", out / "tables" / f"{stem}_summary.json"
+    tab, sj = tables_dir(out) / f"{stem}.csv", tables_dir(out) / f"{stem}_summary.json"
     if not (tab.exists() and sj.exists()):
         log.info("crosscoder L%02d: no lineage table %s; the lineage comparison is skipped", layer, tab)
         return None
@@ -180,7 +181,7 @@ def run_crosscoder(ctx: Any, layer: int, units: list[Any], out: Path, lr: float)
     stem = f"crosscoder_{slug(units[0].family)}_L{int(layer):02d}"
     if comp is not None:
         save_parquet(comp, folder / "lineage_comparison.parquet")
-        atomic_write_text(out / "tables" / f"{stem}_lineage.csv", comp.to_csv(index=False))
+        atomic_write_text(tables_dir(out) / f"{stem}_lineage.csv", comp.to_csv(index=False))
     fig_crosscoder_emergence(table, [u.tokens for u in units], f"{units[0].family}, layer {layer}: crosscoder "
                              f"latents alive by each checkpoint (C = {C}, n = {n})", out / "figures", stem)
     summary = _summary(table, metrics, sae_rows, stats, comp, units, layer, n, C)
@@ -232,5 +233,5 @@ def run_all_crosscoders(ctx: Any, plan: Any, out: Path, lr: float) -> list[dict[
     targets = crosscoder_targets(cc, plan.units, ctx.family(cc.model).n_layers)
     rows = [run_crosscoder(ctx, layer, units, Path(out), lr_cc) for layer, units in targets]
     flat = pd.DataFrame([{k: v for k, v in r.items() if not isinstance(v, (dict, list))} for r in rows])
-    atomic_write_text(Path(out) / "tables" / "crosscoder_summary.csv", flat.to_csv(index=False))
+    atomic_write_text(tables_dir(out) / "crosscoder_summary.csv", flat.to_csv(index=False))
     return rows

@@ -119,6 +119,7 @@ def _run_unit_ranks(recipe: Recipe, ctx: StudyContext, plan: Plan, unit: Unit, o
             _broadcast({"error": f"{type(e).__name__}: {e}"}, rank, world_size)
             raise
     plan_msg = _broadcast(plan_msg, rank, world_size)
+    assert plan_msg is not None  # rank 0 set it, or raised after broadcasting the error
     if "error" in plan_msg:
         raise SaeBilingualError(f"rank 0 could not plan {unit_id}: {plan_msg['error']}")
     missing = plan_msg["missing"]

@@ -238,7 +238,7 @@ class SubmititExecutor:
         folder = Path(self.folder) if self.folder else Path(jobs[0].out) / "submitit"
         ex = submitit.AutoExecutor(folder=folder, cluster=self.cluster, slurm_max_num_timeout=self.max_num_timeout)
         gpus = self.gpus_per_node if self.gpus_per_node is not None else (1 if _wants_gpu(jobs[0]) else 0)
-        params = dict(self.parameters, name=f"sae-bilingual-{jobs[0].recipe.get('name', 'study')}")
+        params: dict[str, Any] = {**self.parameters, "name": f"sae-bilingual-{jobs[0].recipe.get('name', 'study')}"}
         if gpus:
             params["gpus_per_node"] = gpus
         ex.update_parameters(**params)

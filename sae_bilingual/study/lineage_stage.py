@@ -43,6 +43,11 @@ def _load_checkpoint(unit: Path, iteration: int, tokens: int | None) -> Checkpoi
     return Checkpoint(iteration, int(tokens), unit, None, feats)
 
 
+def _load_codes(ck: Checkpoint) -> Codes:
+    assert ck.unit is not None  # _load_checkpoint names every checkpoint's unit folder
+    return Codes.load(ck.unit / "codes.safetensors")
+
+
 def run_lineage(study_dir: Path, model: str, layer: int, cfg: MatchConfig | None = None) -> dict[str, Any]:
     """Lineage of one layer of one model over all its analysed checkpoints in a study.
 
@@ -62,7 +67,7 @@ def run_lineage(study_dir: Path, model: str, layer: int, cfg: MatchConfig | None
         )
     cks = [_load_checkpoint(d, it, None) for it, d in units]
     t0 = time.perf_counter()
-    res = lineage_over_checkpoints(cks, cfg, load=lambda c: Codes.load(c.unit / "codes.safetensors"))
+    res = lineage_over_checkpoints(cks, cfg, load=_load_codes)
     stem = f"lineage_{slug(model)}_L{int(layer):02d}"
     tables = tables_dir(study_dir)
     final_org = res["origins"][res["origins"]["iteration"] == cks[-1].iteration].set_index("feature")

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from sae_lens.saes.sae import TrainStepInput
 from transformer_lens import HookedTransformerConfig
-from transformer_lens.components import TransformerBlock
+from transformer_lens.components.transformer_block import TransformerBlock
 
 from sae_bilingual.analysis.codes import Codes
 from sae_bilingual.analysis.features import analyse_features
@@ -226,7 +226,7 @@ def estimate_unit(recipe: Any, shape: LMShape, groups: list[list[int]], rates: D
     ce_tokens = n_langs * min(recipe.analysis.ce_docs_per_lang * min(data.context, shape.n_ctx),
                               data.eval_tokens_per_lang)  # the first ce_docs_per_lang eval windows
     steps = max(1, train_tokens // min(recipe.sae.batch_size, train_tokens))
-    s = dict.fromkeys(STAGES, 0.0)
+    s: dict[str, float] = dict.fromkeys(STAGES, 0.0)
     for g in groups:
         blocks = stop_at_layer_for([hook_for_layer(max(g))])
         s["LM train pass"] += train_tokens * blocks * rates.block_per_token

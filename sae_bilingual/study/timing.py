@@ -84,12 +84,12 @@ def append_timings(timer: StageTimer, path: Path) -> pd.DataFrame:
     written before the report and again, complete, after it.
     """
     old = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=["run", "started", "stage", "seconds"])
-    mine = old[old["started"] == timer.started]
+    mine = old.loc[old["started"] == timer.started]
     run = int(mine["run"].iloc[0]) if len(mine) else (int(old["run"].max()) + 1 if len(old) else 1)
     new = timer.frame()
     new.insert(0, "started", timer.started)
     new.insert(0, "run", run)
-    df = pd.concat([old[old["started"] != timer.started], new], ignore_index=True) if len(old) else new
+    df = pd.concat([old.loc[old["started"] != timer.started], new], ignore_index=True) if len(old) else new
     atomic_write_text(path, df.to_csv(index=False))
     return df
 
@@ -103,7 +103,7 @@ def last_run_split(path: Path) -> tuple[pd.DataFrame, str] | None:
         return None
     if df.empty or not {"run", "started", "stage", "seconds"} <= set(df.columns):
         return None
-    last = df[df["run"] == df["run"].max()][["stage", "seconds"]].reset_index(drop=True)
+    last = df.loc[df["run"] == df["run"].max(), ["stage", "seconds"]].reset_index(drop=True)
     total = last.loc[last["stage"] == "total", "seconds"].sum()
     last["share"] = [f"{100 * s / total:.0f}%" if total > 0 else "" for s in last["seconds"]]
     return last, str(df.loc[df["run"] == df["run"].max(), "started"].iloc[0])
