@@ -14,6 +14,10 @@ import pytest  # noqa: E402
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 
+# The bad-input catalogue's fixtures (world, no_lm_no_sae, earlier, sae_dir, offline): a test module
+# that defines a fixture of the same name keeps its own.
+pytest_plugins = ["tests.bad_input_fixtures"]
+
 
 @pytest.fixture(scope="session")
 def world_cache(tmp_path_factory) -> str:

@@ -102,3 +102,24 @@ def test_bare_recipe_name_finds_the_embedded_recipe(world_cache, capsys, tmp_pat
 def test_set_into_a_list_from_the_command_line(world_cache, capsys):
     assert main(["study", "smoke", "--dry-run", "--set", "models.0.layers=1"]) == 0
     assert "layers=1" in capsys.readouterr().out
+
+
+# ======== bad inputs (moved from test_bad_inputs.py): bad command lines (cli.py)
+
+
+def test_cli_prints_one_line_not_a_traceback(tmp_path, capsys):
+    from sae_bilingual.cli import main
+
+    p = tmp_path / "r.yaml"
+    p.write_text("sae: {k: eight}\n")
+    assert main(["study", str(p), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: sae.k")
+
+
+def test_cli_bad_set_syntax(capsys):
+    from sae_bilingual.cli import main
+
+    assert main(["study", "smoke", "--set", "sae.k", "--dry-run"]) == 2
+    assert "FIELD=VALUE" in capsys.readouterr().err
+

@@ -9,6 +9,7 @@ import torch
 
 from sae_bilingual.analysis.codes import Codes, encode_to_codes
 from sae_bilingual.errors import DataError, SAEFileError
+from tests.bad_input_fixtures import names_problem_and_fix
 
 
 def small_codes() -> Codes:
@@ -111,3 +112,17 @@ def test_analysis_from_disk_equals_analysis_in_memory(tmp_path):
     assert not mem["n_active"].equals(analyse_features(fp16, n, token_clusters=graph)["n_active"])
     disk = analyse_features(Codes.load(c.save(tmp_path / "codes.safetensors")), n, token_clusters=graph)
     pd.testing.assert_frame_equal(disk, mem, check_exact=True)
+
+
+# ======== bad inputs (moved from test_bad_inputs.py): a corrupt codes file (analysis/codes.py)
+
+
+def test_corrupt_codes_file(tmp_path):
+    from sae_bilingual.analysis.codes import Codes
+
+    p = tmp_path / "codes.safetensors"
+    p.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(SAEFileError) as e:
+        Codes.load(p)
+    names_problem_and_fix(e.value, str(p), fix=("rerun",))
+

@@ -10,6 +10,7 @@ import pytest
 
 from sae_bilingual.intervention.comet_bridge import ENV_MODEL, ENV_PYTHON, SETUP_ENV, comet_available, comet_score
 from sae_bilingual.errors import DataError, ExtraMissingError
+from tests.bad_input_fixtures import names_problem_and_fix
 
 FAKE = textwrap.dedent(
     """
@@ -81,3 +82,17 @@ def test_missing_model_and_missing_module(fake_comet, monkeypatch, tmp_path):
 def test_misaligned_inputs(fake_comet):
     with pytest.raises(DataError, match="aligned"):
         comet_score(["a", "b"], ["b"], ["c"])
+
+
+# ======== bad inputs (moved from test_bad_inputs.py): COMET without its environment
+
+
+def test_comet_requested_without_environment(monkeypatch, tmp_path):
+    from sae_bilingual.intervention.comet_bridge import ENV_MODEL, ENV_PYTHON, comet_score
+
+    monkeypatch.delenv(ENV_PYTHON, raising=False)
+    monkeypatch.delenv(ENV_MODEL, raising=False)
+    with pytest.raises(ExtraMissingError) as e:
+        comet_score(["a"], ["b"], ["c"])
+    names_problem_and_fix(e.value, ENV_PYTHON, fix=("pip install unbabel-comet",))
+

@@ -14,6 +14,7 @@ from sae_bilingual.config import (AnalysisSpec, DataSpec, InterventionSpec, Reci
 from sae_bilingual.errors import ConfigError
 from sae_bilingual.sae.model import PaperTopKSAEConfig, PaperTopKTrainingSAEConfig
 from sae_bilingual.study.preflight import check_k_below_n
+from tests.bad_input_fixtures import REPO, SMOKE, names_problem_and_fix, recipe
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
 
@@ -143,3 +144,114 @@ def test_intervention_section_checks_its_conditions_against_the_languages():
     assert spec.validate(["en", "fr"]) is spec
     with pytest.raises(ConfigError, match="intervention.conditions: 'fr'"):
         spec.validate(["en", "ja"])
+
+
+# ======== bad inputs (moved from test_bad_inputs.py): recipe validation (config.py, config_*.py)
+
+
+def test_n_not_positive():
+    with pytest.raises(ConfigError) as e:
+        recipe(Path("/tmp/x"), **{"sae.expansion": 0})
+    names_problem_and_fix(e.value, "sae.expansion", "must be positive", fix=("got 0",))
+    with pytest.raises(ConfigError) as e:
+        recipe(Path("/tmp/x"), **{"sae.d_sae": -4})
+    names_problem_and_fix(e.value, "sae.d_sae", "positive")
+
+
+def test_k_not_below_n_with_explicit_d_sae():
+    with pytest.raises(ConfigError) as e:
+        recipe(Path("/tmp/x"), **{"sae.k": 64, "sae.d_sae": 64})
+    names_problem_and_fix(e.value, "sae.k = 64", "sae.d_sae = 64", fix=("lower sae.k",))
+
+
+def test_one_language_in_recipe():
+    with pytest.raises(ConfigError) as e:
+        recipe(Path("/tmp/x"), **{"data.languages": ["en", "en"]})
+    names_problem_and_fix(e.value, "data.languages", "two", fix=("[en, ja]",))
+
+
+def test_warm_start_needs_the_local_executor():
+    with pytest.raises(ConfigError, match="warm_start.*executor: local"):
+        load_recipe(REPO / "recipes" / "smoke.yaml", {"sae.warm_start": True, "executor": "ray"})
+
+
+def test_two_models_with_one_family_name_are_refused_at_load(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        recipe(tmp_path / "s", models=[{"family": "toy"}, {"family": "toy", "source": str(tmp_path)}])
+    names_problem_and_fix(e.value, "models[0]", "models[1]", "units/toy", fix=("name:",))
+    with pytest.raises(ConfigError) as e:
+        recipe(tmp_path / "s", models=[{"family": "toy"}, {"name": "toy", "family": "toy"}])
+    names_problem_and_fix(e.value, "models[0]", "models[1]", fix=("name:",))
+    with pytest.raises(ConfigError) as e:
+        recipe(tmp_path / "s", models=[{"name": "../up", "family": "toy"}])
+    names_problem_and_fix(e.value, "models[0].name", fix=("letters, digits",))
+
+
+@pytest.mark.parametrize("field,value", [
+    ("intervention.draws", 0), ("intervention.ms", [0]), ("intervention.ms", []),
+    ("intervention.alphas", []), ("intervention.alphas", [float("nan")]),
+    ("intervention.eval_docs_per_lang", 0), ("intervention.max_new_tokens", 0),
+    ("intervention.few_shot", -1), ("intervention.translation_pairs", -1),
+    ("intervention.conditions", []), ("intervention.mid_checkpoint", -5),
+    ("analysis.ce_docs_per_lang", 0), ("analysis.n_examples", -1), ("analysis.n_browser_features", -1),
+    ("sae.warmup_steps", -1), ("sae.geometric_median_sample", 0), ("sae.adam_eps", 0.0), ("seed", -1),
+])
+def test_counts_and_numbers_are_validated_at_load(field, value):
+    with pytest.raises(ConfigError) as e:
+        recipe(Path("/tmp/x"), **{field: value})
+    names_problem_and_fix(e.value, field)
+
+
+@pytest.mark.parametrize("field,value", [
+    ("sae.lr", float("nan")), ("sae.lr", float("inf")), ("sae.lr", -1e-3), ("sae.lr", "nan"),
+    ("sae.lr_grid", []), ("sae.lr_grid", [1e-3, float("nan")]), ("sae.lr_grid", [-1e-3]),
+    ("sae.lr_grid", [float("inf")]),
+])
+def test_learning_rates_must_be_finite_and_positive(field, value):
+    with pytest.raises(ConfigError) as e:
+        recipe(Path("/tmp/x"), **{field: value})
+    names_problem_and_fix(e.value, field, fix=("e.g.", "> 0", "positive"))
+
+
+def test_unknown_intervention_condition_refused_at_load():
+    with pytest.raises(ConfigError) as e:
+        recipe(Path("/tmp/x"), **{"intervention.conditions": ["none", "en", "fr"]})
+    names_problem_and_fix(e.value, "intervention.conditions", "'fr'", fix=("none, en, ja, mixed",))
+
+
+def test_device_that_is_not_a_device(world, no_lm_no_sae, tmp_path):
+    """Before: accepted, then a RuntimeError traceback when the first model loaded."""
+    with pytest.raises(ConfigError) as e:
+        recipe(tmp_path / "s", device="banana")
+    names_problem_and_fix(e.value, "device", "banana", fix=("cpu", "cuda"))
+    from sae_bilingual.study.preflight import check_device  # (the preflight's own check)
+
+    with pytest.raises(ConfigError):
+        check_device("banana")
+    assert not (tmp_path / "s").exists()
+
+
+def test_recipe_naming_a_program_says_it_runs_it(tmp_path, caplog):
+    """intervention.comet_python / comet_model name a program to run and a pickle to load:
+    a recipe with them is code, and loading one says so (and the README documents it)."""
+    import logging
+
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump({**SMOKE, "intervention": {**SMOKE["intervention"],
+                                                           "comet_python": "/usr/bin/python3"}}))
+    with caplog.at_level(logging.WARNING):
+        load_recipe(p)
+    msg = " ".join(r.getMessage() for r in caplog.records)
+    for word in ("intervention.comet_python", "/usr/bin/python3", "runs", "trust"):
+        assert word in msg, f"{word!r} not in the warning: {msg!r}"
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert "comet_python" in readme and "code" in readme.split("comet_python", 1)[1][:600]
+
+
+def test_intervention_fields_are_not_checked_when_it_is_off():
+    """An [en, fr] study without the intervention keeps the default (en/ja) conditions."""
+    rec = recipe(Path("/tmp/x"), **{"data.languages": ["en", "fr"], "intervention.enabled": False})
+    assert rec.intervention.conditions == ["none", "en", "ja", "mixed"]
+    with pytest.raises(ConfigError, match="'ja' is not a condition"):
+        recipe(Path("/tmp/x"), **{"data.languages": ["en", "fr"]})
+

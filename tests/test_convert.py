@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -11,6 +12,8 @@ from sae_lens import SAE
 
 from sae_bilingual.sae.convert import RELEASE, convert_released
 from sae_bilingual.sae.model import PaperTopKSAE
+from sae_bilingual.errors import SAEFileError
+from tests.bad_input_fixtures import names_problem_and_fix
 
 N, D, K = 64, 16, 4
 
@@ -125,3 +128,23 @@ def test_convert_refuses_a_file_as_destination(tmp_path):
     with pytest.raises(OutputError, match="is a file"):
         convert_released(src / "sae.pth", src / "sae.pth", k=K, force=True)
     assert (src / "sae.pth").stat().st_size > 0
+
+
+# ======== bad inputs (moved from test_bad_inputs.py): pickled weights refused (sae/convert.py)
+
+
+def test_pickled_sae_weights_are_refused(tmp_path):
+    """convert.py reads .pth with weights_only=True: a pickle carrying code is an SAEFileError."""
+    from sae_bilingual.sae.convert import _load_tensors
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    p = tmp_path / "sae.pth"
+    torch.save({"W_enc": Evil()}, p)
+    with pytest.raises(SAEFileError) as e:
+        _load_tensors(p)
+    names_problem_and_fix(e.value, "weights_only=True", fix=("never pickled code",))
+    assert not (tmp_path / "pwned").exists()
+

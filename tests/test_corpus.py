@@ -10,6 +10,7 @@ from datasets import Dataset
 
 from sae_bilingual.data.corpus import load_text_corpus, make_windows
 from sae_bilingual.errors import DataError
+from tests.bad_input_fixtures import names_problem_and_fix, docs
 
 
 class _Tok:
@@ -139,3 +140,39 @@ def test_only_what_a_window_needs_is_tokenised():
     for r in range(len(w)):
         d, n = int(w.doc_id[r]), int(w.lengths[r])
         assert w.tokens[r, :n].tolist() == [1] + full[d][: n - 1]
+
+
+# ======== bad inputs (moved from test_bad_inputs.py): bad corpora (data/corpus.py: make_windows)
+
+
+def test_corpus_with_one_language_only():
+    from sae_bilingual.data.corpus import make_windows
+
+    with pytest.raises(DataError) as e:
+        make_windows(docs(["en", "en"], [[1, 5, 6], [1, 7]]), None, context=8)
+    names_problem_and_fix(e.value, "only one", "['en']", fix=("add documents",))
+
+
+def test_empty_corpus():
+    from sae_bilingual.data.corpus import make_windows
+
+    with pytest.raises(DataError) as e:
+        make_windows(docs([], []), None, context=8)
+    names_problem_and_fix(e.value, "empty", fix=("give a dataset",))
+
+
+def test_all_documents_shorter_than_two_tokens():
+    from sae_bilingual.data.corpus import make_windows
+
+    with pytest.raises(DataError) as e:
+        make_windows(docs(["en", "ja", "en"], [[1], [1], []]), None, context=8)
+    names_problem_and_fix(e.value, "fewer than 2 tokens", fix=("check the text column",))
+
+
+def test_token_budget_larger_than_corpus():
+    from sae_bilingual.data.corpus import make_windows
+
+    with pytest.raises(DataError) as e:
+        make_windows(docs(["en", "ja"], [[1, 5, 6], [1, 7, 8]]), None, context=8, tokens_per_lang=100)
+    names_problem_and_fix(e.value, "budget 100", "larger than the corpus", fix=("lower tokens_per_lang",))
+

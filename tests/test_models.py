@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from sae_bilingual.models import (
     register_with_transformer_lens,
     tokens_per_iteration,
 )
+from tests.bad_input_fixtures import names_problem_and_fix
 
 VOCAB = 300
 
@@ -276,3 +278,29 @@ def test_transformer_lens_registration_offline_with_hf_model() -> None:
 
     cfg = tl_loading.get_pretrained_model_config("llm-jp/llm-jp-3-980m")
     assert (cfg.d_head, cfg.n_layers, cfg.d_vocab) == (192, 20, 99_584)
+
+
+# ======== bad inputs (moved from test_bad_inputs.py): bad families and tokenizers (models/registry.py)
+
+
+def test_tokenizer_larger_than_model_vocab_at_family_load(world):
+    from sae_bilingual.models.registry import HFLlamaFamily
+
+    tok = copy.deepcopy(world.tokenizer)
+    tok.add_tokens([f"extra_token_{i}" for i in range(400)])
+    fam = HFLlamaFamily(name="toy", source=world.root, tokenizer_source=tok)
+    with pytest.raises(CheckpointError) as e:
+        fam.load(None)
+    names_problem_and_fix(e.value, "d_vocab", f"{len(tok)} tokens", fix=("tokenizer saved with these checkpoints",))
+
+
+def test_family_names_cannot_escape_the_output_dir():
+    from sae_bilingual.models.registry import get_family, register_family
+
+    for bad in ("../evil", "a/b", "..", ".hidden"):
+        with pytest.raises(CheckpointError) as e:
+            register_family(bad, lambda **k: None)
+        names_problem_and_fix(e.value, bad, fix=("letters, digits",))
+    with pytest.raises(CheckpointError):
+        get_family("../../etc", source="/tmp")
+

@@ -30,6 +30,8 @@ from sae_bilingual.study import outdir
 from sae_bilingual.study.outdir import check_output_dir, output_lock, prepare_output_dir, read_lock
 from sae_bilingual.study.run import run_study
 from sae_bilingual.study.unit import Unit
+from sae_bilingual.errors import ConfigError
+from tests.bad_input_fixtures import snapshot, names_problem_and_fix, recipe, run_fails
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = yaml.safe_load((REPO / "recipes" / "smoke.yaml").read_text())
@@ -281,3 +283,29 @@ def test_without_flock_a_pid_record_guards_the_folder(tmp_path, monkeypatch, dea
             with outdir.output_lock(out):
                 pass
     assert not (out / outdir.LOCK_NAME).exists()
+
+
+# ======== bad inputs (moved from test_bad_inputs.py): refused output directories (study/outdir.py)
+
+
+def test_different_recipe_in_same_output_dir_is_refused(world, tmp_path, no_lm_no_sae):
+    from sae_bilingual.study.outdir import prepare_output_dir
+
+    out = tmp_path / "s"
+    prepare_output_dir(recipe(out))
+    (out / "manifest.json").write_text(json.dumps({"recipe_hash": "other", "units": {"toy/iter_0000001": {}}}))
+    before = snapshot(out)
+    with pytest.raises(ConfigError) as e:
+        prepare_output_dir(recipe(out, **{"sae.k": 4}))
+    names_problem_and_fix(e.value, "different recipe", fix=("another output_dir", "--force"))
+    assert snapshot(out) == before
+
+
+def test_output_dir_not_writable(world, tmp_path, no_lm_no_sae):
+    """Root ignores chmod, so the output dir sits under a regular file."""
+    f = tmp_path / "a_file"
+    f.write_text("not a dir")
+    err = run_fails(recipe(f / "out"), OutputError)
+    names_problem_and_fix(err, str(f / "out"), "not writable", fix=("--output-dir",))
+    assert f.read_text() == "not a dir"
+

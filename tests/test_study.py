@@ -22,6 +22,7 @@ from sae_bilingual.study import pipeline
 from sae_bilingual.study.outdir import recipe_hash
 from sae_bilingual.study.plan import plan_study
 from sae_bilingual.study.run import run_study
+from tests.bad_input_fixtures import recipe
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "recipes" / "smoke.yaml"
@@ -219,3 +220,24 @@ def test_forced_rerun_with_other_intervention_settings_redoes_only_the_intervent
     assert "without b_pre" in after.splitlines()[0] and "without b_pre" not in before
     assert set(pd.read_csv(out / "tables" / "intervention.csv")["decoder"]) != set(
         pd.read_csv(ref / "tables" / "intervention.csv")["decoder"])
+
+
+# ======== bad inputs (moved from test_bad_inputs.py): two models of one family, whole study (run.py)
+
+
+@pytest.mark.slow
+def test_two_models_of_one_family_both_reach_the_summary(world, tmp_path):
+    """Before: both wrote units/toy/iter_0000120 and the summary had one row."""
+    from sae_bilingual.study.run import run_study
+
+    rec = recipe(tmp_path / "s", models=[
+        {"name": "toy-a", "family": "toy", "checkpoints": "final", "layers": [1]},
+        {"name": "toy-b", "family": "toy", "source": str(world.root), "checkpoints": "final", "layers": [1]},
+    ], **{"intervention.enabled": False, "sae.lr": 0.001, "data.train_tokens_per_lang": 2048,
+          "data.eval_tokens_per_lang": 1024})
+    run_study(rec, progress=False)
+    summary = pd.read_csv(tmp_path / "s" / "tables" / "summary.csv")
+    assert sorted(summary["model"]) == ["toy-a", "toy-b"]
+    for name in ("toy-a", "toy-b"):
+        assert (tmp_path / "s" / "units" / name / "iter_0000120" / "L01" / "features.parquet").is_file()
+

@@ -19,6 +19,7 @@ from sae_bilingual.study.unit import (
     layer_path,
     parse_layer_dir,
 )
+from sae_bilingual.errors import SaeBilingualError
 
 
 def test_paths_and_ids_follow_the_documented_format(tmp_path):
@@ -86,3 +87,14 @@ def test_mark_finished_adds_what_the_driver_did_not_see(tmp_path):
     m.mark_layer(unit.id, 1)
     m.mark_finished(unit, missing=[3])
     assert m.units[unit.id]["layers"] == {"1": "done", "2": "done"}
+
+
+# ======== bad inputs (moved from test_bad_inputs.py): unit directories cannot escape (study/unit.py)
+
+
+def test_unit_dir_refuses_escape(tmp_path):
+    from sae_bilingual.study.unit import Unit
+
+    with pytest.raises(SaeBilingualError):
+        Unit(0, "../../outside", 1, 1, [1]).dir(tmp_path)
+
