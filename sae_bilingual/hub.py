@@ -16,15 +16,15 @@ import re
 import socket
 import threading
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import datasets.config
 from huggingface_hub import constants, try_to_load_from_cache
 
+from sae_bilingual.config import Recipe
+from sae_bilingual.config_checks import canonical_family
 from sae_bilingual.errors import CheckpointError, DataError
 from sae_bilingual.models.public import PUBLIC_FAMILIES
-from sae_bilingual.config_checks import canonical_family
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def _dataset_cached(name: str) -> bool:
             or (Path(constants.HF_HUB_CACHE) / f"datasets--{name.replace('/', '--')}").is_dir())
 
 
-def hub_models(recipe: Any) -> list[tuple[int, str]]:
+def hub_models(recipe: Recipe) -> list[tuple[int, str]]:
     """(index, repo id) of the models whose weights or tokenizer would come from the Hub."""
     out = []
     for i, spec in enumerate(recipe.models):
@@ -113,7 +113,7 @@ def hub_models(recipe: Any) -> list[tuple[int, str]]:
     return out
 
 
-def check_hub_access(recipe: Any) -> None:
+def check_hub_access(recipe: Recipe) -> None:
     """Refuse, in seconds, a recipe that needs the Hub while it is offline.
 
     Models: an LLM-jp or public family without ``source`` or a ``source`` that is a repo id (files

@@ -10,8 +10,7 @@ E(x) = TopK(W_enc (u - b_pre)),  x_hat = W_dec E(x) + b_pre,  u = x / ||x||  (pa
   back, so a spliced SAE returns residual-scale reconstructions. ``encode_normalized`` /
   ``decode_normalized`` / ``encode_topk`` work in the unit-norm space directly.
 * ``b_pre`` is stored as SAELens's ``b_dec`` (``apply_b_dec_to_input=True``).
-* The tensor maths (one pre-activation, the sparse training kernels) is in
-  :mod:`sae_bilingual.sae.kernels`; files (save, load, stock export) in :mod:`sae_bilingual.sae.files`.
+* Tensor maths (the sparse kernels): :mod:`sae_bilingual.sae.kernels`; files: :mod:`sae_bilingual.sae.files`.
 """
 
 from __future__ import annotations

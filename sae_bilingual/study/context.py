@@ -16,6 +16,7 @@ from sae_bilingual.data import corpus
 from sae_bilingual.errors import ConfigError
 from sae_bilingual.models.registry import ModelFamily, get_family
 
+
 def tokenizer_key(tokenizer: Any) -> str:
     """A short hash of what decides a tokenizer's ids for the windows: its class, its whole
     serialisation when it has one (vocabulary, merges, normalizer, pre-tokenizer, added

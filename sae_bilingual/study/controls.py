@@ -17,9 +17,9 @@ from typing import Any
 
 import pandas as pd
 
-from sae_bilingual.study.layout import tables_dir
 from sae_bilingual.config import Recipe, WorldSpec
 from sae_bilingual.errors import ConfigError
+from sae_bilingual.study.layout import tables_dir
 from sae_bilingual.world import PRESETS
 
 log = logging.getLogger(__name__)

@@ -17,21 +17,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sae_bilingual.config import Recipe
 from sae_bilingual.errors import ConfigError
-from sae_bilingual.study.memplan_crosscoder import crosscoder_memory_lines
+from sae_bilingual.models.catalogue import Checkpoint, CheckpointCatalogue
+from sae_bilingual.models.registry import HFConfigShape, get_family
 from sae_bilingual.study.memplan import (
     PLAN_FRACTION,
     LMShape,
     describe_unit_plan,
     fmt_bytes,
-    host_memory_budget,
     fmt_layers,
+    host_memory_budget,
     memory_budget,
     plan_unit,
     unit_components,
 )
-from sae_bilingual.models.catalogue import Checkpoint, CheckpointCatalogue
-from sae_bilingual.models.registry import HFConfigShape, get_family
+from sae_bilingual.study.memplan_crosscoder import crosscoder_memory_lines
 from sae_bilingual.study.preflight import check_k_below_n
 from sae_bilingual.study.time_estimate import time_estimate_lines
 from sae_bilingual.study.unit import check_path_part
@@ -49,7 +50,7 @@ def _local_missing(path: str, may_be_repo: bool = False) -> bool:
     return not (may_be_repo and _REPO_ID.fullmatch(path) and not path.startswith((".", "/", "~")))
 
 
-def missing_inputs(recipe: Any) -> list[str]:
+def missing_inputs(recipe: Recipe) -> list[str]:
     """The local inputs the recipe names that do not exist here, one sentence each."""
     out = []
     for i, m in enumerate(recipe.models):
@@ -103,7 +104,7 @@ def _named_iterations(spec: Any, tokens_per_iteration: int) -> tuple[list[int], 
     return [], s == "final"
 
 
-def offline_family(recipe: Any, index: int, warnings: list[str]) -> OfflineFamily:
+def offline_family(recipe: Recipe, index: int, warnings: list[str]) -> OfflineFamily:
     """The family of ``models[index]`` from its built-in shape, with the checkpoints the recipe names."""
     spec = recipe.models[index]
     extra = {k: getattr(spec, k) for k in ("tokens_per_step", "name") if getattr(spec, k) is not None}
@@ -138,7 +139,7 @@ class DryRunInputs:
     warnings: list[str] = field(default_factory=list)
 
 
-def dry_run_inputs(recipe: Any) -> DryRunInputs:
+def dry_run_inputs(recipe: Recipe) -> DryRunInputs:
     """Missing inputs, and offline families for the models whose source is missing."""
     out = DryRunInputs(missing=missing_inputs(recipe))
     for i, spec in enumerate(recipe.models):
@@ -147,7 +148,7 @@ def dry_run_inputs(recipe: Any) -> DryRunInputs:
     return out
 
 
-def describe_plan(plan: Any, recipe: Any) -> str:
+def describe_plan(plan: Any, recipe: Recipe) -> str:
     """The units, SAEs and LM tokens of a plan (the top of ``--dry-run``)."""
     lines = [f"study {recipe.name!r} -> {recipe.output_dir}"]
     for u in plan.units:
@@ -164,7 +165,7 @@ def describe_plan(plan: Any, recipe: Any) -> str:
     return "\n".join(lines)
 
 
-def describe_memory(recipe: Any, plan: Any, ctx: Any, *, logits_chunk_tokens: int | None = None) -> list[str]:
+def describe_memory(recipe: Recipe, plan: Any, ctx: Any, *, logits_chunk_tokens: int | None = None) -> list[str]:
     """The memory plan of every unit: components per model, then passes and peak per unit."""
     budget, source = memory_budget(recipe)
     host, host_source = host_memory_budget(recipe)
@@ -205,7 +206,7 @@ def describe_memory(recipe: Any, plan: Any, ctx: Any, *, logits_chunk_tokens: in
     return lines
 
 
-def describe_dry_run(recipe: Any, plan: Any, ctx: Any, inputs: DryRunInputs, *, estimate_time: bool = False) -> str:
+def describe_dry_run(recipe: Recipe, plan: Any, ctx: Any, inputs: DryRunInputs, *, estimate_time: bool = False) -> str:
     """The whole ``--dry-run`` text: plan, memory plan, (time estimate,) warnings about missing inputs."""
     for u in plan.units:
         check_path_part(u.family)

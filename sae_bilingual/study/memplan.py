@@ -32,6 +32,7 @@ import psutil
 import torch
 
 from sae_bilingual.analysis.stream import EVAL_ENCODE_BATCH
+from sae_bilingual.config import Recipe
 from sae_bilingual.config_checks import parse_bytes
 from sae_bilingual.layers import hook_for_layer, stop_at_layer_for
 from sae_bilingual.lm_loss import chunk_positions
@@ -123,7 +124,7 @@ def process_rss() -> int:
     return int(psutil.Process().memory_info().rss)
 
 
-def unit_components(recipe: Any, shape: LMShape, *, logits_chunk_tokens: int | None = None,
+def unit_components(recipe: Recipe, shape: LMShape, *, logits_chunk_tokens: int | None = None,
                     baseline: int | None = None) -> list[Component]:
     """What one unit holds, per phase (LM load, training, analysis), from the recipe and the LM's shape.
 
@@ -221,10 +222,10 @@ def available_memory(device: str) -> tuple[int | None, str]:
     return None, f"free memory of a {dev.type} device is not known"
 
 
-def memory_budget(recipe: Any) -> tuple[int | None, str]:
+def memory_budget(recipe: Recipe) -> tuple[int | None, str]:
     """The device budget a unit plans against: ``max_memory`` when set, else the device's free
     memory (on the CPU: the RAM available now plus what this process already holds)."""
-    if getattr(recipe, "max_memory", None) is not None:
+    if recipe.max_memory is not None:
         return parse_bytes(recipe.max_memory), "max_memory"
     got, source = available_memory(recipe.device)
     if got is not None and torch.device(recipe.device).type == "cpu":
@@ -232,10 +233,10 @@ def memory_budget(recipe: Any) -> tuple[int | None, str]:
     return got, source
 
 
-def host_memory_budget(recipe: Any) -> tuple[int | None, str]:
+def host_memory_budget(recipe: Recipe) -> tuple[int | None, str]:
     """The host-RAM budget: ``max_host_memory`` when set, else the RAM available now plus what
     this process already holds (the plan counts the process itself)."""
-    if getattr(recipe, "max_host_memory", None) is not None:
+    if recipe.max_host_memory is not None:
         return parse_bytes(recipe.max_host_memory, "max_host_memory"), "max_host_memory"
     got, source = available_memory("cpu")
     return (got + process_rss() if got is not None else None), source + " + this process"
@@ -287,7 +288,7 @@ def _fits(peak: dict[str, int], budget: int | None, host_budget: int | None, mer
             and (host_budget is None or peak["host"] <= PLAN_FRACTION * host_budget))
 
 
-def plan_unit(recipe: Any, shape: LMShape, layers: list[int], budget: int | None = None,
+def plan_unit(recipe: Recipe, shape: LMShape, layers: list[int], budget: int | None = None,
               budget_source: str = "", *, host_budget: int | None = None, host_source: str = "",
               logits_chunk_tokens: int | None = None, baseline: int | None = None) -> UnitPlan:
     """As few contiguous layer groups as keep every pass within ``PLAN_FRACTION`` of both the
@@ -322,7 +323,7 @@ def describe_unit_plan(p: UnitPlan) -> str:
             f"({p.lm_cost():.2f} x one full-depth pass: a pass stops at its deepest layer)")
 
 
-def unit_groups(recipe: Any, hf_config: Any, layers: list[int], unit_id: str = "unit") -> list[list[int]]:
+def unit_groups(recipe: Recipe, hf_config: Any, layers: list[int], unit_id: str = "unit") -> list[list[int]]:
     """The layer groups of one unit on this machine now (called before the LM is loaded)."""
     budget, source = memory_budget(recipe)
     host, host_source = host_memory_budget(recipe)

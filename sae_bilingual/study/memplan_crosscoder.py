@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from sae_bilingual.analysis.stream import EVAL_ENCODE_BATCH
+from sae_bilingual.config import Recipe
 from sae_bilingual.config_crosscoder import crosscoder_targets
 from sae_bilingual.study.memplan import DTYPE_BYTES, Component, LMShape, fmt_bytes, lm_weight_bytes, pass_peak
 
@@ -48,7 +49,7 @@ class CrosscoderShape:
     eval_rows: int
 
     @classmethod
-    def from_recipe(cls, recipe: Any, d_model: int, n_checkpoints: int) -> CrosscoderShape:
+    def from_recipe(cls, recipe: Recipe, d_model: int, n_checkpoints: int) -> CrosscoderShape:
         """From the recipe's ``crosscoder:`` and ``data:`` sections (rows: ``crosscoder.tokens``
         or the study's training tokens; the evaluation rows are the study's)."""
         cc, data = recipe.crosscoder, recipe.data
@@ -57,7 +58,7 @@ class CrosscoderShape:
                    cc.tokens or data.train_tokens_per_lang * n_lang, data.eval_tokens_per_lang * n_lang)
 
 
-def crosscoder_components(recipe: Any, lm: LMShape, s: CrosscoderShape) -> list[Component]:
+def crosscoder_components(recipe: Recipe, lm: LMShape, s: CrosscoderShape) -> list[Component]:
     """What one crosscoder unit holds per phase (``fixed`` bytes; one layer, so no per-hook term)."""
     T = recipe.data.context
     lm_b, buf_b = DTYPE_BYTES[recipe.dtype], DTYPE_BYTES[recipe.data.buffer_dtype]
@@ -89,12 +90,12 @@ def crosscoder_components(recipe: Any, lm: LMShape, s: CrosscoderShape) -> list[
     ]
 
 
-def crosscoder_peak(recipe: Any, lm: LMShape, s: CrosscoderShape) -> dict[str, int]:
+def crosscoder_peak(recipe: Recipe, lm: LMShape, s: CrosscoderShape) -> dict[str, int]:
     """Peak bytes {'device', 'host'} over the phases (on a CPU device both are one RAM: 'device')."""
     return pass_peak(crosscoder_components(recipe, lm, s), 0, torch.device(recipe.device).type == "cpu")
 
 
-def describe_crosscoder_memory(recipe: Any, lm: LMShape, s: CrosscoderShape, layer: int) -> list[str]:
+def describe_crosscoder_memory(recipe: Recipe, lm: LMShape, s: CrosscoderShape, layer: int) -> list[str]:
     """Dry-run lines: the unit's shape, then its peak device and host bytes."""
     p = crosscoder_peak(recipe, lm, s)
     merged = torch.device(recipe.device).type == "cpu"
@@ -104,7 +105,7 @@ def describe_crosscoder_memory(recipe: Any, lm: LMShape, s: CrosscoderShape, lay
             f"{fmt_bytes(p['device'])}{host} (buffer {fmt_bytes(s.train_rows * s.n_checkpoints * s.d_model * DTYPE_BYTES[recipe.data.buffer_dtype])})"]
 
 
-def crosscoder_memory_lines(recipe: Any, plan: Any, ctx: Any) -> list[str]:
+def crosscoder_memory_lines(recipe: Recipe, plan: Any, ctx: Any) -> list[str]:
     """The dry run's crosscoder lines (none while ``crosscoder.enabled`` is false)."""
     cc = recipe.crosscoder
     if not cc.enabled:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sae_bilingual.config import Recipe
 from sae_bilingual.config_checks import check_k, default_model_ids
 from sae_bilingual.data.store import check_token_ids
 from sae_bilingual.errors import CheckpointError, ConfigError, DataError
@@ -29,7 +30,7 @@ from sae_bilingual.study.unit import check_path_part
 log = logging.getLogger(__name__)
 
 
-def check_k_below_n(recipe: Any, d_model: int, family: str) -> None:
+def check_k_below_n(recipe: Recipe, d_model: int, family: str) -> None:
     """TopK needs K < n latents (n = d_sae or expansion x d_model)."""
     s = recipe.sae
     how = f"sae.d_sae = {s.d_sae}" if s.d_sae else f"sae.expansion x d_model = {s.expansion} x {d_model}"
@@ -37,7 +38,7 @@ def check_k_below_n(recipe: Any, d_model: int, family: str) -> None:
             fix="raise sae.expansion / sae.d_sae")
 
 
-def check_comet(recipe: Any) -> None:
+def check_comet(recipe: Recipe) -> None:
     """COMET requested (intervention.comet_python / comet_model) -> both must exist now."""
     iv = recipe.intervention
     if iv.enabled and (iv.comet_python or iv.comet_model):
@@ -45,7 +46,7 @@ def check_comet(recipe: Any) -> None:
         comet_model_path(iv.comet_model)
 
 
-def check_model_names(recipe: Any, family_names: list[str]) -> list[str]:
+def check_model_names(recipe: Recipe, family_names: list[str]) -> list[str]:
     """Each model's output id (``name`` or its family's name), unique and path-safe."""
     ids = [str(mid) for mid in default_model_ids(recipe, family_names)]  # (all known once loaded)
     for mid in ids:
@@ -70,7 +71,7 @@ def check_device(device: str) -> None:
         raise ConfigError(f"device {device!r}: MPS is not available here; use device: cpu")
 
 
-def check_context(recipe: Any, fam: Any, model: str) -> None:
+def check_context(recipe: Recipe, fam: Any, model: str) -> None:
     """data.context fits the model's position embeddings (else a tensor-size error mid-run)."""
     n_ctx = getattr(fam.hf_config, "max_position_embeddings", None)
     if n_ctx is not None and recipe.data.context > int(n_ctx):
@@ -145,7 +146,7 @@ def check_checkpoint_files(ctx: Any, model_index: int, iteration: int) -> None:
             check_safetensors(f)
 
 
-def check_pairs_files(recipe: Any) -> None:
+def check_pairs_files(recipe: Recipe) -> None:
     """intervention.pairs_paths: readable UTF-8 files, line-aligned, enough pairs (else the
     intervention would fail only after every unit had trained)."""
     iv = recipe.intervention
@@ -172,7 +173,7 @@ def check_pairs_files(recipe: Any) -> None:
                         f"{iv.few_shot} examples plus at least one test pair are needed")
 
 
-def check_toy_budget(recipe: Any) -> None:
+def check_toy_budget(recipe: Recipe) -> None:
     """The token budgets fit the toy world's corpus, checked from its config before the world
     is built (minutes for the default world). An upper bound: documents take turns by language
     and hold at most ``context - 1`` tokens after BOS; the windows check the exact count."""
@@ -192,7 +193,7 @@ def check_toy_budget(recipe: Any) -> None:
                     f"Lower tokens_per_lang ({field} <= {n_docs * per_doc}) or raise world.overrides.n_{split}_docs")
 
 
-def preflight(recipe: Any, plan: Any, ctx: Any) -> None:
+def preflight(recipe: Recipe, plan: Any, ctx: Any) -> None:
     """Run every pre-study check on a resolved plan; raises a SaeBilingualError subclass.
 
     ``plan``: the :class:`~sae_bilingual.study.plan.Plan`; ``ctx``: its StudyContext (world,

@@ -30,6 +30,7 @@ from transformer_lens.components.transformer_block import TransformerBlock
 
 from sae_bilingual.analysis.codes import Codes
 from sae_bilingual.analysis.features import analyse_features
+from sae_bilingual.config import Recipe
 from sae_bilingual.errors import ConfigError
 from sae_bilingual.io import save_parquet
 from sae_bilingual.layers import hook_for_layer, stop_at_layer_for
@@ -179,7 +180,7 @@ def synthetic_codes(m: int, n: int, k: int, vocab: int, languages: tuple[str, ..
                  position=np.arange(m) % 64, languages=languages)
 
 
-def _analysis_rate(recipe: Any, n: int, k: int, vocab: int) -> float:
+def _analysis_rate(recipe: Recipe, n: int, k: int, vocab: int) -> float:
     """Seconds per vector of a layer's analysis on synthetic codes with random clusters:
     :func:`analyse_features`, then the codes file and the feature table written (to a
     temporary folder)."""
@@ -197,7 +198,7 @@ def _analysis_rate(recipe: Any, n: int, k: int, vocab: int) -> float:
         return (time.perf_counter() - t) / m
 
 
-def measure_rates(recipe: Any, shape: LMShape) -> DeviceRates:
+def measure_rates(recipe: Recipe, shape: LMShape) -> DeviceRates:
     """Time every kernel of a unit on ``recipe.device`` at the recipe's shapes."""
     device = torch.device(recipe.device)
     dtype = getattr(torch, recipe.dtype)
@@ -212,7 +213,7 @@ def measure_rates(recipe: Any, shape: LMShape) -> DeviceRates:
     return DeviceRates(t_block, t_unembed, t_step, t_encode, t_analysis, t_collect)
 
 
-def estimate_unit(recipe: Any, shape: LMShape, groups: list[list[int]], rates: DeviceRates) -> UnitTimeEstimate:
+def estimate_unit(recipe: Recipe, shape: LMShape, groups: list[list[int]], rates: DeviceRates) -> UnitTimeEstimate:
     """Seconds of one unit whose layers are trained in the LM passes ``groups``.
 
     Per pass over a group: the LM runs the training and evaluation tokens through the blocks
@@ -241,7 +242,7 @@ def estimate_unit(recipe: Any, shape: LMShape, groups: list[list[int]], rates: D
     return UnitTimeEstimate(s)
 
 
-def time_estimate_lines(recipe: Any, plan: Any, ctx: Any) -> list[str]:
+def time_estimate_lines(recipe: Recipe, plan: Any, ctx: Any) -> list[str]:
     """The ``--estimate-time`` block of the dry run: the rates measured per model, then each
     unit's estimate (its LM passes as the memory plan groups them) and the study's total."""
     if torch.device(recipe.device).type == "cuda" and not torch.cuda.is_available():
