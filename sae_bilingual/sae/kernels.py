@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -210,16 +210,22 @@ def sparse_decode_train(idx: torch.Tensor, vals: torch.Tensor, W_dec: torch.Tens
     return out
 
 
+class DenseForward(NamedTuple):
+    loss: torch.Tensor   # mean squared error over the batch, in unit-norm space
+    z: torch.Tensor      # [B, d_sae] codes, zero outside each row's top k
+    pre: torch.Tensor    # [B, d_sae] pre-activations
+    recon: torch.Tensor  # [B, d_in] reconstruction
+
+
 def dense_reference_loss(u: torch.Tensor, b_pre: torch.Tensor, W_enc: torch.Tensor, W_dec: torch.Tensor,
-                         k: int, b_enc: torch.Tensor | None = None, relu: bool = False
-                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Plain dense forward (autograd everywhere): (loss, z, pre, recon) on unit inputs ``u``."""
+                         k: int, b_enc: torch.Tensor | None = None, relu: bool = False) -> DenseForward:
+    """Plain dense forward (autograd everywhere) on unit inputs ``u``: the sparse kernels' reference."""
     pre = pre_activation(u - b_pre, W_enc, b_enc, relu)
     vals, idx = torch.topk(pre, k, dim=-1, sorted=False)
     z = torch.zeros_like(pre).scatter(-1, idx, vals)
     recon = z @ W_dec + b_pre
     loss = (recon - u).pow(2).sum(-1).mean()
-    return loss, z, pre, recon
+    return DenseForward(loss, z, pre, recon)
 
 
 def geometric_median(x: torch.Tensor, *, max_iter: int = 200, tol: float = 1e-7,

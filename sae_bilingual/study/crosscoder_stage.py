@@ -54,6 +54,7 @@ from sae_bilingual.study.layer_analysis import token_script
 from sae_bilingual.study.pipeline import _torch_dtype
 from sae_bilingual.study.layout import FEATURES_FILE, tables_dir
 from sae_bilingual.study.unit import layer_dirname
+from sae_bilingual.study.context import StudyContext
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def crosscoder_dir(out: Path, model: str, layer: int) -> Path:
     return Path(out) / "crosscoders" / model / layer_dirname(layer)
 
 
-def _settings(ctx: Any, units: list[Any], lr: float) -> dict[str, Any]:
+def _settings(ctx: StudyContext, units: list[Any], lr: float) -> dict[str, Any]:
     """What decides a crosscoder: a finished one with other settings is redone."""
     cc = ctx.recipe.crosscoder
     return {"iterations": [u.iteration for u in units], "k": cc.k, "d_sae": cc.d_sae, "expansion": cc.expansion,
@@ -121,7 +122,7 @@ def _comparison(out: Path, model: Any, table: pd.DataFrame, units: list[Any], la
                               origin, summ["iterations"])
 
 
-def run_crosscoder(ctx: Any, layer: int, units: list[Any], out: Path, lr: float) -> dict[str, Any]:
+def run_crosscoder(ctx: StudyContext, layer: int, units: list[Any], out: Path, lr: float) -> dict[str, Any]:
     """Train, save and analyse the crosscoder of ``layer`` over ``units`` (by iteration)."""
     cc, recipe = ctx.recipe.crosscoder, ctx.recipe
     folder = crosscoder_dir(out, units[0].family, layer)
@@ -223,7 +224,7 @@ def _summary(table: pd.DataFrame, metrics: dict[str, Any], sae_rows: list[dict[s
     return out
 
 
-def run_all_crosscoders(ctx: Any, plan: Any, out: Path, lr: float) -> list[dict[str, Any]]:
+def run_all_crosscoders(ctx: StudyContext, plan: Any, out: Path, lr: float) -> list[dict[str, Any]]:
     """Every layer of an enabled ``crosscoder:`` section (none while disabled); writes
     ``tables/crosscoder_summary.csv``. ``lr``: the study's SAE learning rate (``crosscoder.lr: sae``)."""
     cc = ctx.recipe.crosscoder

@@ -36,6 +36,7 @@ from sae_bilingual.study.memplan_crosscoder import crosscoder_memory_lines
 from sae_bilingual.study.preflight import check_k_below_n
 from sae_bilingual.study.time_estimate import time_estimate_lines
 from sae_bilingual.study.unit import check_path_part
+from sae_bilingual.study.context import StudyContext
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,7 @@ def describe_plan(plan: Any, recipe: Recipe) -> str:
     return "\n".join(lines)
 
 
-def describe_memory(recipe: Recipe, plan: Any, ctx: Any, *, logits_chunk_tokens: int | None = None) -> list[str]:
+def describe_memory(recipe: Recipe, plan: Any, ctx: StudyContext, *, logits_chunk_tokens: int | None = None) -> list[str]:
     """The memory plan of every unit: components per model, then passes and peak per unit."""
     budget, source = memory_budget(recipe)
     host, host_source = host_memory_budget(recipe)
@@ -206,7 +207,7 @@ def describe_memory(recipe: Recipe, plan: Any, ctx: Any, *, logits_chunk_tokens:
     return lines
 
 
-def describe_dry_run(recipe: Recipe, plan: Any, ctx: Any, inputs: DryRunInputs, *, estimate_time: bool = False) -> str:
+def describe_dry_run(recipe: Recipe, plan: Any, ctx: StudyContext, inputs: DryRunInputs, *, estimate_time: bool = False) -> str:
     """The whole ``--dry-run`` text: plan, memory plan, (time estimate,) warnings about missing inputs."""
     for u in plan.units:
         check_path_part(u.family)

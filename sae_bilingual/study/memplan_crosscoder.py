@@ -22,6 +22,7 @@ from sae_bilingual.analysis.stream import EVAL_ENCODE_BATCH
 from sae_bilingual.config import Recipe
 from sae_bilingual.config_crosscoder import crosscoder_targets
 from sae_bilingual.study.memplan import DTYPE_BYTES, Component, LMShape, fmt_bytes, lm_weight_bytes, pass_peak
+from sae_bilingual.study.context import StudyContext
 
 __all__ = ["CrosscoderShape", "crosscoder_components", "crosscoder_params", "crosscoder_peak",
            "crosscoder_memory_lines", "describe_crosscoder_memory"]
@@ -105,7 +106,7 @@ def describe_crosscoder_memory(recipe: Recipe, lm: LMShape, s: CrosscoderShape, 
             f"{fmt_bytes(p['device'])}{host} (buffer {fmt_bytes(s.train_rows * s.n_checkpoints * s.d_model * DTYPE_BYTES[recipe.data.buffer_dtype])})"]
 
 
-def crosscoder_memory_lines(recipe: Recipe, plan: Any, ctx: Any) -> list[str]:
+def crosscoder_memory_lines(recipe: Recipe, plan: Any, ctx: StudyContext) -> list[str]:
     """The dry run's crosscoder lines (none while ``crosscoder.enabled`` is false)."""
     cc = recipe.crosscoder
     if not cc.enabled:

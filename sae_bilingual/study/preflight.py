@@ -24,7 +24,7 @@ from sae_bilingual.errors import CheckpointError, ConfigError, DataError
 from sae_bilingual.intervention.comet_bridge import comet_model_path, comet_python
 from sae_bilingual.models.tokenizer import sentencepiece_source, verify_sentencepiece
 from sae_bilingual.report.release import check_export_folder, study_release_folder
-from sae_bilingual.study.context import recipe_world_config
+from sae_bilingual.study.context import StudyContext, recipe_world_config
 from sae_bilingual.study.unit import check_path_part
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ def check_safetensors(path: Path) -> None:
                               f"{8 + n + end}; {fix}")
 
 
-def check_checkpoint_files(ctx: Any, model_index: int, iteration: int) -> None:
+def check_checkpoint_files(ctx: StudyContext, model_index: int, iteration: int) -> None:
     """Every safetensors file of one local checkpoint is complete."""
     ck = ctx.family(model_index).catalogue().select(iteration=iteration)
     if ck.path is not None:
@@ -193,7 +193,7 @@ def check_toy_budget(recipe: Recipe) -> None:
                     f"Lower tokens_per_lang ({field} <= {n_docs * per_doc}) or raise world.overrides.n_{split}_docs")
 
 
-def preflight(recipe: Recipe, plan: Any, ctx: Any) -> None:
+def preflight(recipe: Recipe, plan: Any, ctx: StudyContext) -> None:
     """Run every pre-study check on a resolved plan; raises a SaeBilingualError subclass.
 
     ``plan``: the :class:`~sae_bilingual.study.plan.Plan`; ``ctx``: its StudyContext (world,

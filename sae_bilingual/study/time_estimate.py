@@ -37,6 +37,7 @@ from sae_bilingual.layers import hook_for_layer, stop_at_layer_for
 from sae_bilingual.sae.model import new_paper_sae
 from sae_bilingual.study.collect import free_cycles, long_lived_objects_frozen
 from sae_bilingual.study.memplan import LMShape, host_memory_budget, memory_budget, plan_unit
+from sae_bilingual.study.context import StudyContext
 
 PROBE_FLOPS = 2e10
 """Floating-point work of one probe call (about 0.2 s at 100 GFLOP/s); larger shapes are
@@ -242,7 +243,7 @@ def estimate_unit(recipe: Recipe, shape: LMShape, groups: list[list[int]], rates
     return UnitTimeEstimate(s)
 
 
-def time_estimate_lines(recipe: Recipe, plan: Any, ctx: Any) -> list[str]:
+def time_estimate_lines(recipe: Recipe, plan: Any, ctx: StudyContext) -> list[str]:
     """The ``--estimate-time`` block of the dry run: the rates measured per model, then each
     unit's estimate (its LM passes as the memory plan groups them) and the study's total."""
     if torch.device(recipe.device).type == "cuda" and not torch.cuda.is_available():
