@@ -251,27 +251,15 @@ def analyse_features(
         )
     n = int(n_latents)
     langs = tuple(codes.languages)
-    L = len(langs)
     fm = feature_major(codes, n)
     a = _active_pairs(fm, n, cfg)
-    Fa, Ra, wa, pf, pt, w_pair = a.Fa, a.Ra, a.wa, a.pf, a.pt, a.w_pair
+    Fa, Ra, pf, w_pair = a.Fa, a.Ra, a.pf, a.w_pair
     n_active = np.bincount(Fa, minlength=n)
     dead = n_active == 0
     total = np.bincount(pf, weights=w_pair, minlength=n)
     safe_total = np.where(total > 0, total, 1.0)
 
-    # language shares
-    la = _entry_lang(fm, token_script)[Ra]
-    p_lang = np.bincount(Fa.astype(np.int64) * L + la, weights=wa, minlength=n * L).reshape(n, L)
-    p_lang = p_lang / safe_total[:, None]
-    p_lang[dead] = np.nan
-    best = np.nan_to_num(p_lang, nan=-1.0).argmax(axis=1)
-    is_lang = np.nan_to_num(p_lang, nan=-1.0).max(axis=1) > cfg.lang_threshold
-    cls = np.where(dead, "dead", np.where(is_lang, np.asarray(langs, dtype=object)[best], "mixed")).astype(object)
-    mix = np.full(n, "", dtype=object)
-    for j, lg in enumerate(langs):  # loop over languages, not features
-        hit = np.nan_to_num(p_lang[:, j], nan=0.0) > cfg.mix_threshold
-        mix = np.where(hit, np.where(mix == "", lg, mix + "+" + lg), mix)
+    p_lang, cls, mix = _language_labels(_entry_lang(fm, token_script)[Ra], a, safe_total, dead, langs, cfg)
 
     # entropies
     H_tok = _entropy(pf, w_pair, safe_total, n)
@@ -292,13 +280,7 @@ def analyse_features(
     span_mean[dead] = np.nan  # selected only with activations <= 0: dead, like every metric
     span_max[dead] = np.nan
 
-    # top tokens: most frequent (weight desc, then token id) per feature
-    o = np.lexsort((pt, -w_pair, pf))
-    pf_s, pt_s = pf[o], pt[o]
-    first = np.searchsorted(pf_s, pf_s, side="left")
-    keep = (np.arange(pf_s.size) - first) < cfg.n_top_tokens
-    offsets = np.r_[0, np.cumsum(np.bincount(pf_s[keep], minlength=n))]
-    top = _list_column(offsets, pt_s[keep].astype(np.int64))
+    top = _top_tokens(a, n, cfg.n_top_tokens)
 
     df = pd.DataFrame(
         {
@@ -321,6 +303,33 @@ def analyse_features(
     )
     log.info("analysed %d features over %d codes: %d dead", n, codes.n, int(dead.sum()))
     return df
+
+
+def _language_labels(lang: np.ndarray, a: ActivePairs, total: np.ndarray, dead: np.ndarray,
+                     langs: tuple[str, ...], cfg: AnalysisSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(p_lang [n, L], cls, mix) per feature from the language index of each active entry."""
+    n, L = dead.size, len(langs)
+    p_lang = np.bincount(a.Fa.astype(np.int64) * L + lang, weights=a.wa, minlength=n * L).reshape(n, L)
+    p_lang = p_lang / total[:, None]
+    p_lang[dead] = np.nan
+    best = np.nan_to_num(p_lang, nan=-1.0).argmax(axis=1)
+    is_lang = np.nan_to_num(p_lang, nan=-1.0).max(axis=1) > cfg.lang_threshold
+    cls = np.where(dead, "dead", np.where(is_lang, np.asarray(langs, dtype=object)[best], "mixed")).astype(object)
+    mix = np.full(n, "", dtype=object)
+    for j, lg in enumerate(langs):  # loop over languages, not features
+        hit = np.nan_to_num(p_lang[:, j], nan=0.0) > cfg.mix_threshold
+        mix = np.where(hit, np.where(mix == "", lg, mix + "+" + lg), mix)
+    return p_lang, cls, mix
+
+
+def _top_tokens(a: ActivePairs, n: int, n_top: int) -> np.ndarray:
+    """Per feature its ``n_top`` most frequent active tokens (weight desc, then token id), as int lists."""
+    o = np.lexsort((a.pt, -a.w_pair, a.pf))
+    pf_s, pt_s = a.pf[o], a.pt[o]
+    first = np.searchsorted(pf_s, pf_s, side="left")
+    keep = (np.arange(pf_s.size) - first) < n_top
+    offsets = np.r_[0, np.cumsum(np.bincount(pf_s[keep], minlength=n))]
+    return _list_column(offsets, pt_s[keep].astype(np.int64))
 
 
 def _monosemanticity(a: ActivePairs, total: np.ndarray, H_tok: np.ndarray, dead: np.ndarray,
