@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from transformers import PreTrainedTokenizerBase
 
 from sae_bilingual.analysis.features import feature_major
 from sae_bilingual.analysis.codes import Codes
@@ -27,7 +28,7 @@ def _utf8_len(b: int) -> int:
     return 1
 
 
-def display_tokens(ids: Sequence[int], tokenizer: Any) -> list[str]:
+def display_tokens(ids: Sequence[int], tokenizer: Any) -> list[str]:  # a tokenizer or a callable
     """One display string per token id; byte-fallback pieces (<0xE3><0x81><0x82>) of one
     multibyte character are merged: the character is shown on the first piece, "" on the rest.
 
@@ -64,7 +65,7 @@ def top_examples(
     context: int = 10,
     *,
     decode_token: Callable[[int], str] | None = None,
-    tokenizer: Any = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
     one_per_document: bool = True,
 ) -> dict[str, list[dict[str, Any]]]:
     """examples.json structure: for each feature its highest activations with context.

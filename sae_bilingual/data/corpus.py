@@ -19,6 +19,7 @@ from typing import Any
 import datasets
 import numpy as np
 import torch
+from transformers import PreTrainedTokenizerBase
 
 from sae_bilingual.defaults import PAPER_LANGUAGES
 from sae_bilingual.errors import DataError
@@ -65,7 +66,7 @@ class Windows:
         return {code: int(n[self.lang == i].sum()) for i, code in enumerate(self.languages)}
 
 
-def _bos_id(tokenizer: Any) -> int:
+def _bos_id(tokenizer: PreTrainedTokenizerBase) -> int:
     bos = getattr(tokenizer, "bos_token_id", None)
     if bos is None:
         raise DataError("the tokenizer has no bos_token_id; windows must start with BOS "
@@ -73,14 +74,14 @@ def _bos_id(tokenizer: Any) -> int:
     return int(bos)
 
 
-def _pad_id(tokenizer: Any, bos: int) -> int:
+def _pad_id(tokenizer: PreTrainedTokenizerBase, bos: int) -> int:
     pad = getattr(tokenizer, "pad_token_id", None)
     if pad is None:
         pad = getattr(tokenizer, "eos_token_id", None)
     return int(pad if pad is not None else bos)
 
 
-def make_windows(dataset: Any, tokenizer: Any = None, *, context: int = 64,
+def make_windows(dataset: Any, tokenizer: PreTrainedTokenizerBase | None = None, *, context: int = 64,
                  tokens_per_lang: int | Mapping[str, int] | None = None,
                  languages: Sequence[str] = PAPER_LANGUAGES, seed: int = 0) -> Windows:
     """First ``context`` tokens (BOS first) of each document, with balanced language budgets.
@@ -192,7 +193,7 @@ def make_windows(dataset: Any, tokenizer: Any = None, *, context: int = 64,
     return w
 
 
-def tokenize_prefixes(tokenizer: Any, texts: Sequence[str], context: int) -> list[list[int]]:
+def tokenize_prefixes(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], context: int) -> list[list[int]]:
     """Token ids of each text's beginning: at least ``context`` tokens where the text has them.
 
     Why: a window keeps only the first ``context`` tokens, but tokenisers process the whole

@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 import torch
+from transformers import PreTrainedTokenizerBase
 
 from sae_bilingual.lm_loss import DEFAULT_LOGITS_BUDGET_BYTES
 from sae_bilingual.intervention.comet_bridge import comet_available, comet_score
@@ -89,7 +90,7 @@ class _Setup:
 def run_intervention_table(
     final_model: Any, mid_model: Any, sae: Any, features_df: pd.DataFrame, layer: int,
     spec: InterventionSpec | None = None, *, seed: int = 0, windows: Any = None, pairs: pd.DataFrame | None = None,
-    languages: Sequence[str] | None = None, tokenizer: Any = None, template: PromptTemplate | None = None,
+    languages: Sequence[str] | None = None, tokenizer: PreTrainedTokenizerBase | None = None, template: PromptTemplate | None = None,
     batch_size: int = 8, skip_bos: bool = True, comet: bool | None = None,
     logits_budget_bytes: int = DEFAULT_LOGITS_BUDGET_BYTES,
 ) -> pd.DataFrame:
@@ -143,7 +144,7 @@ def _first_none(cells: list[dict[str, Any]]) -> int:
 def run_intervention_table_one_at_a_time(
     final_model: Any, mid_model: Any, sae: Any, features_df: pd.DataFrame, layer: int,
     spec: InterventionSpec | None = None, *, seed: int = 0, windows: Any = None, pairs: pd.DataFrame | None = None,
-    languages: Sequence[str] | None = None, tokenizer: Any = None, template: PromptTemplate | None = None,
+    languages: Sequence[str] | None = None, tokenizer: PreTrainedTokenizerBase | None = None, template: PromptTemplate | None = None,
     batch_size: int = 8, skip_bos: bool = True, comet: bool | None = None,
 ) -> pd.DataFrame:
     """The same table as :func:`run_intervention_table`, one full evaluation per condition and

@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 import sacrebleu
 import torch
+from transformers import PreTrainedTokenizerBase
 
 from sae_bilingual.lm_loss import DEFAULT_LOGITS_BUDGET_BYTES, final_residual, nll_rows, ppl_row
 from sae_bilingual.lm_loss import token_windows as window_parts  # the parameter is named token_windows
@@ -108,7 +109,7 @@ def split_pairs(pairs_df: pd.DataFrame, few_shot: int) -> tuple[pd.DataFrame, pd
     return pairs_df.iloc[:few_shot], pairs_df.iloc[few_shot:]
 
 
-def _encode(tokenizer: Any, text: str) -> list[int]:
+def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     ids = list(tokenizer.encode(text))
     bos = getattr(tokenizer, "bos_token_id", None)
     if bos is not None and (not ids or ids[0] != bos):
@@ -127,7 +128,7 @@ def translate(
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     *,
     shots_df: pd.DataFrame | None = None,
-    tokenizer: Any = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
     template: PromptTemplate | None = None,
     batch_size: int = 8,
     stack: int = 1,
@@ -177,7 +178,7 @@ def translate(
                 for row, i in zip(out[:, n:].tolist(), at):
                     if eos is not None and eos in row:
                         row = row[: row.index(eos)]
-                    hyps[i] = template.cut(tok.decode(row))
+                    hyps[i] = template.cut(str(tok.decode(row)))  # one sequence of ids decodes to one str
     return [h or "" for h in hyps]
 
 

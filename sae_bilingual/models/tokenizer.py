@@ -21,7 +21,7 @@ from typing import Any
 
 import sentencepiece as spm
 from tokenizers import models, pre_tokenizers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import SpmConverter, import_protobuf
 
 from sae_bilingual.errors import CheckpointError
@@ -117,7 +117,7 @@ def sentencepiece_tokenizer(model_file: str | Path) -> Any:
     return tok
 
 
-def sentencepiece_source(tokenizer: Any) -> Path | None:
+def sentencepiece_source(tokenizer: PreTrainedTokenizerBase) -> Path | None:
     """The ``.model`` a tokenizer was converted from by :func:`sentencepiece_tokenizer`, else None."""
     p = getattr(tokenizer, "sentencepiece_model_file", None)
     return Path(p) if p is not None else None
@@ -136,7 +136,7 @@ class TokenizerCheck:
     """Its first pieces under the tokenizer / under SentencePiece."""
 
 
-def compare_with_sentencepiece(tokenizer: Any, model_file: str | Path, texts: Sequence[str]) -> TokenizerCheck:
+def compare_with_sentencepiece(tokenizer: PreTrainedTokenizerBase, model_file: str | Path, texts: Sequence[str]) -> TokenizerCheck:
     """Token ids of ``tokenizer`` (no special tokens) against ``SentencePieceProcessor.encode``."""
     sp = spm.SentencePieceProcessor(model_file=str(model_file))
     texts = [t[:VERIFY_CHARS] for t in texts]
@@ -150,7 +150,7 @@ def compare_with_sentencepiece(tokenizer: Any, model_file: str | Path, texts: Se
                           tuple(sp.id_to_piece(x) for x in theirs[i][:12]))
 
 
-def verify_sentencepiece(tokenizer: Any, texts: Sequence[str], *, where: str = "the tokenizer",
+def verify_sentencepiece(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], *, where: str = "the tokenizer",
                          model_file: str | Path | None = None) -> TokenizerCheck:
     """Refuse a tokenizer that tokenises any of ``texts`` unlike its SentencePiece source.
 

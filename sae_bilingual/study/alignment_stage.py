@@ -18,6 +18,7 @@ from typing import Any
 
 import datasets
 import pandas as pd
+from transformers import PreTrainedTokenizerBase
 
 from sae_bilingual.analysis import stream
 from sae_bilingual.analysis.alignment import add_alignment
@@ -78,7 +79,7 @@ def translation_pairs(ctx: StudyContext) -> pd.DataFrame | None:
     return pairs[langs].iloc[: spec.max_pairs].reset_index(drop=True)
 
 
-def pair_windows(pairs: pd.DataFrame, tokenizer: Any, languages: tuple[str, ...], context: int) -> Windows:
+def pair_windows(pairs: pd.DataFrame, tokenizer: PreTrainedTokenizerBase, languages: tuple[str, ...], context: int) -> Windows:
     """One window per sentence (both sides of every pair), doc_id = the pair's row."""
     langs = list(pairs.columns)
     n = len(pairs)

@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 from datasets import DatasetDict
+from transformers import PreTrainedTokenizerBase
 
 from sae_bilingual import world as toy_world  # (attributes looked up per call: tests stand in for build_world)
 from sae_bilingual.config import Recipe
@@ -17,7 +18,7 @@ from sae_bilingual.errors import ConfigError
 from sae_bilingual.models.registry import ModelFamily, get_family
 
 
-def tokenizer_key(tokenizer: Any) -> str:
+def tokenizer_key(tokenizer: PreTrainedTokenizerBase) -> str:
     """A short hash of what decides a tokenizer's ids for the windows: its class, its whole
     serialisation when it has one (vocabulary, merges, normalizer, pre-tokenizer, added
     tokens, post-processor) else its vocabulary, and the BOS/EOS/PAD ids.

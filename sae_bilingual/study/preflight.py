@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers import PreTrainedTokenizerBase
 
 from sae_bilingual.config import Recipe
 from sae_bilingual.config_checks import check_k, default_model_ids
@@ -88,7 +89,7 @@ VERIFY_TEXTS = 256
 """Corpus texts on which a tokenizer converted from a SentencePiece .model is checked."""
 
 
-def check_tokenizer_size(tokenizer: Any, vocab_size: int | None, reason: str | None, where: str) -> None:
+def check_tokenizer_size(tokenizer: PreTrainedTokenizerBase, vocab_size: int | None, reason: str | None, where: str) -> None:
     """Refuse a tokenizer much smaller than the model's vocabulary unless the recipe says why.
 
     Why: such a tokenizer maps most text to a few ids that all exist in the model, so nothing
@@ -105,7 +106,7 @@ def check_tokenizer_size(tokenizer: Any, vocab_size: int | None, reason: str | N
         f"or say why in the recipe: {where}.tokenizer_vocab_reason: '...'")
 
 
-def check_tokenizer_source(tokenizer: Any, documents: Any, where: str, n: int = VERIFY_TEXTS) -> None:
+def check_tokenizer_source(tokenizer: PreTrainedTokenizerBase, documents: Any, where: str, n: int = VERIFY_TEXTS) -> None:
     """A tokenizer converted from a SentencePiece .model encodes a sample of the corpus (evenly
     spaced training documents) exactly like SentencePiece does."""
     if sentencepiece_source(tokenizer) is None or "text" not in getattr(documents, "column_names", ()):
