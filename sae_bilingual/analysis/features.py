@@ -243,12 +243,7 @@ def analyse_features(
     embeddings'), from the same pass.
     """
     cfg = (cfg or AnalysisSpec()).validate()
-    if (cfg.language_rule == "script") != (token_script is not None):
-        raise ConfigError(
-            "language_rule='script' goes with token_script (token id -> language index, built with "
-            "sae_bilingual.analysis.features.script_of_tokens(tokenizer pieces)), and 'document' without it; "
-            f"got language_rule={cfg.language_rule!r} and token_script={'given' if token_script is not None else None}."
-        )
+    _check_language_rule(cfg, token_script)
     n = int(n_latents)
     langs = tuple(codes.languages)
     fm = feature_major(codes, n)
@@ -258,30 +253,17 @@ def analyse_features(
     dead = n_active == 0
     total = np.bincount(pf, weights=w_pair, minlength=n)
     safe_total = np.where(total > 0, total, 1.0)
-
     p_lang, cls, mix = _language_labels(_entry_lang(fm, token_script)[Ra], a, safe_total, dead, langs, cfg)
-
-    # entropies
     H_tok = _entropy(pf, w_pair, safe_total, n)
     H_tok[dead] = np.nan
     if token_clusters is not None:
         H_sem, R = _monosemanticity(a, safe_total, H_tok, dead, token_clusters)
     else:
-        H_sem = np.full(n, np.nan)
-        R = np.full(n, np.nan)
+        H_sem, R = np.full(n, np.nan), np.full(n, np.nan)
     R_more = {f"R_{name}": _monosemanticity(a, safe_total, H_tok, dead, c)[1]
               for name, c in (more_clusters or {}).items()}
 
-    # spans
-    if cfg.span_rule == "topk":
-        span_mean, span_max = _runs(fm.F, fm.R, fm.newrun, n)
-    else:
-        span_mean, span_max = _runs(Fa, Ra, fm.newrun, n)
-    span_mean[dead] = np.nan  # selected only with activations <= 0: dead, like every metric
-    span_max[dead] = np.nan
-
-    top = _top_tokens(a, n, cfg.n_top_tokens)
-
+    span_mean, span_max = _spans(fm, a, dead, cfg.span_rule)
     df = pd.DataFrame(
         {
             "max_act": a.max_act,
@@ -291,18 +273,35 @@ def analyse_features(
             **{f"p_{lg}": p_lang[:, j] for j, lg in enumerate(langs)},
             "cls": cls,
             "mix": mix,
-            "H_tok": H_tok,
-            "H_sem": H_sem,
-            "R": R,
-            "span_mean": span_mean,
-            "span_max": span_max,
-            "top_token_ids": top,
+            "H_tok": H_tok, "H_sem": H_sem, "R": R,
+            "span_mean": span_mean, "span_max": span_max,
+            "top_token_ids": _top_tokens(a, n, cfg.n_top_tokens),
             **R_more,
         },
         index=pd.RangeIndex(n, name="feature"),
     )
     log.info("analysed %d features over %d codes: %d dead", n, codes.n, int(dead.sum()))
     return df
+
+
+def _check_language_rule(cfg: AnalysisSpec, token_script: np.ndarray | None) -> None:
+    if (cfg.language_rule == "script") != (token_script is not None):
+        raise ConfigError(
+            "language_rule='script' goes with token_script (token id -> language index, built with "
+            "sae_bilingual.analysis.features.script_of_tokens(tokenizer pieces)), and 'document' without it; "
+            f"got language_rule={cfg.language_rule!r} and token_script={'given' if token_script is not None else None}."
+        )
+
+
+def _spans(fm: FeatureMajor, a: ActivePairs, dead: np.ndarray, span_rule: str) -> tuple[np.ndarray, np.ndarray]:
+    """(span_mean, span_max) per feature over its selected ("topk") or active ("threshold") entries."""
+    if span_rule == "topk":
+        span_mean, span_max = _runs(fm.F, fm.R, fm.newrun, dead.size)
+    else:
+        span_mean, span_max = _runs(a.Fa, a.Ra, fm.newrun, dead.size)
+    span_mean[dead] = np.nan  # selected only with activations <= 0: dead, like every metric
+    span_max[dead] = np.nan
+    return span_mean, span_max
 
 
 def _language_labels(lang: np.ndarray, a: ActivePairs, total: np.ndarray, dead: np.ndarray,
