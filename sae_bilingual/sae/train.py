@@ -166,6 +166,26 @@ def _training_bar(show: bool, module: Any = multi_sae_trainer) -> Iterator[None]
         module.tqdm = bar
 
 
+def _trainer_config(spec: SAESpec, run: TrainRun, steps: int, batch_size: int) -> SAETrainerConfig:
+    """SAELens's trainer settings for the paper's run: constant LR after warm-up, the paper's Adam betas,
+    no checkpoints; wandb only when the run asks for it."""
+    assert not isinstance(spec.lr, str)  # train_saes refuses an unresolved 'grid'
+    logger = LoggingConfig(log_to_wandb=False)
+    if run.wandb:
+        try:
+            import wandb  # optional extra
+        except ImportError as e:  # pragma: no cover
+            raise ExtraMissingError("wandb logging", "pip install 'sae-bilingual[wandb]'") from e
+        wandb.init(project=WANDB_PROJECT, config={**dataclasses.asdict(spec), **dataclasses.asdict(run)})
+        logger = LoggingConfig(log_to_wandb=True, wandb_project=WANDB_PROJECT)
+    return SAETrainerConfig(
+        total_training_samples=steps * batch_size, train_batch_size_samples=batch_size,
+        lr=spec.lr, lr_end=spec.lr, lr_scheduler_name="constant", lr_warm_up_steps=run.warmup(spec),
+        adam_beta1=ADAM_BETAS[0], adam_beta2=ADAM_BETAS[1], device=run.device,
+        dead_feature_window=spec.dead_feature_window, feature_sampling_window=max(1, steps),
+        n_checkpoints=0, checkpoint_path=None, logger=logger)
+
+
 def train_saes(store: Iterator[Mapping[str, torch.Tensor]], hooks: Sequence[str], spec: SAESpec, run: TrainRun,
                metadata_by_hook: Mapping[str, Mapping[str, Any]] | None = None,
                save_dir: str | Path | None = None,
@@ -208,21 +228,7 @@ def train_saes(store: Iterator[Mapping[str, torch.Tensor]], hooks: Sequence[str]
             sae.init_from(init_from[h])  # else b_pre is initialised on the first batch
         saes[h] = sae
 
-    logger = LoggingConfig(log_to_wandb=False)
-    if run.wandb:
-        try:
-            import wandb  # optional extra
-        except ImportError as e:  # pragma: no cover
-            raise ExtraMissingError("wandb logging", "pip install 'sae-bilingual[wandb]'") from e
-        wandb.init(project=WANDB_PROJECT, config={**dataclasses.asdict(spec), **dataclasses.asdict(run)})
-        logger = LoggingConfig(log_to_wandb=True, wandb_project=WANDB_PROJECT)
-    tcfg = SAETrainerConfig(
-        total_training_samples=steps * batch_size, train_batch_size_samples=batch_size,
-        lr=spec.lr, lr_end=spec.lr, lr_scheduler_name="constant", lr_warm_up_steps=run.warmup(spec),
-        adam_beta1=ADAM_BETAS[0], adam_beta2=ADAM_BETAS[1], device=run.device,
-        dead_feature_window=spec.dead_feature_window, feature_sampling_window=max(1, steps),
-        n_checkpoints=0, checkpoint_path=None, logger=logger)
-    trainer = MultiSAETrainer(tcfg, saes=dict(saes), hook_names={h: h for h in hooks},
+    trainer = MultiSAETrainer(_trainer_config(spec, run, steps, batch_size), saes=dict(saes), hook_names={h: h for h in hooks},
                               data_provider=cast(Iterator[dict[str, torch.Tensor]], itertools.chain([first], store)))
     log.info("training %d SAE(s) for %d steps of %d vectors", len(hooks), steps, batch_size)
     with _training_bar(run.progress):
