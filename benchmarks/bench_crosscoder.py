@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> dict:
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    from sae_bilingual.sae.crosscoder import PaperCrosscoderTraining, PaperCrosscoderTrainingConfig, to_inference
+    from sae_bilingual.sae.crosscoder import PaperCrosscoderTraining, to_inference
+    from sae_bilingual.sae.crosscoder_config import PaperCrosscoderTrainingConfig
     from sae_bilingual.sae.crosscoder_train import calibrate_threshold
     from sae_bilingual.sae.model import new_paper_sae
     from sae_bilingual.sae.model import to_inference as sae_to_inference

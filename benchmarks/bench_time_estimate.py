@@ -28,7 +28,8 @@ from common import machine_line  # noqa: E402
 from sae_bilingual.cli import resolve_recipe_path  # noqa: E402
 from sae_bilingual.config import load_recipe  # noqa: E402
 from sae_bilingual.study.context import StudyContext  # noqa: E402
-from sae_bilingual.study.memplan import LMShape, host_memory_budget, memory_budget, plan_unit  # noqa: E402
+from sae_bilingual.study.membudget import host_memory_budget, memory_budget  # noqa: E402
+from sae_bilingual.study.memplan import LMShape, plan_unit  # noqa: E402
 from sae_bilingual.study.plan import plan_study  # noqa: E402
 from sae_bilingual.study.run import run_study  # noqa: E402
 from sae_bilingual.study.time_estimate import estimate_unit, measure_rates  # noqa: E402

@@ -78,6 +78,14 @@ def check_k(k: int, n: int, *, k_name: str = "k", n_from: str = "d_sae", fix: st
                           f"n = {n} ({n_from}): a TopK SAE keeps k of its n latents; lower {k_name} or {fix}")
 
 
+def check_norm_mode(mode: str, modes: tuple[str, ...], architecture: str, hint: str) -> None:
+    """An SAE config's ``normalize_activations`` is one its architecture handles, else an error
+    listing them (SAELens's base check does not know 'unit_norm')."""
+    if mode not in modes:
+        raise ConfigError(f"normalize_activations={mode!r} is not supported by {architecture}; "
+                          f"choose one of {list(modes)} ({hint})")
+
+
 def parse_bytes(value: int | float | str, field: str = "max_memory") -> int:
     """Bytes from an int or a string like '80GB', '80 GiB', '512MB', '1.5e11' (GB = 10^9, GiB = 2^30)."""
     if isinstance(value, bool):

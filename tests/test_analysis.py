@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from sae_bilingual.config_analysis import AnalysisSpec
-from sae_bilingual.analysis.features import analyse_features, script_of_tokens, summarise
+from sae_bilingual.analysis.features import analyse_features, summarise
+from sae_bilingual.analysis.token_script import script_of_tokens
 from sae_bilingual.analysis.examples import display_tokens, top_examples
 from sae_bilingual.analysis.codes import Codes
 from sae_bilingual.errors import ConfigError, DataError

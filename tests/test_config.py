@@ -12,7 +12,7 @@ from sae_lens.saes.sae import SAEMetadata
 from sae_bilingual.config import (AnalysisSpec, DataSpec, InterventionSpec, Recipe, SAESpec, dump_recipe, from_dict,
                                    load_recipe)
 from sae_bilingual.errors import ConfigError
-from sae_bilingual.sae.model import PaperTopKSAEConfig, PaperTopKTrainingSAEConfig
+from sae_bilingual.sae.topk_config import PaperTopKSAEConfig, PaperTopKTrainingSAEConfig
 from sae_bilingual.study.preflight import check_k_below_n
 from tests.bad_input_fixtures import REPO, SMOKE, names_problem_and_fix, recipe
 

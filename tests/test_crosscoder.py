@@ -22,13 +22,8 @@ from sae_bilingual.sae.batchtopk_kernels import (
     dense_batchtopk_reference,
     sparse_decode_flat,
 )
-from sae_bilingual.sae.crosscoder import (
-    PaperCrosscoder,
-    PaperCrosscoderConfig,
-    PaperCrosscoderTraining,
-    PaperCrosscoderTrainingConfig,
-    to_inference,
-)
+from sae_bilingual.sae.crosscoder import PaperCrosscoder, PaperCrosscoderTraining, to_inference
+from sae_bilingual.sae.crosscoder_config import PaperCrosscoderConfig, PaperCrosscoderTrainingConfig
 from sae_bilingual.sae.crosscoder_train import (
     eval_crosscoder,
     eval_fvu_per_checkpoint,

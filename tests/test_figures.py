@@ -17,13 +17,12 @@ from sae_bilingual.report.figures import (
     make_all_figures,
     plot_language_distribution,
     plot_layer_checkpoint_heatmaps,
-    plot_lr_grid,
-    plot_sizes,
     plot_span_by_layer,
     plot_world_loss,
 )
 from sae_bilingual.report.figures_intervention import fig_intervention, intervention_long, plot_intervention
 from sae_bilingual.report.figures_lineage import plot_lineage_flows
+from sae_bilingual.report.figures_sweeps import plot_lr_grid, plot_sizes
 from sae_bilingual.report.plotting import format_tokens, language_columns, plt
 
 TOKENS = [0, 4_000_000, 40_000_000, 400_000_000]

@@ -11,12 +11,12 @@ import torch
 
 from sae_bilingual.cli import main
 from sae_bilingual.config import load_recipe
+from sae_bilingual.config_checks import parse_bytes
 from sae_bilingual.errors import CheckpointError, ConfigError
 from sae_bilingual.study.memplan import (
     PLAN_FRACTION,
     LMShape,
     lm_weight_bytes,
-    parse_bytes,
     pass_peak,
     plan_unit,
     UnitPlan,
@@ -64,7 +64,8 @@ def test_paper_model_weights_are_its_3_7_billion_parameters():
 
 def test_sae_training_state_is_four_copies_of_its_parameters():
     """Weights, gradients and Adam's two moments of a real SAE after one step: 16 bytes per parameter."""
-    from sae_bilingual.sae.model import PaperTopKTrainingSAE, PaperTopKTrainingSAEConfig, make_metadata
+    from sae_bilingual.sae.model import PaperTopKTrainingSAE, make_metadata
+    from sae_bilingual.sae.topk_config import PaperTopKTrainingSAEConfig
 
     d, n = 24, 96
     sae = PaperTopKTrainingSAE(PaperTopKTrainingSAEConfig(d_in=d, d_sae=n, k=4, metadata=make_metadata(hook_name="h")))

@@ -16,7 +16,8 @@ from safetensors import SafetensorError
 from sae_bilingual.io import owner_tag, temp_owner
 from sae_bilingual.report.release import export_release
 from sae_bilingual.sae.files import save_sae
-from sae_bilingual.sae.model import PaperTopKSAE, PaperTopKSAEConfig, make_metadata
+from sae_bilingual.sae.model import PaperTopKSAE, make_metadata
+from sae_bilingual.sae.topk_config import PaperTopKSAEConfig
 from sae_bilingual.study.outdir import output_lock
 from tests.test_probe2_config import one_error
 

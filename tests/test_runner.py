@@ -11,7 +11,8 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from sae_bilingual.config import SAESpec
 from sae_bilingual.defaults import ADAM_EPS
-from sae_bilingual.sae.model import PaperTopKTrainingSAEConfig, new_paper_sae
+from sae_bilingual.sae.model import new_paper_sae
+from sae_bilingual.sae.topk_config import PaperTopKTrainingSAEConfig
 from sae_bilingual.sae.train import TrainRun, hook_seed, train_saes
 
 BOS, CTX, D, N, K, BS, STEPS = 1, 16, 32, 128, 8, 64, 40

@@ -40,7 +40,6 @@ quantity is a segment reduction over it.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Sequence
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -288,7 +287,7 @@ def _check_language_rule(cfg: AnalysisSpec, token_script: np.ndarray | None) -> 
     if (cfg.language_rule == "script") != (token_script is not None):
         raise ConfigError(
             "language_rule='script' goes with token_script (token id -> language index, built with "
-            "sae_bilingual.analysis.features.script_of_tokens(tokenizer pieces)), and 'document' without it; "
+            "sae_bilingual.analysis.token_script.script_of_tokens(tokenizer pieces)), and 'document' without it; "
             f"got language_rule={cfg.language_rule!r} and token_script={'given' if token_script is not None else None}."
         )
 
@@ -369,31 +368,4 @@ def summarise(df: pd.DataFrame, languages: Sequence[str] | None = None) -> dict[
     out["frac_mixed"] = share(live["cls"] == "mixed")
     for key, col in (("mean_R", "R"), ("mean_H_tok", "H_tok"), ("mean_H_sem", "H_sem"), ("mean_span", "span_mean")):
         out[key] = mean(col)
-    return out
-
-
-_ASCII_LETTER = re.compile(r"[A-Za-z]")
-
-
-def script_of_tokens(pieces: Sequence[str], languages: Sequence[str] = ("en", "ja"),
-                     ascii_lang: str = "en", other_lang: str = "ja") -> np.ndarray:
-    """Token id -> language index by script (released evaluation script's rule).
-
-    A piece with an ASCII letter (after dropping the SentencePiece "▁" and spaces) ->
-    ``ascii_lang``; only digits -> -1 (take the previous token's); anything else ->
-    ``other_lang``. ``pieces[i]`` is the string of token id i.
-    """
-    langs = list(languages)
-    for lg in (ascii_lang, other_lang):
-        if lg not in langs:
-            raise ConfigError(f"language {lg!r} is not among {tuple(langs)}; pass languages that include it.")
-    out = np.empty(len(pieces), dtype=np.int64)
-    for i, p in enumerate(pieces):  # once per vocabulary, not a hot path
-        s = (p or "").replace("▁", "").strip()
-        if s and s.isascii() and _ASCII_LETTER.search(s):
-            out[i] = langs.index(ascii_lang)
-        elif s and s.isdigit():
-            out[i] = -1
-        else:
-            out[i] = langs.index(other_lang)
     return out

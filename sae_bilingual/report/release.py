@@ -37,7 +37,8 @@ from sae_bilingual.models.public import PUBLIC_FAMILIES, hub_location
 from sae_bilingual.report.crosscoder_section import crosscoder_release
 from sae_bilingual.report.release_install import CARD_FILE, RELEASE_FILE, is_release_folder, staged_release
 from sae_bilingual.sae.files import STOCK_DIFFERENCE, export_stock_topk, load_sae
-from sae_bilingual.sae.model import ARCHITECTURE, PaperTopKSAE
+from sae_bilingual.sae.model import PaperTopKSAE
+from sae_bilingual.sae.topk_config import ARCHITECTURE
 from sae_bilingual.study.outdir import check_not_in_use
 from sae_bilingual.study.unit import layer_dirs, layer_id
 

@@ -34,7 +34,8 @@ from safetensors.torch import load_file
 from sae_bilingual.errors import OutputError, SAEFileError
 from sae_bilingual.io import atomic_write_bytes
 from sae_bilingual.sae.files import check_finite, save_sae
-from sae_bilingual.sae.model import PaperTopKSAE, PaperTopKSAEConfig, make_metadata
+from sae_bilingual.sae.model import PaperTopKSAE, make_metadata
+from sae_bilingual.sae.topk_config import PaperTopKSAEConfig
 
 RELEASED_HOOK = "blocks.11.hook_resid_post"
 """The hook of the authors' released SAE (1.8B, paper layer 12): ``convert``'s default."""

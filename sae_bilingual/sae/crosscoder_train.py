@@ -27,13 +27,8 @@ from sae_lens.training.sae_trainer import SAETrainer
 from sae_bilingual.errors import ConfigError, DataError
 from sae_bilingual.io import atomic_dir
 from sae_bilingual.sae.batchtopk_kernels import release_crosscoder_workspace
-from sae_bilingual.sae.crosscoder import (
-    PaperCrosscoder,
-    PaperCrosscoderConfig,
-    PaperCrosscoderTraining,
-    PaperCrosscoderTrainingConfig,
-    to_inference,
-)
+from sae_bilingual.sae.crosscoder import PaperCrosscoder, PaperCrosscoderTraining, to_inference
+from sae_bilingual.sae.crosscoder_config import PaperCrosscoderConfig, PaperCrosscoderTrainingConfig
 from sae_bilingual.sae.files import load_sae
 from sae_bilingual.sae.metrics import ReconstructionStats
 from sae_bilingual.sae.train import ADAM_BETAS, _training_bar, convergence

@@ -23,7 +23,8 @@ from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
 
 from sae_bilingual.errors import ConfigError, SAEFileError
 from sae_bilingual.io import atomic_dir
-from sae_bilingual.sae.model import ARCHITECTURE, PaperTopKSAE, PaperTopKTrainingSAE, to_inference
+from sae_bilingual.sae.model import PaperTopKSAE, PaperTopKTrainingSAE, to_inference
+from sae_bilingual.sae.topk_config import ARCHITECTURE
 
 
 STOCK_DIR = "stock"

@@ -10,13 +10,13 @@ E(x) = TopK(W_enc (u - b_pre)),  x_hat = W_dec E(x) + b_pre,  u = x / ||x||  (pa
   back, so a spliced SAE returns residual-scale reconstructions. ``encode_normalized`` /
   ``decode_normalized`` / ``encode_topk`` work in the unit-norm space directly.
 * ``b_pre`` is stored as SAELens's ``b_dec`` (``apply_b_dec_to_input=True``).
-* Tensor maths (the sparse kernels): :mod:`sae_bilingual.sae.kernels`; files: :mod:`sae_bilingual.sae.files`.
+* Configs: :mod:`sae_bilingual.sae.topk_config`; tensor maths (the sparse kernels):
+  :mod:`sae_bilingual.sae.kernels`; files: :mod:`sae_bilingual.sae.files`.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any, Callable, cast
 
 import torch
@@ -28,10 +28,8 @@ from sae_lens.registry import (
 )
 from sae_lens.saes.sae import (
     SAE,
-    SAEConfig,
     SAEMetadata,
     TrainingSAE,
-    TrainingSAEConfig,
     TrainStepInput,
     TrainStepOutput,
 )
@@ -39,8 +37,7 @@ from torch import nn
 from transformer_lens.hook_points import HookPoint
 
 from sae_bilingual import __version__
-from sae_bilingual.defaults import ADAM_EPS, GEOMETRIC_MEDIAN_SAMPLE, PAPER_K
-from sae_bilingual.config_checks import check_k
+from sae_bilingual.defaults import PAPER_K
 from sae_bilingual.errors import ConfigError
 from sae_bilingual.layers import LayerError, layer_for_hook
 from sae_bilingual.sae.auxk import auxk_loss
@@ -53,82 +50,10 @@ from sae_bilingual.sae.kernels import (
     topk_encode_sparse,
     unit_norm,
 )
+from sae_bilingual.sae.topk_config import ARCHITECTURE, PaperTopKSAEConfig, PaperTopKTrainingSAEConfig
 from sae_bilingual.sae.training_choices import first_step, register_training_sae
 
 log = logging.getLogger(__name__)
-
-ARCHITECTURE = "paper_topk"
-_NORM_MODES = ("none", "expected_average_only_in", "constant_norm_rescale", "layer_norm",
-               "covariance_whitening", "unit_norm")
-
-
-def _check_norm_mode(cfg: SAEConfig) -> None:
-    if cfg.normalize_activations not in _NORM_MODES:
-        raise ConfigError(
-            f"normalize_activations={cfg.normalize_activations!r} is not supported by "
-            f"{ARCHITECTURE}; choose one of {list(_NORM_MODES)} (the paper uses 'unit_norm')"
-        )
-
-
-@dataclass
-class PaperTopKSAEConfig(SAEConfig):
-    """Inference config of the paper's TopK SAE.
-
-    k: number of latents kept per token (paper: 32).
-    encoder_bias: add a learned encoder bias ``b_enc`` (released weights only; paper: no).
-    relu_before_topk: apply ReLU to the pre-activations before the TopK (released weights only).
-    normalize_activations: "unit_norm" = the paper's per-token L2 normalisation.
-    """
-
-    k: int = PAPER_K
-    encoder_bias: bool = False
-    relu_before_topk: bool = False
-    normalize_activations: str = "unit_norm"
-
-    @classmethod
-    def architecture(cls) -> str:
-        return ARCHITECTURE
-
-    def __post_init__(self) -> None:
-        _check_norm_mode(self)
-        check_k(self.k, self.d_sae)
-
-
-@dataclass(kw_only=True)
-class PaperTopKTrainingSAEConfig(TrainingSAEConfig):
-    """Training config of the paper's TopK SAE (same fields as inference + training choices).
-
-    The defaults are the paper's training, under any trainer (see training_choices.py).
-    decoder_init_norm: decoder rows start at this norm (paper: unit-norm rows, W_enc = W_dec^T).
-    fast: use the sparse-decode / sparse-backward training step (else the dense reference).
-    aux_k_coefficient: weight of the auxiliary-K loss on dead latents (0 = the paper; see auxk.py).
-    aux_k: latents per row in the auxiliary loss (None: d_in // 2, as SAELens).
-    adam_eps: eps of the optimiser stepping this SAE (None: leave the optimiser's own).
-    fused_adam: torch's fused Adam kernel (same update up to float rounding).
-    geometric_median_sample: b_pre <- geometric median of this many first-batch vectors (None: zeros).
-    """
-
-    k: int = PAPER_K
-    encoder_bias: bool = False
-    relu_before_topk: bool = False
-    normalize_activations: str = "unit_norm"
-    decoder_init_norm: float | None = 1.0
-    fast: bool = True
-    aux_k_coefficient: float = 0.0
-    aux_k: int | None = None
-    adam_eps: float | None = ADAM_EPS
-    fused_adam: bool = True
-    geometric_median_sample: int | None = GEOMETRIC_MEDIAN_SAMPLE
-
-    @classmethod
-    def architecture(cls) -> str:
-        return ARCHITECTURE
-
-    def __post_init__(self) -> None:
-        _check_norm_mode(self)
-        check_k(self.k, self.d_sae)
-        self.add_training_info_to_metadata()
-
 
 class _PaperTopKMixin:
     """Methods shared by the inference and training classes.

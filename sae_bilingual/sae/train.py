@@ -39,13 +39,8 @@ from sae_bilingual.defaults import DEFAULT_LR_GRID
 from sae_bilingual.errors import ConfigError, DataError, ExtraMissingError
 from sae_bilingual.sae.files import save_sae
 from sae_bilingual.sae.kernels import release_step_workspace
-from sae_bilingual.sae.model import (
-    PaperTopKSAE,
-    PaperTopKTrainingSAE,
-    PaperTopKTrainingSAEConfig,
-    make_metadata,
-    to_inference,
-)
+from sae_bilingual.sae.model import PaperTopKSAE, PaperTopKTrainingSAE, make_metadata, to_inference
+from sae_bilingual.sae.topk_config import PaperTopKTrainingSAEConfig
 
 log = logging.getLogger(__name__)
 

@@ -47,7 +47,7 @@ from sae_bilingual.io import atomic_write_json, atomic_write_text, save_parquet
 from sae_bilingual.layers import hook_for_layer
 from sae_bilingual.report.figures_crosscoder import fig_crosscoder_emergence
 from sae_bilingual.report.plotting import slug
-from sae_bilingual.sae.crosscoder import PaperCrosscoderConfig
+from sae_bilingual.sae.crosscoder_config import PaperCrosscoderConfig
 from sae_bilingual.sae.crosscoder_train import eval_crosscoder, save_crosscoder, train_crosscoder
 from sae_bilingual.sae.files import load_sae
 from sae_bilingual.study.layer_analysis import token_script

@@ -27,11 +27,10 @@ from sae_bilingual.study.memplan import (
     describe_unit_plan,
     fmt_bytes,
     fmt_layers,
-    host_memory_budget,
-    memory_budget,
     plan_unit,
     unit_components,
 )
+from sae_bilingual.study.membudget import host_memory_budget, memory_budget
 from sae_bilingual.study.memplan_crosscoder import crosscoder_memory_lines
 from sae_bilingual.study.preflight import check_k_below_n
 from sae_bilingual.study.time_estimate import time_estimate_lines

@@ -15,7 +15,8 @@ import pandas as pd
 
 from sae_bilingual.analysis.codes import Codes
 from sae_bilingual.analysis.examples import top_examples
-from sae_bilingual.analysis.features import analyse_features, script_of_tokens, summarise
+from sae_bilingual.analysis.features import analyse_features, summarise
+from sae_bilingual.analysis.token_script import script_of_tokens
 from sae_bilingual.analysis.ground_truth import score_ground_truth
 from sae_bilingual.analysis.semantic import (
     TokenGraph,

@@ -28,14 +28,13 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import psutil
 import torch
 
 from sae_bilingual.analysis.stream import EVAL_ENCODE_BATCH
 from sae_bilingual.config import Recipe
-from sae_bilingual.config_checks import parse_bytes
 from sae_bilingual.layers import hook_for_layer, stop_at_layer_for
 from sae_bilingual.lm_loss import chunk_positions
+from sae_bilingual.study.membudget import host_memory_budget, memory_budget, process_rss
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +45,8 @@ CE_BATCH_WINDOWS = 64
 PHASES = ("load", "train", "analyse")
 """A unit's phases, in order; their memory does not overlap (each frees the last's transients)."""
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
 def fmt_bytes(n: float) -> str:
     """'7.57 GB' style (powers of 10, as parse_bytes reads them)."""
     for unit, div in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
@@ -117,11 +118,6 @@ ANALYSIS_WORKSET_FACTOR = 6
 """Bytes the per-feature analysis of one layer holds beside its codes, per code entry (M x K),
 as a multiple of 8 bytes: sorted copies, masks and the token/feature keys of the active set
 (measured with benchmarks/bench_unit_memory.py)."""
-
-
-def process_rss() -> int:
-    """Resident bytes of this process now (Python, torch, libraries, the tokenised corpus)."""
-    return int(psutil.Process().memory_info().rss)
 
 
 def unit_components(recipe: Recipe, shape: LMShape, *, logits_chunk_tokens: int | None = None,
@@ -206,40 +202,6 @@ def pass_peak(components: list[Component], n_hooks: int, merged: bool) -> dict[s
             got = {"device": got["device"] + got["host"], "host": 0}
         peak = {w: max(peak[w], got[w]) for w in peak}
     return peak
-
-
-def available_memory(device: str) -> tuple[int | None, str]:
-    """Free memory of ``device`` now: (bytes or None when unknown, where the number came from)."""
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            return None, "no CUDA device on this machine"
-        free, _ = torch.cuda.mem_get_info(dev)
-        cached = torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)  # ours to reuse
-        return int(free + cached), "torch.cuda.mem_get_info"
-    if dev.type == "cpu":
-        return int(psutil.virtual_memory().available), "available RAM (psutil)"
-    return None, f"free memory of a {dev.type} device is not known"
-
-
-def memory_budget(recipe: Recipe) -> tuple[int | None, str]:
-    """The device budget a unit plans against: ``max_memory`` when set, else the device's free
-    memory (on the CPU: the RAM available now plus what this process already holds)."""
-    if recipe.max_memory is not None:
-        return parse_bytes(recipe.max_memory), "max_memory"
-    got, source = available_memory(recipe.device)
-    if got is not None and torch.device(recipe.device).type == "cpu":
-        return got + process_rss(), source + " + this process"
-    return got, source
-
-
-def host_memory_budget(recipe: Recipe) -> tuple[int | None, str]:
-    """The host-RAM budget: ``max_host_memory`` when set, else the RAM available now plus what
-    this process already holds (the plan counts the process itself)."""
-    if recipe.max_host_memory is not None:
-        return parse_bytes(recipe.max_host_memory, "max_host_memory"), "max_host_memory"
-    got, source = available_memory("cpu")
-    return (got + process_rss() if got is not None else None), source + " + this process"
 
 
 def split_balanced(layers: list[int], n_groups: int) -> list[list[int]]:

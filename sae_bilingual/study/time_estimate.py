@@ -36,7 +36,8 @@ from sae_bilingual.io import save_parquet
 from sae_bilingual.layers import hook_for_layer, stop_at_layer_for
 from sae_bilingual.sae.model import new_paper_sae
 from sae_bilingual.study.collect import free_cycles, long_lived_objects_frozen
-from sae_bilingual.study.memplan import LMShape, host_memory_budget, memory_budget, plan_unit
+from sae_bilingual.study.membudget import host_memory_budget, memory_budget
+from sae_bilingual.study.memplan import LMShape, plan_unit
 from sae_bilingual.study.context import StudyContext
 
 PROBE_FLOPS = 2e10
